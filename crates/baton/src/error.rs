@@ -1,0 +1,128 @@
+//! The library's error type.
+
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong in baton.
+///
+/// Each variant carries the value that was wrong and, where it helps, what would be
+/// right, so that the message printed by a binary is enough to fix the input.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An operating-system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What baton was doing, e.g. `"accept on 127.0.0.1:8080"`.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A listen address could not be parsed.
+    #[error(
+        "invalid listen address `{input}`: {reason}; expected HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080, :8080) or unix:/path/to.sock"
+    )]
+    InvalidAddress {
+        /// The text as given.
+        input: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// A listen address is already taken by another socket.
+    #[error(
+        "cannot listen on {addr}: address already in use (another process listens there; stop it or choose another address)"
+    )]
+    AddressInUse {
+        /// The address as given.
+        addr: String,
+    },
+
+    /// A duration setting is out of range.
+    #[error("{what} must be between {min:?} and {max:?}, got {value:?}")]
+    InvalidDuration {
+        /// Which setting, e.g. `"drain timeout"`.
+        what: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The smallest accepted value.
+        min: Duration,
+        /// The largest accepted value.
+        max: Duration,
+    },
+
+    /// A signal name or number was not recognised.
+    #[error(
+        "unknown signal `{input}`: expected one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM (the SIG prefix and lower case are accepted) or its number"
+    )]
+    UnknownSignal {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal was mapped to two actions.
+    #[error(
+        "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"
+    )]
+    SignalMappedTwice {
+        /// The signal.
+        signal: crate::Signal,
+        /// The action it had.
+        first: crate::Action,
+        /// The action it was given again.
+        second: crate::Action,
+    },
+
+    /// A shutdown hook was registered with an empty name.
+    #[error("a shutdown hook needs a non-empty name (it appears in logs and in the report)")]
+    EmptyHookName,
+
+    /// [`Shutdown::run`](crate::Shutdown::run) was called twice on the same coordinator.
+    #[error("this shutdown coordinator is already running; call `run` once per process")]
+    AlreadyRunning,
+}
+
+impl Error {
+    pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// The shortest deadline or time limit baton accepts.
+pub(crate) const MIN_LIMIT: Duration = Duration::from_millis(1);
+/// The longest deadline or time limit baton accepts: one day. Longer values are almost
+/// certainly a unit mistake (milliseconds given as seconds).
+pub(crate) const MAX_LIMIT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks that `value` is a sensible deadline or time limit.
+pub(crate) fn check_limit(what: &'static str, value: Duration) -> Result<Duration, Error> {
+    if (MIN_LIMIT..=MAX_LIMIT).contains(&value) {
+        Ok(value)
+    } else {
+        Err(Error::InvalidDuration {
+            what,
+            value,
+            min: MIN_LIMIT,
+            max: MAX_LIMIT,
+        })
+    }
+}
+
+/// Checks a delay, which may be zero (meaning "none").
+pub(crate) fn check_delay(what: &'static str, value: Duration) -> Result<Duration, Error> {
+    if value <= MAX_LIMIT {
+        Ok(value)
+    } else {
+        Err(Error::InvalidDuration {
+            what,
+            value,
+            min: Duration::ZERO,
+            max: MAX_LIMIT,
+        })
+    }
+}

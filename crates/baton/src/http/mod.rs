@@ -1,0 +1,421 @@
+//! Serving hyper services (and so axum routers) with connection tracking and a drain
+//! without races.
+//!
+//! A [`Server`] accepts on one or more listeners (TCP, Unix) and serves HTTP/1.1 and
+//! HTTP/2 (prior knowledge, "h2c") on the same port. Every connection is registered
+//! with the [`Shutdown`] coordinator, which decides when the drain starts and ends.
+
+mod conn;
+mod service;
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info, warn};
+
+use crate::listener::StdListener;
+use crate::tracker::Phase;
+use crate::{Error, ListenAddr, Listener, Report, Shutdown};
+
+pub use service::TrackedBody;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a connection may stay idle after the drain started before it is closed.
+pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// After an accept error caused by a resource limit (too many open files, no memory),
+/// how long to wait before accepting again. The connection that could not be accepted
+/// stays in the queue, so retrying at once would fail again at once: a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The most connections taken from the accept queue when a listener closes for good.
+const SWEEP_LIMIT: usize = 65_536;
+
+/// Serves a service on a set of listeners until the [`Shutdown`] drains it.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use baton::{Shutdown, http::Server};
+///
+/// # async fn example() -> Result<(), baton::Error> {
+/// let shutdown = Shutdown::builder().build()?;
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let report = Server::bind(["127.0.0.1:8080"])?.run(app, &shutdown).await?;
+/// std::process::exit(report.exit_code().into());
+/// # }
+/// ```
+#[must_use = "a server does nothing until `serve` or `run` is called"]
+pub struct Server {
+    listeners: Vec<Listener>,
+    idle_grace: Duration,
+    nodelay: bool,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners)
+            .field("idle_grace", &self.idle_grace)
+            .field("nodelay", &self.nodelay)
+            .finish()
+    }
+}
+
+impl Server {
+    /// A server on listeners bound already.
+    pub fn new(listeners: impl IntoIterator<Item = Listener>) -> Self {
+        Server {
+            listeners: listeners.into_iter().collect(),
+            idle_grace: DEFAULT_IDLE_GRACE,
+            nodelay: true,
+        }
+    }
+
+    /// Parses and binds each address (see [`ListenAddr`] for the forms). The listeners
+    /// are named `http`, `http-2`, `http-3`, ... in order.
+    ///
+    /// # Errors
+    ///
+    /// The first address that does not parse or cannot be bound; nothing stays bound
+    /// then.
+    pub fn bind<A: AsRef<str>>(addrs: impl IntoIterator<Item = A>) -> Result<Self, Error> {
+        let mut listeners = Vec::new();
+        for (i, addr) in addrs.into_iter().enumerate() {
+            let addr: ListenAddr = addr.as_ref().parse()?;
+            let name = if i == 0 {
+                "http".to_owned()
+            } else {
+                format!("http-{}", i + 1)
+            };
+            listeners.push(Listener::bind(name, &addr)?);
+        }
+        Ok(Server::new(listeners))
+    }
+
+    /// After the drain starts, an HTTP/1 connection that stays idle this long (or never
+    /// sends its first request) is closed. Default [`DEFAULT_IDLE_GRACE`] (1 s).
+    ///
+    /// Closing an idle keep-alive connection at once races with its client's next
+    /// request, already on the wire: the request is lost (nginx and hyper's own
+    /// graceful shutdown lose one per open connection against a busy client). During
+    /// the grace such a request is answered, with `Connection: close`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidDuration`] outside 1 ms..=24 h.
+    pub fn idle_grace(mut self, grace: Duration) -> Result<Self, Error> {
+        self.idle_grace = crate::error::check_limit("idle grace", grace)?;
+        Ok(self)
+    }
+
+    /// Sets `TCP_NODELAY` on accepted TCP connections (default `true`).
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// The addresses listened on, in order.
+    pub fn local_addrs(&self) -> Vec<ListenAddr> {
+        self.listeners
+            .iter()
+            .map(|l| l.local_addr().clone())
+            .collect()
+    }
+
+    /// Starts serving `service` on every listener, in tasks of the current tokio
+    /// runtime, and returns. The [`Shutdown`]'s [`run`](Shutdown::run) drives the end.
+    ///
+    /// `service` is any tower service of `Request<Incoming>`, such as an axum `Router`;
+    /// it is cloned for each request, as hyper-util's `TowerToHyperService` does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if called outside a tokio runtime or a listener cannot be
+    /// registered with it.
+    pub fn serve<S, B>(self, service: S, shutdown: &Shutdown) -> Result<(), Error>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::io(
+                "start serving",
+                io::Error::other(format!("{e}; call `serve` inside a tokio runtime")),
+            )
+        })?;
+        let ctx = Arc::new(Ctx {
+            builder: auto::Builder::new(TokioExecutor::new()),
+            service,
+            shutdown: shutdown.clone(),
+            idle_grace: self.idle_grace,
+        });
+        let pid = std::process::id();
+        // Register every listener before starting any, so that an error leaves nothing
+        // half-started.
+        let mut ready = Vec::new();
+        for listener in self.listeners {
+            let name = listener.name().to_owned();
+            let addr = listener.local_addr().clone();
+            let register = |e| Error::io(format!("register listener {addr} with tokio"), e);
+            let accept = match listener.into_std() {
+                StdListener::Tcp(l) => AnyListener::Tcp(
+                    tokio::net::TcpListener::from_std(l).map_err(register)?,
+                    self.nodelay,
+                ),
+                StdListener::Unix(l) => {
+                    AnyListener::Unix(tokio::net::UnixListener::from_std(l).map_err(register)?)
+                }
+            };
+            ready.push((name, addr, accept));
+        }
+        for (name, addr, accept) in ready {
+            info!(pid, listener = %name, "http server started listening on [{addr}]");
+            let guard = shutdown.tracker().accept_guard();
+            let ctx = Arc::clone(&ctx);
+            tokio::spawn(async move {
+                match accept {
+                    AnyListener::Tcp(l, nodelay) => {
+                        accept_loop(Tcp(l, nodelay), &addr, &ctx).await;
+                    }
+                    AnyListener::Unix(l) => accept_loop(Unix(l), &addr, &ctx).await,
+                }
+                drop(guard);
+            });
+        }
+        Ok(())
+    }
+
+    /// [`serve`](Server::serve), then [`Shutdown::run`]: serves until the shutdown is
+    /// complete and returns its report.
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Server::serve) and [`Shutdown::run`].
+    pub async fn run<S, B>(self, service: S, shutdown: &Shutdown) -> Result<Report, Error>
+    where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        self.serve(service, shutdown)?;
+        shutdown.run().await
+    }
+}
+
+struct Ctx<S> {
+    builder: auto::Builder<TokioExecutor>,
+    service: S,
+    shutdown: Shutdown,
+    idle_grace: Duration,
+}
+
+enum AnyListener {
+    Tcp(tokio::net::TcpListener, bool),
+    Unix(tokio::net::UnixListener),
+}
+
+/// A listener kind. Accept loops are generic over it so the connection type is known
+/// statically (no dispatch on every read and write).
+trait Accept: Send + 'static {
+    type Io: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static;
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
+    /// Takes what is left in the kernel's accept queue, without waiting, and closes
+    /// the listener.
+    fn sweep(self) -> io::Result<Vec<Self::Io>>;
+}
+
+struct Tcp(tokio::net::TcpListener, bool);
+struct Unix(tokio::net::UnixListener);
+
+impl Accept for Tcp {
+    type Io = tokio::net::TcpStream;
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(stream, _)| {
+            if self.1 {
+                // Best effort: a connection reset meanwhile fails here and is seen later.
+                let _ = stream.set_nodelay(true);
+            }
+            stream
+        })
+    }
+
+    fn sweep(self) -> io::Result<Vec<Self::Io>> {
+        let std = self.0.into_std()?;
+        sweep(|| {
+            let (s, _) = std.accept()?;
+            s.set_nonblocking(true)?;
+            if self.1 {
+                let _ = s.set_nodelay(true);
+            }
+            tokio::net::TcpStream::from_std(s)
+        })
+    }
+}
+
+impl Accept for Unix {
+    type Io = tokio::net::UnixStream;
+
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        self.0.poll_accept(cx).map_ok(|(stream, _)| stream)
+    }
+
+    fn sweep(self) -> io::Result<Vec<Self::Io>> {
+        let std = self.0.into_std()?;
+        sweep(|| {
+            let (s, _) = std.accept()?;
+            s.set_nonblocking(true)?;
+            tokio::net::UnixStream::from_std(s)
+        })
+    }
+}
+
+fn sweep<T>(mut accept: impl FnMut() -> io::Result<T>) -> io::Result<Vec<T>> {
+    let mut taken = Vec::new();
+    while taken.len() < SWEEP_LIMIT {
+        match accept() {
+            Ok(io) => taken.push(io),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => return if taken.is_empty() { Err(e) } else { Ok(taken) },
+        }
+    }
+    Ok(taken)
+}
+
+/// Errors that concern one connection (it was reset before we took it), not the
+/// listener: accept the next one at once.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+async fn accept_loop<A: Accept, S, B>(listener: A, addr: &ListenAddr, ctx: &Arc<Ctx<S>>)
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let pid = std::process::id();
+    let draining = ctx.shutdown.tracker().reached(Phase::Draining);
+    tokio::pin!(draining);
+    let mut last_complaint: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = &mut draining => break,
+            res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
+        };
+        match accepted {
+            Ok(io) => spawn_connection(io, ctx),
+            Err(e) if is_connection_error(&e) => {
+                debug!(pid, error = %e, "accept on {addr}: connection failed early");
+            }
+            Err(e) => {
+                // Out of descriptors or memory, or something stranger: never exit the
+                // loop (the server would stop serving for good) and never spin.
+                if last_complaint.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    warn!(pid, error = %e, "accept on {addr} failed; retrying every {ACCEPT_BACKOFF:?}");
+                    last_complaint = Some(Instant::now());
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+    // The drain began. Take what completed its handshake already (those clients are
+    // waiting for an answer), then close the listener: new connections are refused.
+    match listener.sweep() {
+        Ok(taken) => {
+            let n = taken.len();
+            for io in taken {
+                spawn_connection(io, ctx);
+            }
+            info!(pid, queued = n, "http server stopped listening on [{addr}]");
+        }
+        Err(e) => warn!(pid, error = %e, "closing listener {addr}"),
+    }
+}
+
+fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>)
+where
+    IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let tracker = ctx.shutdown.tracker();
+    let io = conn::TrackedIo::new(io, |fd| tracker.register(fd));
+    let shared = Arc::clone(io.handle().shared());
+    let service = service::DrainService::new(
+        ctx.service.clone(),
+        Arc::clone(&shared),
+        Arc::clone(tracker.inner()),
+    );
+    let draining = tracker.reached(Phase::Draining);
+    let forced = tracker.reached(Phase::Forcing);
+    let ctx = Arc::clone(ctx);
+    tokio::spawn(async move {
+        let ended = {
+            let conn = ctx
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            conn::drive(
+                conn,
+                |c| c.graceful_shutdown(),
+                &shared,
+                draining,
+                forced,
+                ctx.idle_grace,
+            )
+            .await
+        };
+        conn::note_upgrade(&shared, &ended);
+        if let conn::Ended::Done(Err(e)) = ended {
+            debug!(error = %e, "connection ended with an error");
+        }
+    });
+}

@@ -1,0 +1,141 @@
+//! The per-request wrapper: counts the request on its connection, adds
+//! `Connection: close` to HTTP/1 responses written while draining, and marks the end of
+//! the response when its body is done.
+//!
+//! Per request it costs two uncontended atomic increments on the connection's own
+//! counters, one relaxed load of the phase, one `Arc` clone, and a decrement when the
+//! body ends: no lock, no allocation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::header::{CONNECTION, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::service::TowerToHyperService;
+use pin_project_lite::pin_project;
+
+use crate::tracker::{ConnShared, Phase, TrackerInner};
+
+#[derive(Debug)]
+pub(crate) struct DrainService<S> {
+    inner: TowerToHyperService<S>,
+    conn: Arc<ConnShared>,
+    tracker: Arc<TrackerInner>,
+}
+
+impl<S> DrainService<S> {
+    pub(crate) fn new(service: S, conn: Arc<ConnShared>, tracker: Arc<TrackerInner>) -> Self {
+        DrainService {
+            inner: TowerToHyperService::new(service),
+            conn,
+            tracker,
+        }
+    }
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for DrainService<S>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone,
+{
+    type Response = Response<TrackedBody<B>>;
+    type Error = S::Error;
+    type Future =
+        DrainFuture<<TowerToHyperService<S> as hyper::service::Service<Request<Incoming>>>::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let http1 = req.version() < Version::HTTP_2;
+        self.conn.request_started(!http1);
+        DrainFuture {
+            inner: self.inner.call(req),
+            guard: Some(InFlight(Arc::clone(&self.conn))),
+            tracker: Arc::clone(&self.tracker),
+            http1,
+        }
+    }
+}
+
+/// Marks a request finished when dropped: with the response body once it is done, or
+/// with the future if the handler fails or is cancelled.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ConnShared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+pin_project! {
+    #[derive(Debug)]
+    pub(crate) struct DrainFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+        tracker: Arc<TrackerInner>,
+        http1: bool,
+    }
+}
+
+impl<F, B, E> Future for DrainFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        // Decided when the response is ready, not when the request came: a request that
+        // arrived before the drain and is answered during it must close too, or its
+        // client sends the next request on a connection that is about to close.
+        if *this.http1
+            && this.tracker.phase() >= Phase::Draining
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        let guard = this.guard.take();
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            inner: body,
+            _guard: guard,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that tells baton when the response is complete.
+    #[derive(Debug)]
+    pub struct TrackedBody<B> {
+        #[pin]
+        inner: B,
+        _guard: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,65 @@
+//! # baton
+//!
+//! Graceful shutdown for hyper and axum servers, built so that no request is lost:
+//! the listening sockets are the baton, and a request in flight is never dropped.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use baton::{Shutdown, http::Server};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<std::process::ExitCode, baton::Error> {
+//!     let shutdown = Shutdown::builder()
+//!         .drain_timeout(Duration::from_secs(30))
+//!         .on_shutdown("flush metrics", Duration::from_secs(5), || async {
+//!             Ok::<_, std::io::Error>(())
+//!         })
+//!         .build()?;
+//!     let app = Router::new().route("/", get(|| async { "hello" }));
+//!     let report = Server::bind(["127.0.0.1:8080"])?.run(app, &shutdown).await?;
+//!     Ok(report.exit_code().into())
+//! }
+//! ```
+//!
+//! On `SIGTERM` or `SIGINT` (see [`SignalMap`]), a call of [`Shutdown::trigger`] from
+//! code (a handler, say), or a future given to [`ShutdownBuilder::trigger`]:
+//!
+//! - the listeners close (what already waits in their accept queue is still served);
+//! - requests in flight finish; HTTP/1 responses carry `Connection: close`, so
+//!   keep-alive clients move on without a race; HTTP/2 connections get a graceful
+//!   GOAWAY; connections that stay idle are closed after a grace;
+//! - long-lived responses and upgraded connections (WebSocket) see
+//!   [`Shutdown::draining`] resolve and end themselves; they are counted and waited for;
+//! - at the drain deadline, or on the same signal again ("hammer"), what is still open
+//!   is cut;
+//! - the shutdown hooks run in order, each bounded by its own limit;
+//! - [`Shutdown::run`] returns a [`Report`]: connections drained and forced, requests,
+//!   times, hooks, and an exit code.
+//!
+//! # Platform-specific behavior
+//!
+//! Unix only (Linux is what is tested): signals, `shutdown(2)` for forced closes and
+//! Unix sockets are used throughout.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod error;
+mod hook;
+mod listener;
+mod report;
+mod shutdown;
+mod signal;
+mod sys;
+mod tracker;
+
+#[cfg(feature = "http")]
+pub mod http;
+
+pub use error::Error;
+pub use hook::{HookOutcome, HookReport};
+pub use listener::{ListenAddr, Listener};
+pub use report::{Forced, Report};
+pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, Shutdown, ShutdownBuilder};
+pub use signal::{Action, Signal, SignalMap};
+pub use tracker::{ConnectionStats, Phase};

@@ -1,0 +1,282 @@
+//! Listening sockets: parse addresses, bind them with the right options.
+//!
+//! A [`Listener`] holds a standard-library socket, so it can be created before the
+//! async runtime starts, and handed to a child process later without conversion. The
+//! socket is non-blocking and close-on-exec from the moment it exists.
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::Error;
+
+/// The accept-queue length asked of the kernel (capped by `net.core.somaxconn`).
+const BACKLOG: i32 = 1024;
+
+/// Where to listen: a TCP address or a Unix socket path.
+///
+/// Parses from `127.0.0.1:8080`, `[::1]:8080`, `localhost:8080`, `:8080` (every IPv4
+/// interface, as in Go) and `unix:/run/app.sock`.
+///
+/// ```
+/// use baton::ListenAddr;
+///
+/// let addr: ListenAddr = "127.0.0.1:8080".parse()?;
+/// assert_eq!(addr.to_string(), "127.0.0.1:8080");
+/// let unix: ListenAddr = "unix:/run/app.sock".parse()?;
+/// assert_eq!(unix.to_string(), "unix:/run/app.sock");
+/// assert!("127.0.0.1".parse::<ListenAddr>().is_err());
+/// # Ok::<(), baton::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenAddr {
+    /// A TCP socket address (IPv4 or IPv6).
+    Tcp(SocketAddr),
+    /// A Unix stream socket at this path.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| Error::InvalidAddress {
+            input: s.into(),
+            reason: reason.into(),
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(invalid("the Unix socket path is empty"));
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(ListenAddr::Tcp(addr));
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(invalid("no port"));
+        };
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid("the port is not a number from 0 to 65535"))?;
+        let ip = match host {
+            "" => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            _ if host.contains(':') && !host.starts_with('[') => {
+                return Err(invalid("an IPv6 address needs brackets, e.g. [::1]:8080"));
+            }
+            _ => {
+                return Err(invalid(
+                    "the host is not an IP address (only `localhost` is resolved)",
+                ));
+            }
+        };
+        Ok(ListenAddr::Tcp(SocketAddr::new(ip, port)))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// A bound, listening socket with a name.
+///
+/// The name identifies the listener in logs and, later, when sockets are handed to
+/// another process (two listeners may both ask for port 0, so an address does not
+/// identify a listener).
+#[derive(Debug)]
+pub struct Listener {
+    name: String,
+    socket: Socket,
+    /// The address actually bound (the real port when `:0` was asked for).
+    local: ListenAddr,
+}
+
+impl Listener {
+    /// Binds `addr` and starts listening.
+    ///
+    /// TCP sockets get `SO_REUSEADDR` (never `SO_REUSEPORT`: a second socket on the same
+    /// port loses what sits in the first one's accept queue when it closes), IPv6 sockets
+    /// are IPv6-only. A Unix socket path left behind by a process that is gone is
+    /// replaced; one that a live process still accepts on is an error.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::AddressInUse`] when another socket holds the address, [`Error::Io`] for
+    /// other failures (permission denied, no such interface, a path that exists and is
+    /// not a socket).
+    pub fn bind(name: impl Into<String>, addr: &ListenAddr) -> Result<Self, Error> {
+        let name = name.into();
+        let context = |source: io::Error| {
+            if source.kind() == io::ErrorKind::AddrInUse {
+                Error::AddressInUse {
+                    addr: addr.to_string(),
+                }
+            } else {
+                Error::io(format!("listen on {addr}"), source)
+            }
+        };
+        let socket = match addr {
+            ListenAddr::Tcp(sa) => {
+                let socket =
+                    Socket::new(Domain::for_address(*sa), Type::STREAM, None).map_err(context)?;
+                if sa.is_ipv6() {
+                    socket.set_only_v6(true).map_err(context)?;
+                }
+                socket.set_reuse_address(true).map_err(context)?;
+                socket.bind(&(*sa).into()).map_err(context)?;
+                socket
+            }
+            ListenAddr::Unix(path) => {
+                remove_stale_unix_socket(path).map_err(context)?;
+                let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(context)?;
+                let sockaddr = socket2::SockAddr::unix(path).map_err(context)?;
+                socket.bind(&sockaddr).map_err(context)?;
+                socket
+            }
+        };
+        socket.listen(BACKLOG).map_err(context)?;
+        socket.set_nonblocking(true).map_err(context)?;
+        let local = local_addr(&socket, addr).map_err(context)?;
+        Ok(Listener {
+            name,
+            socket,
+            local,
+        })
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the socket is bound to (with the real port if port 0 was asked for).
+    pub fn local_addr(&self) -> &ListenAddr {
+        &self.local
+    }
+
+    pub(crate) fn into_std(self) -> StdListener {
+        match self.local {
+            ListenAddr::Tcp(_) => StdListener::Tcp(self.socket.into()),
+            ListenAddr::Unix(_) => StdListener::Unix(self.socket.into()),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+/// A listener converted to its standard-library type, ready for tokio.
+#[derive(Debug)]
+pub(crate) enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(StdUnixListener),
+}
+
+fn local_addr(socket: &Socket, asked: &ListenAddr) -> io::Result<ListenAddr> {
+    match asked {
+        ListenAddr::Tcp(_) => socket
+            .local_addr()?
+            .as_socket()
+            .map(ListenAddr::Tcp)
+            .ok_or_else(|| io::Error::other("bound TCP socket has no IP address")),
+        ListenAddr::Unix(path) => Ok(ListenAddr::Unix(path.clone())),
+    }
+}
+
+/// Removes a Unix socket file that no process accepts on any more.
+fn remove_stale_unix_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    match StdUnixStream::connect(path) {
+        // Someone accepts there: the address is in use.
+        Ok(_) => Err(io::ErrorKind::AddrInUse.into()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        let parse = |s: &str| s.parse::<ListenAddr>().unwrap().to_string();
+        assert_eq!(parse("127.0.0.1:80"), "127.0.0.1:80");
+        assert_eq!(parse("[::1]:0"), "[::1]:0");
+        assert_eq!(parse(":8080"), "0.0.0.0:8080");
+        assert_eq!(parse("localhost:9"), "127.0.0.1:9");
+        assert_eq!(parse("unix:/tmp/x.sock"), "unix:/tmp/x.sock");
+    }
+
+    #[test]
+    fn malformed_addresses_say_what_is_wrong() {
+        for (input, reason) in [
+            ("127.0.0.1", "no port"),
+            ("127.0.0.1:http", "the port is not a number"),
+            ("127.0.0.1:70000", "the port is not a number"),
+            ("example.com:80", "not an IP address"),
+            ("::1:80", "needs brackets"),
+            ("unix:", "path is empty"),
+        ] {
+            let err = input.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(err.contains(&format!("`{input}`")), "{err}");
+            assert!(err.contains(reason), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn port_zero_reports_the_real_port_and_a_taken_port_is_in_use() {
+        let first = Listener::bind("a", &"127.0.0.1:0".parse().unwrap()).unwrap();
+        let ListenAddr::Tcp(bound) = first.local_addr().clone() else {
+            panic!("tcp listener has a tcp address")
+        };
+        assert_ne!(bound.port(), 0);
+        let err = Listener::bind("b", &ListenAddr::Tcp(bound)).unwrap_err();
+        assert!(matches!(err, Error::AddressInUse { .. }), "{err}");
+        assert!(err.to_string().contains(&bound.to_string()));
+    }
+
+    #[test]
+    fn stale_unix_socket_is_replaced_live_one_is_in_use() {
+        let dir = std::env::temp_dir().join(format!("baton-listener-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let addr = ListenAddr::Unix(path.clone());
+        let live = Listener::bind("a", &addr).unwrap();
+        assert!(matches!(
+            Listener::bind("b", &addr),
+            Err(Error::AddressInUse { .. })
+        ));
+        drop(live); // the file stays behind, nobody accepts
+        assert!(path.exists());
+        Listener::bind("c", &addr).expect("stale socket file is replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,423 @@
+//! Connection tracking and the drain state shared by the coordinator and the servers.
+//!
+//! The per-request path touches only the connection's own counters (uncontended atomics,
+//! no lock, no allocation); the registry lock is taken once when a connection opens,
+//! once when it closes, and when someone asks for a snapshot or forces a close.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use slab::Slab;
+use tokio::sync::{Notify, watch};
+
+use crate::sys;
+
+/// Where a shutdown stands. Phases only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Serving normally.
+    Running,
+    /// Shutdown was asked for and the drain delay runs: still serving and accepting as
+    /// usual, but readiness reports "draining" so load balancers take the endpoint out.
+    DelayingDrain,
+    /// Not accepting any more; HTTP/1 responses carry `Connection: close`, HTTP/2
+    /// connections got GOAWAY, idle connections close after a grace.
+    Draining,
+    /// The deadline passed or a hammer came: connections still open are being cut.
+    Forcing,
+    /// Connections are done; shutdown hooks run.
+    Finalizing,
+    /// Everything is finished.
+    Done,
+}
+
+impl Phase {
+    fn from_u8(n: u8) -> Phase {
+        match n {
+            0 => Phase::Running,
+            1 => Phase::DelayingDrain,
+            2 => Phase::Draining,
+            3 => Phase::Forcing,
+            4 => Phase::Finalizing,
+            _ => Phase::Done,
+        }
+    }
+}
+
+/// A snapshot of the connections of every server sharing one coordinator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now (the four states below add up to this).
+    pub open: usize,
+    /// Open, accepted but no request received yet.
+    pub new: usize,
+    /// Open with at least one request in flight (its response not finished).
+    pub active: usize,
+    /// Open keep-alive connections between requests.
+    pub idle: usize,
+    /// Open connections handed over to an upgrade (WebSocket and the like).
+    pub upgraded: usize,
+    /// Connections closed since start.
+    pub closed: u64,
+    /// Requests received since start.
+    pub requests: u64,
+    /// Requests whose response has not finished yet.
+    pub requests_in_flight: u64,
+    /// Connections cut by a forced close since start.
+    pub forced: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    inner: Arc<TrackerInner>,
+}
+
+impl Clone for Tracker {
+    fn clone(&self) -> Self {
+        Tracker {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TrackerInner {
+    /// Mirror of the phase for the per-request check (one relaxed load).
+    phase: AtomicU8,
+    phase_tx: watch::Sender<Phase>,
+    conns: Mutex<Slab<Arc<ConnShared>>>,
+    /// Open connections plus running accept loops; the drain is over at zero.
+    busy: AtomicUsize,
+    became_idle: Notify,
+    accepted: AtomicU64,
+    closed: AtomicU64,
+    closed_forced: AtomicU64,
+    /// Requests of connections already closed.
+    closed_requests: AtomicU64,
+}
+
+/// What one connection shares with the tracker and its request wrappers.
+#[derive(Debug, Default)]
+pub(crate) struct ConnShared {
+    /// The socket while it is open; `None` once its owner started closing it.
+    fd: Mutex<Option<RawFd>>,
+    requests: AtomicU64,
+    inflight: AtomicU32,
+    h2: AtomicBool,
+    upgraded: AtomicBool,
+    closed: AtomicBool,
+    forced: AtomicBool,
+}
+
+impl ConnShared {
+    pub(crate) fn request_started(&self, h2: bool) {
+        if h2 && !self.h2.load(Ordering::Relaxed) {
+            self.h2.store(true, Ordering::Relaxed);
+        }
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn request_finished(&self) {
+        self.inflight.fetch_sub(1, Ordering::Release);
+    }
+
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
+    /// Requests received so far and whether one is in flight now.
+    pub(crate) fn activity(&self) -> (u64, bool) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.inflight.load(Ordering::Acquire) > 0,
+        )
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Owned by the connection's I/O object: registered while the socket is open.
+///
+/// It must be dropped *before* the socket it describes is closed (declare it before the
+/// socket in the owning struct): its drop clears the descriptor under the lock that
+/// [`Tracker::force_all`] holds while it calls `shutdown(2)`, so a forced close can never
+/// hit a descriptor number that was closed and reused.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    tracker: Arc<TrackerInner>,
+    shared: Arc<ConnShared>,
+    key: usize,
+}
+
+impl ConnHandle {
+    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
+        &self.shared
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        *lock(&self.shared.fd) = None;
+        lock(&self.tracker.conns).try_remove(self.key);
+        let t = &self.tracker;
+        t.closed_requests.fetch_add(
+            self.shared.requests.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        if self.shared.forced.load(Ordering::Relaxed) {
+            t.closed_forced.fetch_add(1, Ordering::Relaxed);
+        }
+        t.closed.fetch_add(1, Ordering::Relaxed);
+        self.shared.closed.store(true, Ordering::Release);
+        t.release();
+    }
+}
+
+/// Held by a running accept loop: the drain is not over while one still runs (it may
+/// still take connections out of the kernel's queue).
+#[derive(Debug)]
+pub(crate) struct AcceptGuard {
+    tracker: Arc<TrackerInner>,
+}
+
+impl Drop for AcceptGuard {
+    fn drop(&mut self) {
+        self.tracker.release();
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the data (a
+/// descriptor or the registry) is still consistent, so carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TrackerInner {
+    fn release(&self) {
+        if self.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.became_idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        Phase::from_u8(self.phase.load(Ordering::Relaxed))
+    }
+}
+
+impl Tracker {
+    pub(crate) fn new() -> Self {
+        let (phase_tx, _) = watch::channel(Phase::Running);
+        Tracker {
+            inner: Arc::new(TrackerInner {
+                phase: AtomicU8::new(Phase::Running as u8),
+                phase_tx,
+                conns: Mutex::new(Slab::new()),
+                busy: AtomicUsize::new(0),
+                became_idle: Notify::new(),
+                accepted: AtomicU64::new(0),
+                closed: AtomicU64::new(0),
+                closed_forced: AtomicU64::new(0),
+                closed_requests: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<TrackerInner> {
+        &self.inner
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.inner.phase()
+    }
+
+    /// Moves to `phase` if it is later than the current one.
+    pub(crate) fn advance(&self, phase: Phase) {
+        self.inner.phase.fetch_max(phase as u8, Ordering::Relaxed);
+        self.inner.phase_tx.send_if_modified(|current| {
+            if phase > *current {
+                *current = phase;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves once the phase is `phase` or later.
+    pub(crate) fn reached(&self, phase: Phase) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.phase_tx.subscribe();
+        async move {
+            // The sender lives in the tracker, which this future does not keep alive;
+            // if it is gone, nobody can move the phase any more: never resolve.
+            if rx.wait_for(|p| *p >= phase).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    pub(crate) fn accept_guard(&self) -> AcceptGuard {
+        self.inner.busy.fetch_add(1, Ordering::AcqRel);
+        AcceptGuard {
+            tracker: Arc::clone(&self.inner),
+        }
+    }
+
+    pub(crate) fn register(&self, fd: RawFd) -> ConnHandle {
+        let shared = Arc::new(ConnShared {
+            fd: Mutex::new(Some(fd)),
+            ..ConnShared::default()
+        });
+        self.inner.busy.fetch_add(1, Ordering::AcqRel);
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        let key = lock(&self.inner.conns).insert(Arc::clone(&shared));
+        ConnHandle {
+            tracker: Arc::clone(&self.inner),
+            shared,
+            key,
+        }
+    }
+
+    /// Resolves when no connection is open and no accept loop runs.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.inner.became_idle.notified();
+            tokio::pin!(notified);
+            // Register before checking, so a release between the check and the await
+            // is not missed.
+            notified.as_mut().enable();
+            if self.inner.busy.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Cuts every open connection (`shutdown(2)` on its socket) and returns how many
+    /// there were and how many requests they had in flight.
+    pub(crate) fn force_all(&self) -> (usize, u64) {
+        let conns: Vec<Arc<ConnShared>> = lock(&self.inner.conns)
+            .iter()
+            .map(|(_, c)| Arc::clone(c))
+            .collect();
+        let mut forced = 0;
+        let mut requests = 0;
+        for conn in conns {
+            let fd = lock(&conn.fd);
+            let Some(fd) = *fd else { continue };
+            conn.forced.store(true, Ordering::Relaxed);
+            forced += 1;
+            requests += u64::from(conn.inflight.load(Ordering::Relaxed));
+            if let Err(e) = sys::shutdown_socket(fd) {
+                // ENOTCONN: the peer is already gone; the owner will close it.
+                tracing::debug!(error = %e, "shutdown of a forced connection");
+            }
+        }
+        (forced, requests)
+    }
+
+    pub(crate) fn stats(&self) -> ConnectionStats {
+        let t = &self.inner;
+        let mut s = ConnectionStats {
+            closed: t.closed.load(Ordering::Relaxed),
+            forced: t.closed_forced.load(Ordering::Relaxed),
+            requests: t.closed_requests.load(Ordering::Relaxed),
+            ..ConnectionStats::default()
+        };
+        {
+            let conns = lock(&t.conns);
+            // Read `accepted` under the lock so that it is never behind `open`.
+            s.accepted = t.accepted.load(Ordering::Relaxed);
+            for (_, c) in conns.iter() {
+                let inflight = c.inflight.load(Ordering::Relaxed);
+                let requests = c.requests.load(Ordering::Relaxed);
+                s.open += 1;
+                s.requests += requests;
+                s.requests_in_flight += u64::from(inflight);
+                if c.upgraded.load(Ordering::Relaxed) {
+                    s.upgraded += 1;
+                } else if inflight > 0 {
+                    s.active += 1;
+                } else if requests == 0 {
+                    s.new += 1;
+                } else {
+                    s.idle += 1;
+                }
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn states_add_up_and_closing_updates_totals() {
+        let tracker = Tracker::new();
+        let a = tracker.register(-1);
+        let b = tracker.register(-1);
+        let c = tracker.register(-1);
+        b.shared().request_started(false);
+        c.shared().request_started(false);
+        c.shared().request_finished();
+        let s = tracker.stats();
+        assert_eq!((s.open, s.new, s.active, s.idle), (3, 1, 1, 1));
+        assert_eq!((s.requests, s.requests_in_flight), (2, 1));
+        drop(c);
+        let s = tracker.stats();
+        assert_eq!((s.accepted, s.open, s.closed, s.requests), (3, 2, 1, 2));
+        drop((a, b));
+        assert_eq!(tracker.stats().open, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_connections_and_accept_loops() {
+        let tracker = Tracker::new();
+        let conn = tracker.register(-1);
+        let accept = tracker.accept_guard();
+        let idle = tokio::spawn({
+            let t = tracker.clone();
+            async move { t.idle().await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!idle.is_finished());
+        drop(conn);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!idle.is_finished(), "an accept loop still runs");
+        drop(accept);
+        tokio::time::timeout(Duration::from_secs(1), idle)
+            .await
+            .expect("idle resolves once nothing is open")
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phases_only_move_forward() {
+        let tracker = Tracker::new();
+        let draining = tokio::spawn(tracker.reached(Phase::Draining));
+        tracker.advance(Phase::DelayingDrain);
+        tokio::task::yield_now().await;
+        assert!(!draining.is_finished());
+        tracker.advance(Phase::Forcing);
+        tracker.advance(Phase::Draining);
+        assert_eq!(tracker.phase(), Phase::Forcing);
+        tokio::time::timeout(Duration::from_secs(1), draining)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}

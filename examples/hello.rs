@@ -1,0 +1,305 @@
+//! The demo server: GoFrame's graceful-restart demo, Faygo's programmatic shutdown and
+//! finalizers, a readiness route, a stream and a WebSocket that end cleanly on drain.
+//!
+//! ```text
+//! cargo run --release --example hello -- --listen 127.0.0.1:8080
+//! curl localhost:8080/            # hello
+//! curl localhost:8080/pid         # the server's PID
+//! curl 'localhost:8080/sleep?secs=5' &  kill -TERM <pid>   # finishes, then exits 0
+//! curl -X POST 'localhost:8080/shutdown?secs=10'           # Faygo's Shutdown(10s)
+//! ```
+//!
+//! Exit status: 0 clean shutdown, 1 could not start, 2 bad command line,
+//! 3 shut down but connections were cut or a finalizer failed.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use baton::http::Server;
+use baton::{Shutdown, Signal, SignalMap};
+use clap::Parser;
+use tracing::info;
+
+/// The baton demo server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on: HOST:PORT or unix:/path (repeatable).
+    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: Vec<String>,
+
+    /// How long the drain may take before what is still open is cut.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+
+    /// Keep serving this long after the shutdown signal while /ready answers 503.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    drain_delay: Duration,
+
+    /// Close a keep-alive connection idle this long once the drain started.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    idle_grace: Duration,
+
+    /// Signal that starts a graceful shutdown (repeatable; default TERM, INT and QUIT).
+    #[arg(long = "shutdown-signal", value_name = "SIGNAL")]
+    shutdown_signals: Vec<Signal>,
+
+    /// A finalizer that takes DURATION to run, as in Faygo's SetShutdown example
+    /// (repeatable, run in the order given), e.g. `--finalizer db=2s`.
+    #[arg(long = "finalizer", value_name = "NAME=DURATION", value_parser = parse_finalizer)]
+    finalizers: Vec<(String, Duration)>,
+
+    /// Time limit of each finalizer.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    finalizer_timeout: Duration,
+}
+
+fn parse_finalizer(s: &str) -> Result<(String, Duration), String> {
+    let (name, dur) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=DURATION (e.g. db=2s)"))?;
+    let dur = humantime::parse_duration(dur).map_err(|e| format!("`{dur}`: {e}"))?;
+    Ok((name.to_owned(), dur))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => {
+            // Do not wait for abandoned finalizer threads or cut connections' tasks.
+            runtime.shutdown_background();
+            ExitCode::from(code)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                eprintln!("  caused by: {cause}");
+                source = cause.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<u8, baton::Error> {
+    let signals = if args.shutdown_signals.is_empty() {
+        SignalMap::default()
+    } else {
+        SignalMap::shutdown_on(args.shutdown_signals)?
+    };
+    let mut shutdown = Shutdown::builder()
+        .drain_timeout(args.drain_timeout)
+        .drain_delay(args.drain_delay)
+        .signals(signals);
+    for (name, takes) in args.finalizers {
+        let label = name.clone();
+        shutdown = shutdown.on_shutdown(name, args.finalizer_timeout, move || async move {
+            info!(pid = std::process::id(), finalizer = %label, "finalizer waits {takes:?}...");
+            tokio::time::sleep(takes).await;
+            info!(pid = std::process::id(), finalizer = %label, "finalizer done");
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
+    let shutdown = shutdown.build()?;
+    let server = Server::bind(&args.listen)?.idle_grace(args.idle_grace)?;
+    let report = server.run(app(shutdown.clone()), &shutdown).await?;
+    Ok(report.exit_code())
+}
+
+fn app(shutdown: Shutdown) -> Router {
+    Router::new()
+        .route("/", get(|| async { "hello from baton\n" }))
+        .route(
+            "/pid",
+            get(|| async { format!("{}\n", std::process::id()) }),
+        )
+        .route("/sleep", get(sleep))
+        .route("/ready", get(ready))
+        .route("/shutdown", any(shutdown_route))
+        .route("/stats", get(stats))
+        .route("/stream", get(stream))
+        .route("/ws", get(ws))
+        .with_state(shutdown)
+}
+
+fn secs(query: &HashMap<String, String>, default: f64) -> Result<Duration, (StatusCode, String)> {
+    let Some(raw) = query.get("secs") else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    raw.parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| *d <= Duration::from_secs(86_400))
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            format!("secs=`{raw}` must be a number of seconds from 0 to 86400\n"),
+        ))
+}
+
+/// GoFrame's `/sleep`: answers after `secs` seconds, with the PID at start and end.
+async fn sleep(Query(q): Query<HashMap<String, String>>) -> impl IntoResponse {
+    let d = match secs(&q, 1.0) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    let start = std::process::id();
+    info!(pid = start, "sleep {d:?}: start");
+    tokio::time::sleep(d).await;
+    let end = std::process::id();
+    info!(pid = end, "sleep {d:?}: end");
+    (
+        StatusCode::OK,
+        format!(
+            "slept {:.3}s: start pid {start}, end pid {end}\n",
+            d.as_secs_f64()
+        ),
+    )
+}
+
+/// Readiness: 200 while serving, 503 from the shutdown signal on (during the drain
+/// delay the server still serves everything else).
+async fn ready(State(shutdown): State<Shutdown>) -> impl IntoResponse {
+    if shutdown.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    }
+}
+
+/// Faygo's `/shutdown?second=N`: answers, then the server drains with an N-second
+/// deadline. POST only, as any state change should be.
+async fn shutdown_route(
+    State(shutdown): State<Shutdown>,
+    method: axum::http::Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if method != axum::http::Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /shutdown?secs=N\n".to_owned(),
+        );
+    }
+    let d = match secs(&q, 30.0) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
+    match shutdown.trigger_within(d) {
+        // This response is still sent: the drain waits for requests in flight.
+        Ok(()) => (
+            StatusCode::OK,
+            format!("shutting down, deadline {:.3}s\n", d.as_secs_f64()),
+        ),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+async fn stats(State(shutdown): State<Shutdown>) -> String {
+    let s = shutdown.connections();
+    format!(
+        "phase {:?}\naccepted {}\nopen {}\nnew {}\nactive {}\nidle {}\nupgraded {}\nclosed {}\nrequests {}\n",
+        shutdown.phase(),
+        s.accepted,
+        s.open,
+        s.new,
+        s.active,
+        s.idle,
+        s.upgraded,
+        s.closed,
+        s.requests
+    )
+}
+
+/// A long-lived response: a line every 100 ms until the drain starts, then `bye`.
+async fn stream(State(shutdown): State<Shutdown>) -> impl IntoResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        let draining = shutdown.draining();
+        tokio::pin!(draining);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut n = 0u64;
+        loop {
+            tokio::select! {
+                () = &mut draining => {
+                    let _ = tx.send(Ok("bye\n".into())).await;
+                    return;
+                }
+                _ = tick.tick() => {
+                    n += 1;
+                    if tx.send(Ok(format!("tick {n}\n"))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    axum::body::Body::from_stream(tokio_stream(rx))
+}
+
+fn tokio_stream<T>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static
+where
+    T: Send + 'static,
+{
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A WebSocket echo that closes itself (close code 1001, "going away") when the drain
+/// starts.
+async fn ws(State(shutdown): State<Shutdown>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
+    upgrade.on_upgrade(move |socket| echo(socket, shutdown))
+}
+
+async fn echo(mut socket: WebSocket, shutdown: Shutdown) {
+    let draining = shutdown.draining();
+    tokio::pin!(draining);
+    loop {
+        tokio::select! {
+            () = &mut draining => {
+                let frame = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "server shutting down".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                // Wait (bounded by the drain deadline) for the client's close reply.
+                while let Some(Ok(msg)) = socket.recv().await {
+                    if matches!(msg, Message::Close(_)) {
+                        break;
+                    }
+                }
+                return;
+            }
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    if socket.send(Message::Text(t)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
