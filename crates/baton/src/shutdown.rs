@@ -506,8 +506,11 @@ impl Shutdown {
         let mut connections_forced = 0;
         let mut requests_forced = 0;
         if let Some(why) = forced_by {
-            tracker.advance(Phase::Forcing);
+            // Mark and cut first, publish the phase second: connection tasks drop their
+            // connection when they see `Forcing`, and one dropped before `force_all`
+            // reached it would be counted as drained.
             (connections_forced, requests_forced) = tracker.force_all();
+            tracker.advance(Phase::Forcing);
             if why == Forced::Deadline {
                 warn!(
                     pid,
