@@ -9,7 +9,9 @@ use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 

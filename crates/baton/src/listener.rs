@@ -265,9 +265,8 @@ mod tests {
 
     #[test]
     fn stale_unix_socket_is_replaced_live_one_is_in_use() {
-        let dir = std::env::temp_dir().join(format!("baton-listener-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
         let addr = ListenAddr::Unix(path.clone());
         let live = Listener::bind("a", &addr).unwrap();
         assert!(matches!(
@@ -277,6 +276,5 @@ mod tests {
         drop(live); // the file stays behind, nobody accepts
         assert!(path.exists());
         Listener::bind("c", &addr).expect("stale socket file is replaced");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,7 +5,9 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -446,24 +448,18 @@ impl Shutdown {
         let delay = self.inner.drain_delay;
         if !skip_delay && forced.is_none() && !delay.is_zero() {
             info!(pid, delay = ?delay, "readiness now reports draining; serving on until the drain starts");
-            let end = tokio::time::Instant::now() + delay;
-            loop {
-                tokio::select! {
-                    () = sleep_until(end) => break,
-                    cmd = commands.recv() => match cmd {
-                        Some(Command::Shutdown { timeout, .. }) => {
-                            if let Some(t) = timeout {
-                                drain_timeout = drain_timeout.min(t);
-                            }
-                            info!(pid, "shutdown asked again: the drain starts now");
-                            break;
+            // Any shutdown request ends the delay early; a hammer forces.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Shutdown { timeout, .. }) => {
+                        if let Some(t) = timeout {
+                            drain_timeout = drain_timeout.min(t);
                         }
-                        Some(Command::Force { .. }) | None => {
-                            forced = Some(());
-                            break;
-                        }
-                    },
-                }
+                        info!(pid, "shutdown asked again: the drain starts now");
+                    }
+                    Some(Command::Force { .. }) | None => forced = Some(()),
+                },
             }
         }
 

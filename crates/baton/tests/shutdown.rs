@@ -1,9 +1,8 @@
 //! Graceful shutdown of the real demo server: real processes, sockets, signals and an
 //! HTTP client. Each test starts its own server on a free port.
+#![allow(clippy::unwrap_used)]
 
 mod support;
-
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use support::{Demo, Http1, get, post};

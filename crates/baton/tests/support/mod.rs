@@ -1,6 +1,6 @@
 //! Test harness: runs the real `hello` demo as a child process on a free port, reads its
 //! log, sends it real signals, and talks to it with a real HTTP client.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
