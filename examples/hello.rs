@@ -23,7 +23,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use baton::http::Server;
-use baton::{Shutdown, Signal, SignalMap};
+use baton::{ListenAddr, Shutdown, Signal, SignalMap};
 use clap::Parser;
 use tracing::info;
 
@@ -33,7 +33,7 @@ use tracing::info;
 struct Args {
     /// Address to listen on: HOST:PORT or unix:/path (repeatable).
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    listen: Vec<String>,
+    listen: Vec<ListenAddr>,
 
     /// How long the drain may take before what is still open is cut.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]

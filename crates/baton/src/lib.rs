@@ -58,7 +58,7 @@ pub mod http;
 
 pub use error::Error;
 pub use hook::{HookOutcome, HookReport};
-pub use listener::{ListenAddr, Listener};
+pub use listener::{IntoListenAddr, ListenAddr, Listener};
 pub use report::{Forced, Report};
 pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, Shutdown, ShutdownBuilder};
 pub use signal::{Action, Signal, SignalMap};

@@ -91,6 +91,57 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// A listen address, or text that parses as one: what [`Server::bind`] takes.
+///
+/// [`Server::bind`]: crate::http::Server::bind
+pub trait IntoListenAddr: sealed::Sealed {
+    /// Converts, parsing text.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidAddress`] for text that is not an address.
+    fn into_listen_addr(self) -> Result<ListenAddr, Error>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::ListenAddr {}
+    impl Sealed for &super::ListenAddr {}
+    impl Sealed for &str {}
+    impl Sealed for String {}
+    impl Sealed for &String {}
+}
+
+impl IntoListenAddr for ListenAddr {
+    fn into_listen_addr(self) -> Result<ListenAddr, Error> {
+        Ok(self)
+    }
+}
+
+impl IntoListenAddr for &ListenAddr {
+    fn into_listen_addr(self) -> Result<ListenAddr, Error> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoListenAddr for &str {
+    fn into_listen_addr(self) -> Result<ListenAddr, Error> {
+        self.parse()
+    }
+}
+
+impl IntoListenAddr for String {
+    fn into_listen_addr(self) -> Result<ListenAddr, Error> {
+        self.parse()
+    }
+}
+
+impl IntoListenAddr for &String {
+    fn into_listen_addr(self) -> Result<ListenAddr, Error> {
+        self.parse()
+    }
+}
+
 /// A bound, listening socket with a name.
 ///
 /// The name identifies the listener in logs and, later, when sockets are handed to

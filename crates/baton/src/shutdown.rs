@@ -79,6 +79,8 @@ struct Inner {
     /// Taken by `run`.
     pending: Mutex<Option<Pending>>,
     hooks: Mutex<Vec<Hook>>,
+    /// The signal listener tasks, once installed (by the first `serve` or by `run`).
+    signal_tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
 }
 
 struct Pending {
@@ -207,6 +209,7 @@ impl ShutdownBuilder {
                     triggers: self.triggers,
                 })),
                 hooks: Mutex::new(self.hooks),
+                signal_tasks: Mutex::new(None),
             }),
         })
     }
@@ -382,10 +385,11 @@ impl Shutdown {
         let pending = lock(&self.inner.pending)
             .take()
             .ok_or(Error::AlreadyRunning)?;
-        let mut listeners = self.listen_to_signals()?;
+        self.install_signal_handlers()?;
+        let mut triggers = Vec::new();
         for trigger in pending.triggers {
             let tx = self.inner.commands.clone();
-            listeners.push(tokio::spawn(async move {
+            triggers.push(tokio::spawn(async move {
                 trigger.await;
                 let _ = tx.send(Command::Shutdown {
                     reason: "shutdown trigger completed".into(),
@@ -396,18 +400,34 @@ impl Shutdown {
             }));
         }
         let report = self.carry_out(pending.commands).await;
-        for task in listeners {
+        for task in triggers {
+            task.abort();
+        }
+        for task in lock(&self.inner.signal_tasks).take().unwrap_or_default() {
             task.abort();
         }
         Ok(report)
     }
 
-    fn listen_to_signals(&self) -> Result<Vec<JoinHandle<()>>, Error> {
+    /// Installs the handlers of the mapped signals, once. Called by the first server's
+    /// `serve` before it accepts anything, so that a signal sent as soon as the server
+    /// answers is handled, not fatal; and by `run`.
+    pub(crate) fn install_signal_handlers(&self) -> Result<(), Error> {
         use tokio::signal::unix::{SignalKind, signal};
+        let mut installed = lock(&self.inner.signal_tasks);
+        if installed.is_some() {
+            return Ok(());
+        }
         let mut tasks = Vec::new();
         for (sig, action) in self.inner.signals.iter() {
-            let mut stream = signal(SignalKind::from_raw(sig.as_raw()))
-                .map_err(|e| Error::io(format!("install a handler for {sig}"), e))?;
+            let stream = signal(SignalKind::from_raw(sig.as_raw()));
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err(Error::io(format!("install a handler for {sig}"), e));
+                }
+            };
             let tx = self.inner.commands.clone();
             tasks.push(tokio::spawn(async move {
                 while stream.recv().await.is_some() {
@@ -417,7 +437,8 @@ impl Shutdown {
                 }
             }));
         }
-        Ok(tasks)
+        *installed = Some(tasks);
+        Ok(())
     }
 
     async fn carry_out(&self, mut commands: mpsc::UnboundedReceiver<Command>) -> Report {

@@ -109,7 +109,7 @@ pub(crate) async fn drive<C>(
     idle_grace: Duration,
 ) -> Ended
 where
-    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + ?Sized,
 {
     tokio::pin!(draining, forced);
     tokio::select! {
@@ -144,5 +144,154 @@ where
 pub(crate) fn note_upgrade(shared: &ConnShared, ended: &Ended) {
     if matches!(ended, Ended::Done(Ok(()))) && !shared.is_closed() {
         shared.mark_upgraded();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::{Phase, Tracker};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    type FakeConn = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+    /// A dummy connection that ends when `graceful_shutdown` is called, as an idle
+    /// hyper connection does, and counts the calls.
+    struct Fake {
+        tracker: Tracker,
+        shared: Arc<ConnShared>,
+        graceful: Arc<AtomicUsize>,
+        task: tokio::task::JoinHandle<Ended>,
+    }
+
+    const GRACE: Duration = Duration::from_secs(1);
+
+    fn start(h2: bool, requests_before: u32) -> Fake {
+        let tracker = Tracker::new();
+        let shared = Arc::new(ConnShared::default());
+        for _ in 0..requests_before {
+            shared.request_started(h2);
+            shared.request_finished();
+        }
+        let graceful = Arc::new(AtomicUsize::new(0));
+        let ends = Arc::new(Notify::new());
+        let conn: FakeConn = Box::pin({
+            let ends = Arc::clone(&ends);
+            async move {
+                ends.notified().await;
+                Ok(())
+            }
+        });
+        let task = tokio::spawn({
+            let (shared, graceful) = (Arc::clone(&shared), Arc::clone(&graceful));
+            let (draining, forced) = (
+                tracker.reached(Phase::Draining),
+                tracker.reached(Phase::Forcing),
+            );
+            async move {
+                let mut conn = conn;
+                drive(
+                    conn.as_mut(),
+                    |_| {
+                        graceful.fetch_add(1, Ordering::SeqCst);
+                        ends.notify_one();
+                    },
+                    &shared,
+                    draining,
+                    forced,
+                    GRACE,
+                )
+                .await
+            }
+        });
+        Fake {
+            tracker,
+            shared,
+            graceful,
+            task,
+        }
+    }
+
+    async fn advance(d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_happens_before_the_drain() {
+        let fake = start(false, 1);
+        advance(Duration::from_secs(3600)).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 0);
+        assert!(!fake.task.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn http2_gets_goaway_at_once() {
+        let fake = start(true, 1);
+        fake.tracker.advance(Phase::Draining);
+        advance(Duration::from_millis(1)).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 1);
+        assert!(matches!(fake.task.await.unwrap(), Ended::Done(Ok(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_is_closed_after_a_whole_grace_not_before() {
+        let fake = start(false, 1);
+        fake.tracker.advance(Phase::Draining);
+        advance(GRACE - Duration::from_millis(10)).await;
+        assert_eq!(
+            fake.graceful.load(Ordering::SeqCst),
+            0,
+            "not during the grace"
+        );
+        advance(Duration::from_millis(20)).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 1);
+        assert!(matches!(fake.task.await.unwrap(), Ended::Done(Ok(()))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waiting_for_its_first_request_gets_the_same_grace() {
+        let fake = start(false, 0);
+        fake.tracker.advance(Phase::Draining);
+        advance(GRACE / 2).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 0);
+        advance(GRACE).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_http1_connection_is_left_alone_until_idle_for_a_whole_grace() {
+        let fake = start(false, 1);
+        fake.tracker.advance(Phase::Draining);
+        // A request in flight across the first tick.
+        fake.shared.request_started(false);
+        advance(GRACE + GRACE / 2).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 0, "request in flight");
+        fake.shared.request_finished();
+        // Another request came and went during the next grace: still not idle for a
+        // whole grace at the second tick.
+        fake.shared.request_started(false);
+        fake.shared.request_finished();
+        advance(GRACE).await;
+        assert_eq!(
+            fake.graceful.load(Ordering::SeqCst),
+            0,
+            "active during the grace"
+        );
+        advance(GRACE).await;
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forcing_drops_the_connection() {
+        let fake = start(false, 1);
+        fake.shared.request_started(false); // never finishes
+        fake.tracker.advance(Phase::Draining);
+        advance(Duration::from_secs(10)).await;
+        fake.tracker.advance(Phase::Forcing);
+        assert!(matches!(fake.task.await.unwrap(), Ended::Forced));
+        assert_eq!(fake.graceful.load(Ordering::SeqCst), 0);
     }
 }

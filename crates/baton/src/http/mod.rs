@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::listener::StdListener;
 use crate::tracker::Phase;
-use crate::{Error, ListenAddr, Listener, Report, Shutdown};
+use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
 pub use service::TrackedBody;
 
@@ -80,17 +80,18 @@ impl Server {
         }
     }
 
-    /// Parses and binds each address (see [`ListenAddr`] for the forms). The listeners
-    /// are named `http`, `http-2`, `http-3`, ... in order.
+    /// Parses and binds each address (see [`ListenAddr`] for the forms; text or
+    /// [`ListenAddr`] values). The listeners are named `http`, `http-2`, `http-3`, ... in
+    /// order.
     ///
     /// # Errors
     ///
     /// The first address that does not parse or cannot be bound; nothing stays bound
     /// then.
-    pub fn bind<A: AsRef<str>>(addrs: impl IntoIterator<Item = A>) -> Result<Self, Error> {
+    pub fn bind<A: IntoListenAddr>(addrs: impl IntoIterator<Item = A>) -> Result<Self, Error> {
         let mut listeners = Vec::new();
         for (i, addr) in addrs.into_iter().enumerate() {
-            let addr: ListenAddr = addr.as_ref().parse()?;
+            let addr = addr.into_listen_addr()?;
             let name = if i == 0 {
                 "http".to_owned()
             } else {
@@ -137,10 +138,13 @@ impl Server {
     /// `service` is any tower service of `Request<Incoming>`, such as an axum `Router`;
     /// it is cloned for each request, as hyper-util's `TowerToHyperService` does.
     ///
+    /// The [`Shutdown`]'s signal handlers are installed before the first connection is
+    /// accepted, so a signal sent as soon as the server answers is handled.
+    ///
     /// # Errors
     ///
-    /// [`Error::Io`] if called outside a tokio runtime or a listener cannot be
-    /// registered with it.
+    /// [`Error::Io`] if called outside a tokio runtime, a listener cannot be registered
+    /// with it, or a signal handler cannot be installed.
     pub fn serve<S, B>(self, service: S, shutdown: &Shutdown) -> Result<(), Error>
     where
         S: tower_service::Service<Request<Incoming>, Response = Response<B>>
@@ -166,6 +170,7 @@ impl Server {
             shutdown: shutdown.clone(),
             idle_grace: self.idle_grace,
         });
+        shutdown.install_signal_handlers()?;
         let pid = std::process::id();
         // Register every listener before starting any, so that an error leaves nothing
         // half-started.

@@ -139,3 +139,65 @@ impl<B: Body> Body for TrackedBody<B> {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tracker::Tracker;
+
+    fn respond(
+        tracker: &Tracker,
+        http1: bool,
+        status: StatusCode,
+    ) -> (Response<TrackedBody<&'static str>>, Arc<ConnShared>) {
+        let conn = Arc::new(ConnShared::default());
+        conn.request_started(!http1);
+        let fut = DrainFuture {
+            inner: std::future::ready(Ok::<_, std::convert::Infallible>(
+                Response::builder().status(status).body("x").unwrap(),
+            )),
+            guard: Some(InFlight(Arc::clone(&conn))),
+            tracker: Arc::clone(tracker.inner()),
+            http1,
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut fut = std::pin::pin!(fut);
+        let Poll::Ready(Ok(resp)) = fut.as_mut().poll(&mut cx) else {
+            panic!("a ready inner future gives a ready response")
+        };
+        (resp, conn)
+    }
+
+    #[test]
+    fn connection_close_only_on_http1_responses_while_draining() {
+        let tracker = Tracker::new();
+        for phase in [Phase::Running, Phase::DelayingDrain] {
+            tracker.advance(phase);
+            let (resp, _) = respond(&tracker, true, StatusCode::OK);
+            assert!(resp.headers().get(CONNECTION).is_none(), "{phase:?}");
+        }
+        tracker.advance(Phase::Draining);
+        let (resp, _) = respond(&tracker, true, StatusCode::OK);
+        assert_eq!(resp.headers()[CONNECTION], "close");
+        let (resp, _) = respond(&tracker, false, StatusCode::OK);
+        assert!(
+            resp.headers().get(CONNECTION).is_none(),
+            "connection headers are illegal in HTTP/2"
+        );
+        let (resp, _) = respond(&tracker, true, StatusCode::SWITCHING_PROTOCOLS);
+        assert!(
+            resp.headers().get(CONNECTION).is_none(),
+            "an upgrade response keeps its Connection: upgrade"
+        );
+    }
+
+    #[test]
+    fn the_request_is_in_flight_until_its_body_is_dropped() {
+        let tracker = Tracker::new();
+        let (resp, conn) = respond(&tracker, true, StatusCode::OK);
+        assert_eq!(conn.activity(), (1, true));
+        drop(resp);
+        assert_eq!(conn.activity(), (1, false));
+    }
+}

@@ -136,14 +136,21 @@ impl Demo {
         self.log.0.lock().unwrap().lines.clone()
     }
 
-    /// Sends a real signal, e.g. `"TERM"`.
+    /// Sends a real signal to the demo (and only to it), e.g. `"TERM"`.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {}", self.pid);
+        use rustix::process::{Pid, Signal, kill_process};
+        let sig = match sig {
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "QUIT" => Signal::QUIT,
+            "HUP" => Signal::HUP,
+            "USR1" => Signal::USR1,
+            "USR2" => Signal::USR2,
+            "KILL" => Signal::KILL,
+            other => panic!("the harness does not know signal {other}"),
+        };
+        let pid = Pid::from_raw(self.pid as i32).expect("a child's pid is positive");
+        kill_process(pid, sig).expect("signal the demo");
     }
 
     /// Waits for the process to exit.
