@@ -63,3 +63,8 @@ pub use report::{Forced, Report};
 pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, Shutdown, ShutdownBuilder};
 pub use signal::{Action, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};
+
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
