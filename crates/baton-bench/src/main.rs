@@ -1,0 +1,341 @@
+//! `baton-bench`: the reload verifier. HTTP load with reload triggers; every request is
+//! recorded and classified; the report says how many failed, how, and when.
+#![forbid(unsafe_code)]
+
+mod load;
+mod outcome;
+mod plot;
+mod report;
+mod trigger;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use clap::Parser;
+use hyper::header::HeaderName;
+use tokio::time::Instant;
+
+use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
+
+/// The reload verifier: sends HTTP requests back to back while a reload command runs
+/// every so often, records every request, and reports how many failed, how and when.
+///
+/// Nothing is retried: a request that was written and did not get a complete response
+/// is a failure. Exit status: 0 when failures <= --max-failures, 1 when more failed,
+/// 2 for a bad command line, 3 when the run could not be made.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The URL(s) to request (http:// only); workers are spread over them.
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+
+    /// Concurrent workers (each with its own connection).
+    #[arg(short, long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+
+    /// How long to run.
+    #[arg(short, long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+
+    /// Stop after this many requests instead of after --duration.
+    #[arg(short = 'n', long)]
+    requests: Option<u64>,
+
+    /// keep-alive: reuse connections; new-conn: a new connection per request.
+    #[arg(long, value_enum, default_value = "keep-alive")]
+    mode: Mode,
+
+    /// HTTP version: 1 (HTTP/1.1) or 2 (h2c, prior knowledge).
+    #[arg(long, default_value = "1", value_parser = ["1", "2"])]
+    http: String,
+
+    /// Per-request timeout (connect included).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+
+    /// Client threads (default: the number of CPUs).
+    #[arg(long)]
+    threads: Option<usize>,
+
+    /// Shell command that triggers one reload; {pid} and {pidfile} are substituted.
+    #[arg(long, value_name = "CMD")]
+    reload: Option<String>,
+
+    /// Time between reload triggers.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_every: Duration,
+
+    /// Number of reload triggers (default: as many as fit in the run).
+    #[arg(long)]
+    reloads: Option<u32>,
+
+    /// The value of {pid}.
+    #[arg(long)]
+    pid: Option<u32>,
+
+    /// The value of {pidfile}; {pid} is then read from it at each trigger.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
+
+    /// The server's PID is in this response header.
+    #[arg(long, value_name = "NAME", conflicts_with = "pid_body")]
+    pid_header: Option<String>,
+
+    /// The response body is the server's PID (e.g. the demo's /pid).
+    #[arg(long)]
+    pid_body: bool,
+
+    /// Report this process's CPU time per request (a steady server's cost).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+
+    /// A reload window lasts from its trigger to trigger + this.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    window: Duration,
+
+    /// Write the machine-readable report here.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+
+    /// Write the timeline picture (SVG) here.
+    #[arg(long, value_name = "PATH.svg")]
+    plot: Option<PathBuf>,
+
+    /// Name of the run in the report.
+    #[arg(long)]
+    label: Option<String>,
+
+    /// Exit 1 when more requests than this fail.
+    #[arg(long, default_value_t = 0)]
+    max_failures: u64,
+
+    /// No progress lines on stderr.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(rt) => rt.block_on(run(args, threads)),
+        Err(e) => Err(anyhow!(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+async fn parse_target(url: &str) -> anyhow::Result<Target> {
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL; expected e.g. http://127.0.0.1:8080/"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("`{url}`: only http:// URLs are supported (HTTPS comes with TLS support)");
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow!("`{url}` has no host"))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((authority.host(), port))
+        .await
+        .with_context(|| format!("cannot resolve {}", authority.host()))?
+        .next()
+        .ok_or_else(|| anyhow!("{} resolves to no address", authority.host()))?;
+    Ok(Target {
+        addr,
+        authority: authority.to_string(),
+        path: uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+    })
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // /proc reports in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    Some(ticks as f64 / 100.0)
+}
+
+async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
+    let mut targets = Vec::new();
+    for url in &args.urls {
+        targets.push(parse_target(url).await?);
+    }
+    let pid_from = match (&args.pid_header, args.pid_body) {
+        (Some(name), _) => PidFrom::Header(
+            HeaderName::try_from(name.as_str())
+                .with_context(|| format!("`{name}` is not a header name"))?,
+        ),
+        (None, true) => PidFrom::Body,
+        (None, false) => PidFrom::None,
+    };
+    if args.reload.is_none() && (args.reloads.is_some() || args.pidfile.is_some()) {
+        bail!("--reloads and --pidfile need --reload CMD");
+    }
+    if args.reload_every.is_zero() || args.window.is_zero() || args.timeout.is_zero() {
+        bail!("--reload-every, --window and --timeout must be greater than zero");
+    }
+    let http = if args.http == "2" {
+        Http::Two
+    } else {
+        Http::One
+    };
+    let cfg = Arc::new(LoadConfig {
+        targets,
+        mode: args.mode,
+        http,
+        timeout: args.timeout,
+        pid_from,
+        max_requests: args.requests,
+    });
+    let label = args.label.clone().unwrap_or_else(|| {
+        format!(
+            "{} {}{}",
+            args.urls.join(" "),
+            match args.mode {
+                Mode::KeepAlive => "keep-alive",
+                Mode::NewConn => "new-conn",
+            },
+            args.reload
+                .as_ref()
+                .map(|r| format!(", reload `{r}`"))
+                .unwrap_or_default()
+        )
+    });
+
+    let client_cpu_before = cpu_seconds("self");
+    let server_pid = args.server_pid.map(|p| p.to_string());
+    let server_cpu_before = server_pid.as_deref().and_then(cpu_seconds);
+    if let (Some(pid), None) = (&server_pid, server_cpu_before) {
+        bail!("--server-pid {pid}: no such process (cannot read /proc/{pid}/stat)");
+    }
+
+    let started = Instant::now();
+    let shared = Arc::new(Shared::new(started));
+    let workers: Vec<_> = (0..args.concurrency as usize)
+        .map(|i| tokio::spawn(load::worker(Arc::clone(&cfg), Arc::clone(&shared), i)))
+        .collect();
+    let triggers = args.reload.as_ref().map(|command| {
+        tokio::spawn(trigger::run(
+            trigger::TriggerConfig {
+                command: command.clone(),
+                every: args.reload_every,
+                count: args.reloads,
+                pid: args.pid,
+                pidfile: args.pidfile.clone(),
+                quiet: args.quiet,
+            },
+            Arc::clone(&shared),
+        ))
+    });
+
+    let progress = (!args.quiet).then(|| {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval_at(started + Duration::from_secs(1), Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                eprintln!(
+                    "[{:>4.0}s] {} requests, {} failed, {} stale connections replaced",
+                    started.elapsed().as_secs_f64(),
+                    shared.done.load(Ordering::Relaxed),
+                    shared.failed.load(Ordering::Relaxed),
+                    shared.stale.load(Ordering::Relaxed),
+                );
+            }
+        })
+    });
+    // With --requests the workers stop by themselves; otherwise at the end of the
+    // duration (requests in flight then still complete, bounded by --timeout).
+    if args.requests.is_none() {
+        tokio::time::sleep_until(started + args.duration).await;
+        shared.stop.store(true, Ordering::Relaxed);
+    }
+    let mut records = Vec::new();
+    for w in workers {
+        records.extend(w.await.context("a worker panicked")?);
+    }
+    // With --requests, the reload task stops with the last worker.
+    shared.stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+    }
+    let triggers = match triggers {
+        Some(t) => t.await.context("the reload task panicked")?,
+        None => Vec::new(),
+    };
+    let client_cpu_cores = client_cpu_before
+        .zip(cpu_seconds("self"))
+        .map(|(a, b)| (b - a) / elapsed);
+    let server_cpu_s = server_cpu_before
+        .zip(server_pid.as_deref().and_then(cpu_seconds))
+        .map(|(a, b)| b - a);
+    let first_failures = std::mem::take(
+        &mut *shared
+            .first_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()),
+    );
+    let report = report::build(
+        &records,
+        report::RunFacts {
+            label,
+            client: report::Client {
+                tool: "baton-bench",
+                mode: args.mode,
+                http: if http == Http::Two { "2" } else { "1.1" },
+                concurrency: args.concurrency as usize,
+                threads,
+                urls: args.urls.clone(),
+                timeout_s: args.timeout.as_secs_f64(),
+            },
+            duration_s: elapsed,
+            triggers,
+            window_s: args.window.as_secs_f64(),
+            stale_connections: shared.stale.load(Ordering::Relaxed),
+            client_cpu_cores,
+            server_cpu_s,
+            first_failures,
+        },
+    );
+    print!("{}", report::text(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("serialize the report")?;
+        std::fs::write(path, json + "\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, plot::svg(&report))
+            .with_context(|| format!("write {}", path.display()))?;
+    }
+    if report.failed > args.max_failures {
+        eprintln!(
+            "FAILED: {} requests failed (allowed: {})",
+            report.failed, args.max_failures
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

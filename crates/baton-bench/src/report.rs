@@ -1,0 +1,346 @@
+//! Summaries of the records: totals, classes, percentiles overall and in reload
+//! windows, the timeline; as JSON and as text.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::Record;
+use crate::outcome::Outcome;
+use crate::trigger::Trigger;
+
+/// Width of a timeline bucket.
+pub(crate) const BUCKET_US: u64 = 100_000;
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) count: u64,
+    pub(crate) p50: Option<f64>,
+    pub(crate) p90: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) p999: Option<f64>,
+    pub(crate) max: Option<f64>,
+}
+
+/// Percentiles (in ms) of latencies given in µs; sorts its input.
+pub(crate) fn percentiles(lat_us: &mut [u32]) -> Percentiles {
+    if lat_us.is_empty() {
+        return Percentiles::default();
+    }
+    lat_us.sort_unstable();
+    let at = |q: f64| {
+        // Nearest rank: the smallest value with at least q of the values at or below it.
+        let rank = ((q * lat_us.len() as f64).ceil() as usize).clamp(1, lat_us.len());
+        Some(f64::from(lat_us[rank - 1]) / 1000.0)
+    };
+    Percentiles {
+        count: lat_us.len() as u64,
+        p50: at(0.50),
+        p90: at(0.90),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: Some(f64::from(lat_us[lat_us.len() - 1]) / 1000.0),
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Latency {
+    pub(crate) all: Percentiles,
+    pub(crate) reload_windows: Percentiles,
+    pub(crate) steady: Percentiles,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Reloads {
+    pub(crate) count: usize,
+    pub(crate) failed_commands: usize,
+    pub(crate) failed_requests_in_windows: u64,
+    pub(crate) failed_per_reload: Option<f64>,
+    pub(crate) triggers: Vec<Trigger>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Bucket {
+    pub(crate) t_s: f64,
+    pub(crate) requests: u64,
+    pub(crate) failed: u64,
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p90_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+    pub(crate) max_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Client {
+    pub(crate) tool: &'static str,
+    pub(crate) mode: crate::load::Mode,
+    pub(crate) http: &'static str,
+    pub(crate) concurrency: usize,
+    pub(crate) threads: usize,
+    pub(crate) urls: Vec<String>,
+    pub(crate) timeout_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct FailureSample {
+    pub(crate) t_s: f64,
+    pub(crate) class: &'static str,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) label: String,
+    pub(crate) client: Client,
+    pub(crate) duration_s: f64,
+    pub(crate) requests: u64,
+    pub(crate) ok: u64,
+    pub(crate) failed: u64,
+    pub(crate) failures: BTreeMap<&'static str, u64>,
+    pub(crate) rps: f64,
+    pub(crate) latency_ms: Latency,
+    pub(crate) reloads: Reloads,
+    pub(crate) pids_seen: usize,
+    pub(crate) stale_connections: u64,
+    pub(crate) client_cpu_cores: Option<f64>,
+    pub(crate) server_cpu_us_per_request: Option<f64>,
+    pub(crate) first_failures: Vec<FailureSample>,
+    pub(crate) timeline: Vec<Bucket>,
+}
+
+/// What the report is made of, besides the records.
+#[derive(Debug)]
+pub(crate) struct RunFacts {
+    pub(crate) label: String,
+    pub(crate) client: Client,
+    pub(crate) duration_s: f64,
+    pub(crate) triggers: Vec<Trigger>,
+    pub(crate) window_s: f64,
+    pub(crate) stale_connections: u64,
+    pub(crate) client_cpu_cores: Option<f64>,
+    pub(crate) server_cpu_s: Option<f64>,
+    pub(crate) first_failures: Vec<(u64, Outcome, String)>,
+}
+
+pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
+    let windows: Vec<(u64, u64)> = facts
+        .triggers
+        .iter()
+        .map(|t| {
+            let start = (t.start_s * 1e6) as u64;
+            (start, start + (facts.window_s * 1e6) as u64)
+        })
+        .collect();
+    let in_window = |us: u64| windows.iter().any(|(a, b)| (*a..*b).contains(&us));
+
+    let mut classes: BTreeMap<&'static str, u64> =
+        Outcome::FAILURES.iter().map(|o| (o.name(), 0)).collect();
+    let (mut all, mut win, mut steady) = (Vec::new(), Vec::new(), Vec::new());
+    let mut pids = HashSet::new();
+    let mut failed_in_windows = 0;
+    let mut ok = 0;
+    let n_buckets = ((facts.duration_s * 1e6) as u64 / BUCKET_US + 1) as usize;
+    let mut buckets: Vec<(Vec<u32>, u64)> = (0..n_buckets).map(|_| (Vec::new(), 0)).collect();
+    for r in records {
+        let windowed = in_window(r.start_us);
+        if r.outcome.is_failure() {
+            *classes.entry(r.outcome.name()).or_default() += 1;
+            if windowed {
+                failed_in_windows += 1;
+            }
+        } else {
+            ok += 1;
+        }
+        if r.pid != 0 {
+            pids.insert(r.pid);
+        }
+        all.push(r.latency_us);
+        if windowed {
+            win.push(r.latency_us);
+        } else {
+            steady.push(r.latency_us);
+        }
+        let b = ((r.start_us / BUCKET_US) as usize).min(n_buckets - 1);
+        buckets[b].0.push(r.latency_us);
+        if r.outcome.is_failure() {
+            buckets[b].1 += 1;
+        }
+    }
+    let timeline = buckets
+        .into_iter()
+        .enumerate()
+        .map(|(i, (mut lat, failed))| {
+            let p = percentiles(&mut lat);
+            Bucket {
+                t_s: i as f64 * BUCKET_US as f64 / 1e6,
+                requests: p.count,
+                failed,
+                p50_ms: p.p50,
+                p90_ms: p.p90,
+                p99_ms: p.p99,
+                max_ms: p.max,
+            }
+        })
+        .collect();
+    let requests = records.len() as u64;
+    let failed = requests - ok;
+    let count = facts.triggers.len();
+    Report {
+        label: facts.label,
+        client: facts.client,
+        duration_s: facts.duration_s,
+        requests,
+        ok,
+        failed,
+        failures: classes,
+        rps: requests as f64 / facts.duration_s.max(1e-9),
+        latency_ms: Latency {
+            all: percentiles(&mut all),
+            reload_windows: percentiles(&mut win),
+            steady: percentiles(&mut steady),
+        },
+        reloads: Reloads {
+            count,
+            failed_commands: facts
+                .triggers
+                .iter()
+                .filter(|t| t.exit_code != Some(0))
+                .count(),
+            failed_requests_in_windows: failed_in_windows,
+            failed_per_reload: (count > 0).then(|| failed_in_windows as f64 / count as f64),
+            triggers: facts.triggers,
+        },
+        pids_seen: pids.len(),
+        stale_connections: facts.stale_connections,
+        client_cpu_cores: facts.client_cpu_cores,
+        server_cpu_us_per_request: facts
+            .server_cpu_s
+            .filter(|_| requests > 0)
+            .map(|s| s * 1e6 / requests as f64),
+        first_failures: facts
+            .first_failures
+            .into_iter()
+            .map(|(t, o, m)| FailureSample {
+                t_s: t as f64 / 1e6,
+                class: o.name(),
+                message: m,
+            })
+            .collect(),
+        timeline,
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+}
+
+/// The human summary printed at the end of a run.
+pub(crate) fn text(r: &Report) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", r.label);
+    let _ = writeln!(
+        s,
+        "  client      {} {}, HTTP/{}, {} workers on {} threads; {}",
+        r.client.tool,
+        match r.client.mode {
+            crate::load::Mode::KeepAlive => "keep-alive",
+            crate::load::Mode::NewConn => "new connection per request",
+        },
+        r.client.http,
+        r.client.concurrency,
+        r.client.threads,
+        r.client.urls.join(" ")
+    );
+    let _ = writeln!(
+        s,
+        "  requests    {} in {:.2}s = {:.0} req/s; ok {}, failed {}",
+        r.requests, r.duration_s, r.rps, r.ok, r.failed
+    );
+    let classes: Vec<String> = r
+        .failures
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "  failures    {}",
+        if classes.is_empty() {
+            "none".to_owned()
+        } else {
+            classes.join(", ")
+        }
+    );
+    if r.reloads.count > 0 {
+        let _ = writeln!(
+            s,
+            "  reloads     {} triggered ({} commands failed); {} requests failed in reload windows = {} per reload",
+            r.reloads.count,
+            r.reloads.failed_commands,
+            r.reloads.failed_requests_in_windows,
+            r.reloads
+                .failed_per_reload
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
+        );
+    }
+    for (name, p) in [
+        ("all", &r.latency_ms.all),
+        ("reloads", &r.latency_ms.reload_windows),
+        ("steady", &r.latency_ms.steady),
+    ] {
+        if p.count == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  latency ms  {name:<8} p50 {} p90 {} p99 {} p99.9 {} max {}  ({} requests)",
+            ms(p.p50),
+            ms(p.p90),
+            ms(p.p99),
+            ms(p.p999),
+            ms(p.max),
+            p.count
+        );
+    }
+    if r.pids_seen > 0 {
+        let _ = writeln!(s, "  server PIDs {} seen", r.pids_seen);
+    }
+    if r.stale_connections > 0 {
+        let _ = writeln!(
+            s,
+            "  stale       {} keep-alive connections were found closed before a request was written, and replaced",
+            r.stale_connections
+        );
+    }
+    if let Some(c) = r.client_cpu_cores {
+        let _ = writeln!(s, "  client CPU  {c:.2} cores");
+    }
+    if let Some(c) = r.server_cpu_us_per_request {
+        let _ = writeln!(s, "  server CPU  {c:.2} µs per request");
+    }
+    for f in r.first_failures.iter().take(5) {
+        let _ = writeln!(
+            s,
+            "  failure     at {:.3}s {}: {}",
+            f.t_s, f.class, f.message
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let mut v: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
+        let p = percentiles(&mut v);
+        assert_eq!(p.p50, Some(500.0));
+        assert_eq!(p.p99, Some(990.0));
+        assert_eq!(p.p999, Some(999.0));
+        assert_eq!(p.max, Some(1000.0));
+        assert_eq!(percentiles(&mut []).p50, None);
+    }
+}
