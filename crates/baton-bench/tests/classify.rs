@@ -216,3 +216,39 @@ async fn max_failures_gates_the_exit_status_and_reload_commands_are_recorded() {
             > 0
     );
 }
+
+/// HTTP/2 (h2c) against a real baton server: zero failures and one PID; the server then
+/// shuts down cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_against_a_baton_server() {
+    use axum::{Router, routing::get};
+    let shutdown = baton::Shutdown::builder()
+        .signals(baton::SignalMap::empty())
+        .build()
+        .unwrap();
+    let server = baton::http::Server::bind(["127.0.0.1:0"]).unwrap();
+    let baton::ListenAddr::Tcp(addr) = server.local_addrs()[0].clone() else {
+        panic!("tcp")
+    };
+    let app = Router::new().route(
+        "/pid",
+        get(|| async { format!("{}\n", std::process::id()) }),
+    );
+    server.serve(app, &shutdown).unwrap();
+    let url = format!("http://{addr}/pid");
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        bench(&[&url, "-n", "2000", "-c", "8", "--http", "2", "--pid-body"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["client"]["http"], "2");
+    assert_eq!(report["ok"], 2000);
+    assert_eq!(report["pids_seen"], 1);
+    shutdown.trigger();
+    let report = tokio::time::timeout(Duration::from_secs(60), shutdown.run())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(report.is_clean(), "{report}");
+}
