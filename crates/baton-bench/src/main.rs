@@ -245,6 +245,11 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
                 pid: args.pid,
                 pidfile: args.pidfile.clone(),
                 quiet: args.quiet,
+                // No trigger whose window would reach past the end of the run.
+                last_start: args
+                    .requests
+                    .is_none()
+                    .then(|| started + args.duration.saturating_sub(args.window)),
             },
             Arc::clone(&shared),
         ))
@@ -258,11 +263,10 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             loop {
                 tick.tick().await;
                 eprintln!(
-                    "[{:>4.0}s] {} requests, {} failed, {} stale connections replaced",
+                    "[{:>4.0}s] {} requests, {} failed",
                     started.elapsed().as_secs_f64(),
                     shared.done.load(Ordering::Relaxed),
                     shared.failed.load(Ordering::Relaxed),
-                    shared.stale.load(Ordering::Relaxed),
                 );
             }
         })
@@ -315,7 +319,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             duration_s: elapsed,
             triggers,
             window_s: args.window.as_secs_f64(),
-            stale_connections: shared.stale.load(Ordering::Relaxed),
+            replaced_connections: shared.replaced.load(Ordering::Relaxed),
             client_cpu_cores,
             server_cpu_s,
             first_failures,

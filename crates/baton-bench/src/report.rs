@@ -102,7 +102,7 @@ pub(crate) struct Report {
     pub(crate) latency_ms: Latency,
     pub(crate) reloads: Reloads,
     pub(crate) pids_seen: usize,
-    pub(crate) stale_connections: u64,
+    pub(crate) replaced_connections: u64,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_us_per_request: Option<f64>,
     pub(crate) first_failures: Vec<FailureSample>,
@@ -117,7 +117,7 @@ pub(crate) struct RunFacts {
     pub(crate) duration_s: f64,
     pub(crate) triggers: Vec<Trigger>,
     pub(crate) window_s: f64,
-    pub(crate) stale_connections: u64,
+    pub(crate) replaced_connections: u64,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_s: Option<f64>,
     pub(crate) first_failures: Vec<(u64, Outcome, String)>,
@@ -212,7 +212,7 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
             triggers: facts.triggers,
         },
         pids_seen: pids.len(),
-        stale_connections: facts.stale_connections,
+        replaced_connections: facts.replaced_connections,
         client_cpu_cores: facts.client_cpu_cores,
         server_cpu_us_per_request: facts
             .server_cpu_s
@@ -306,11 +306,11 @@ pub(crate) fn text(r: &Report) -> String {
     if r.pids_seen > 0 {
         let _ = writeln!(s, "  server PIDs {} seen", r.pids_seen);
     }
-    if r.stale_connections > 0 {
+    if r.replaced_connections > 0 {
         let _ = writeln!(
             s,
-            "  stale       {} keep-alive connections were found closed before a request was written, and replaced",
-            r.stale_connections
+            "  replaced    {} HTTP/2 connections ended by GOAWAY were replaced before a request",
+            r.replaced_connections
         );
     }
     if let Some(c) = r.client_cpu_cores {

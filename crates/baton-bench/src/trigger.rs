@@ -17,6 +17,8 @@ pub(crate) struct TriggerConfig {
     pub(crate) pid: Option<u32>,
     pub(crate) pidfile: Option<PathBuf>,
     pub(crate) quiet: bool,
+    /// No trigger starts after this instant.
+    pub(crate) last_start: Option<Instant>,
 }
 
 /// One run of the reload command.
@@ -62,7 +64,9 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
     let mut done = Vec::new();
     let mut next = shared.started + cfg.every;
     loop {
-        if cfg.count.is_some_and(|n| done.len() as u32 >= n) {
+        if cfg.count.is_some_and(|n| done.len() as u32 >= n)
+            || cfg.last_start.is_some_and(|last| next > last)
+        {
             break;
         }
         tokio::time::sleep_until(next).await;

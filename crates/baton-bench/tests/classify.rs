@@ -199,6 +199,8 @@ async fn max_failures_gates_the_exit_status_and_reload_commands_are_recorded() {
             "3",
             "--pid",
             "77",
+            "--window",
+            "100ms",
         ])
     })
     .await
