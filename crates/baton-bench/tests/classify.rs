@@ -50,6 +50,14 @@ async fn faulty_server() -> std::net::SocketAddr {
                             return;
                         }
                         "/close" => return, // FIN before any response
+                        "/answer-then-close" => {
+                            // A complete keep-alive response, then FIN without having said
+                            // `Connection: close`: nginx's idle close at a reload.
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                                .await;
+                            return;
+                        }
                         "/half" => {
                             // Headers promise 100 bytes; 3 come, then FIN.
                             let _ = stream
@@ -140,6 +148,28 @@ async fn each_kind_of_failure_is_classified() {
             );
         }
     }
+}
+
+/// The race of lesson 3: a server that closes a keep-alive connection under a client
+/// with no think time loses the client's next request. Every other request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_closed_under_a_busy_client_counts() {
+    let addr = faulty_server().await;
+    let url = format!("http://{addr}/answer-then-close");
+    let (code, report) = tokio::task::spawn_blocking(move || bench(&[&url, "-n", "10", "-c", "1"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1));
+    assert_eq!(report["ok"], 5);
+    assert_eq!(failures(&report), [("eof".to_owned(), 5)]);
+    // With a new connection per request nothing is lost.
+    let url = format!("http://{addr}/answer-then-close");
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        bench(&[&url, "-n", "10", "-c", "1", "--mode", "new-conn"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{report:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
