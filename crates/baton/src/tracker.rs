@@ -5,9 +5,10 @@
 //! once when it closes, and when someone asks for a snapshot or forces a close.
 
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use atomic_waker::AtomicWaker;
 use slab::Slab;
 use tokio::sync::{Notify, watch};
 
@@ -88,7 +89,7 @@ impl Clone for Tracker {
 #[derive(Debug)]
 pub(crate) struct TrackerInner {
     /// Mirror of the phase for the per-request check (one relaxed load).
-    phase: AtomicU8,
+    phase: Arc<AtomicU8>,
     phase_tx: watch::Sender<Phase>,
     conns: Mutex<Slab<Arc<ConnShared>>>,
     /// Open connections plus running accept loops; the drain is over at zero.
@@ -102,29 +103,57 @@ pub(crate) struct TrackerInner {
 }
 
 /// What one connection shares with the tracker and its request wrappers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ConnShared {
     /// The socket while it is open; `None` once its owner started closing it.
     fd: Mutex<Option<RawFd>>,
-    requests: AtomicU64,
-    inflight: AtomicU32,
+    /// Requests received (high 40 bits) and in flight (low 24 bits), in one word so
+    /// that starting a request is one atomic operation.
+    counts: AtomicU64,
     h2: AtomicBool,
     upgraded: AtomicBool,
     closed: AtomicBool,
     forced: AtomicBool,
+    /// The connection task's waker, woken when the phase changes. Per connection, so
+    /// that waiting for the drain costs a busy connection nothing shared.
+    waker: AtomicWaker,
+    /// The tracker's phase, shared once per connection so that a request reads it
+    /// without cloning anything.
+    phase: Arc<AtomicU8>,
 }
 
+/// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
+/// streams, but hyper's default limit is 200 concurrent ones); 40 bits count requests.
+const INFLIGHT_BITS: u32 = 24;
+const ONE_REQUEST: u64 = 1 << INFLIGHT_BITS;
+
 impl ConnShared {
+    // `#[inline]` on the per-request methods: they are called from generic code that is
+    // compiled in the user's crate, where a non-inline function of this crate would be
+    // a call.
+    #[inline]
     pub(crate) fn request_started(&self, h2: bool) {
         if h2 && !self.h2.load(Ordering::Relaxed) {
             self.h2.store(true, Ordering::Relaxed);
         }
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.counts.fetch_add(ONE_REQUEST | 1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(crate) fn request_finished(&self) {
-        self.inflight.fetch_sub(1, Ordering::Release);
+        self.counts.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Requests received so far, and in flight now.
+    fn counts(&self) -> (u64, u64) {
+        let c = self.counts.load(Ordering::Acquire);
+        (c >> INFLIGHT_BITS, c & (ONE_REQUEST - 1))
+    }
+
+    /// `true` once the drain has started: responses must close their connection.
+    #[inline]
+    pub(crate) fn draining(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) >= Phase::Draining as u8
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -133,10 +162,8 @@ impl ConnShared {
 
     /// Requests received so far and whether one is in flight now.
     pub(crate) fn activity(&self) -> (u64, bool) {
-        (
-            self.requests.load(Ordering::Relaxed),
-            self.inflight.load(Ordering::Acquire) > 0,
-        )
+        let (requests, inflight) = self.counts();
+        (requests, inflight > 0)
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -172,10 +199,8 @@ impl Drop for ConnHandle {
         *lock(&self.shared.fd) = None;
         lock(&self.tracker.conns).try_remove(self.key);
         let t = &self.tracker;
-        t.closed_requests.fetch_add(
-            self.shared.requests.load(Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
+        t.closed_requests
+            .fetch_add(self.shared.counts().0, Ordering::Relaxed);
         if self.shared.forced.load(Ordering::Relaxed) {
             t.closed_forced.fetch_add(1, Ordering::Relaxed);
         }
@@ -204,6 +229,31 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Resolves once the phase is `phase` or later, for the task of connection `conn`.
+///
+/// Unlike [`Tracker::reached`], polling it touches only the connection's own waker and
+/// one atomic load, never anything shared with other connections: a connection task is
+/// polled on every request, and so is this future.
+pub(crate) fn conn_reached<'a>(
+    tracker: &'a TrackerInner,
+    conn: &'a ConnShared,
+    phase: Phase,
+) -> impl Future<Output = ()> + Send + 'a {
+    std::future::poll_fn(move |cx| {
+        if tracker.phase.load(Ordering::Relaxed) >= phase as u8 {
+            return std::task::Poll::Ready(());
+        }
+        conn.waker.register(cx.waker());
+        // Check again after registering: `advance` stores the phase before it wakes,
+        // so either this load sees it or the wake reaches the waker just registered.
+        if tracker.phase.load(Ordering::SeqCst) >= phase as u8 {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+}
+
 impl TrackerInner {
     fn release(&self) {
         if self.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -221,7 +271,7 @@ impl Tracker {
         let (phase_tx, _) = watch::channel(Phase::Running);
         Tracker {
             inner: Arc::new(TrackerInner {
-                phase: AtomicU8::new(Phase::Running as u8),
+                phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
                 phase_tx,
                 conns: Mutex::new(Slab::new()),
                 busy: AtomicUsize::new(0),
@@ -242,9 +292,13 @@ impl Tracker {
         self.inner.phase()
     }
 
-    /// Moves to `phase` if it is later than the current one.
+    /// Moves to `phase` if it is later than the current one, and wakes every connection
+    /// task so that it sees the new phase.
     pub(crate) fn advance(&self, phase: Phase) {
-        self.inner.phase.fetch_max(phase as u8, Ordering::Relaxed);
+        let before = self.inner.phase.fetch_max(phase as u8, Ordering::SeqCst);
+        if before >= phase as u8 {
+            return;
+        }
         self.inner.phase_tx.send_if_modified(|current| {
             if phase > *current {
                 *current = phase;
@@ -253,6 +307,11 @@ impl Tracker {
                 false
             }
         });
+        // A connection registered after this loop ran sees the new phase on its first
+        // poll (see `conn_reached`).
+        for (_, conn) in lock(&self.inner.conns).iter() {
+            conn.waker.wake();
+        }
     }
 
     /// Resolves once the phase is `phase` or later.
@@ -277,7 +336,13 @@ impl Tracker {
     pub(crate) fn register(&self, fd: RawFd) -> ConnHandle {
         let shared = Arc::new(ConnShared {
             fd: Mutex::new(Some(fd)),
-            ..ConnShared::default()
+            counts: AtomicU64::new(0),
+            h2: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            phase: Arc::clone(&self.inner.phase),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +383,7 @@ impl Tracker {
             let Some(fd) = *fd else { continue };
             conn.forced.store(true, Ordering::Relaxed);
             forced += 1;
-            requests += u64::from(conn.inflight.load(Ordering::Relaxed));
+            requests += conn.counts().1;
             if let Err(e) = sys::shutdown_socket(fd) {
                 // ENOTCONN: the peer is already gone; the owner will close it.
                 tracing::debug!(error = %e, "shutdown of a forced connection");
@@ -340,11 +405,10 @@ impl Tracker {
             // Read `accepted` under the lock so that it is never behind `open`.
             s.accepted = t.accepted.load(Ordering::Relaxed);
             for (_, c) in conns.iter() {
-                let inflight = c.inflight.load(Ordering::Relaxed);
-                let requests = c.requests.load(Ordering::Relaxed);
+                let (requests, inflight) = c.counts();
                 s.open += 1;
                 s.requests += requests;
-                s.requests_in_flight += u64::from(inflight);
+                s.requests_in_flight += inflight;
                 if c.upgraded.load(Ordering::Relaxed) {
                     s.upgraded += 1;
                 } else if inflight > 0 {

@@ -112,7 +112,10 @@ where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + ?Sized,
 {
     tokio::pin!(draining, forced);
+    // `biased`: this select runs on every wake-up of a busy connection; polling hyper
+    // first and drawing no random number keeps it cheap.
     tokio::select! {
+        biased;
         res = conn.as_mut() => return Ended::Done(res),
         () = &mut draining => {}
     }
@@ -150,7 +153,7 @@ pub(crate) fn note_upgrade(shared: &ConnShared, ended: &Ended) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::{Phase, Tracker};
+    use crate::tracker::{Phase, Tracker, conn_reached};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Notify;
@@ -171,7 +174,8 @@ mod tests {
 
     fn start(h2: bool, requests_before: u32) -> Fake {
         let tracker = Tracker::new();
-        let shared = Arc::new(ConnShared::default());
+        let handle = tracker.register(-1);
+        let shared = Arc::clone(handle.shared());
         for _ in 0..requests_before {
             shared.request_started(h2);
             shared.request_finished();
@@ -187,11 +191,9 @@ mod tests {
         });
         let task = tokio::spawn({
             let (shared, graceful) = (Arc::clone(&shared), Arc::clone(&graceful));
-            let (draining, forced) = (
-                tracker.reached(Phase::Draining),
-                tracker.reached(Phase::Forcing),
-            );
+            let inner = Arc::clone(tracker.inner());
             async move {
+                let _registered = handle;
                 let mut conn = conn;
                 drive(
                     conn.as_mut(),
@@ -200,8 +202,8 @@ mod tests {
                         ends.notify_one();
                     },
                     &shared,
-                    draining,
-                    forced,
+                    conn_reached(&inner, &shared, Phase::Draining),
+                    conn_reached(&inner, &shared, Phase::Forcing),
                     GRACE,
                 )
                 .await

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use crate::listener::StdListener;
-use crate::tracker::Phase;
+use crate::tracker::{Phase, conn_reached};
 use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
 pub use service::TrackedBody;
@@ -394,15 +394,12 @@ where
     let tracker = ctx.shutdown.tracker();
     let io = conn::TrackedIo::new(io, |fd| tracker.register(fd));
     let shared = Arc::clone(io.handle().shared());
-    let service = service::DrainService::new(
-        ctx.service.clone(),
-        Arc::clone(&shared),
-        Arc::clone(tracker.inner()),
-    );
-    let draining = tracker.reached(Phase::Draining);
-    let forced = tracker.reached(Phase::Forcing);
+    let service = service::DrainService::new(ctx.service.clone(), Arc::clone(&shared));
+    let tracker = Arc::clone(tracker.inner());
     let ctx = Arc::clone(ctx);
     tokio::spawn(async move {
+        let draining = conn_reached(&tracker, &shared, Phase::Draining);
+        let forced = conn_reached(&tracker, &shared, Phase::Forcing);
         let ended = {
             let conn = ctx
                 .builder

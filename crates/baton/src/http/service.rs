@@ -17,21 +17,19 @@ use hyper::body::Incoming;
 use hyper_util::service::TowerToHyperService;
 use pin_project_lite::pin_project;
 
-use crate::tracker::{ConnShared, Phase, TrackerInner};
+use crate::tracker::ConnShared;
 
 #[derive(Debug)]
 pub(crate) struct DrainService<S> {
     inner: TowerToHyperService<S>,
     conn: Arc<ConnShared>,
-    tracker: Arc<TrackerInner>,
 }
 
 impl<S> DrainService<S> {
-    pub(crate) fn new(service: S, conn: Arc<ConnShared>, tracker: Arc<TrackerInner>) -> Self {
+    pub(crate) fn new(service: S, conn: Arc<ConnShared>) -> Self {
         DrainService {
             inner: TowerToHyperService::new(service),
             conn,
-            tracker,
         }
     }
 }
@@ -51,7 +49,6 @@ where
         DrainFuture {
             inner: self.inner.call(req),
             guard: Some(InFlight(Arc::clone(&self.conn))),
-            tracker: Arc::clone(&self.tracker),
             http1,
         }
     }
@@ -63,6 +60,7 @@ where
 pub(crate) struct InFlight(Arc<ConnShared>);
 
 impl Drop for InFlight {
+    #[inline]
     fn drop(&mut self) {
         self.0.request_finished();
     }
@@ -74,7 +72,6 @@ pin_project! {
         #[pin]
         inner: F,
         guard: Option<InFlight>,
-        tracker: Arc<TrackerInner>,
         http1: bool,
     }
 }
@@ -92,7 +89,7 @@ where
         // arrived before the drain and is answered during it must close too, or its
         // client sends the next request on a connection that is about to close.
         if *this.http1
-            && this.tracker.phase() >= Phase::Draining
+            && this.guard.as_ref().is_some_and(|g| g.0.draining())
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             response
@@ -143,21 +140,20 @@ impl<B: Body> Body for TrackedBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::Tracker;
+    use crate::tracker::{Phase, Tracker};
 
     fn respond(
         tracker: &Tracker,
         http1: bool,
         status: StatusCode,
     ) -> (Response<TrackedBody<&'static str>>, Arc<ConnShared>) {
-        let conn = Arc::new(ConnShared::default());
+        let conn = Arc::clone(tracker.register(-1).shared());
         conn.request_started(!http1);
         let fut = DrainFuture {
             inner: std::future::ready(Ok::<_, std::convert::Infallible>(
                 Response::builder().status(status).body("x").unwrap(),
             )),
             guard: Some(InFlight(Arc::clone(&conn))),
-            tracker: Arc::clone(tracker.inner()),
             http1,
         };
         let waker = std::task::Waker::noop();
