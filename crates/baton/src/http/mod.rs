@@ -341,11 +341,17 @@ where
     let draining = ctx.shutdown.tracker().reached(Phase::Draining);
     tokio::pin!(draining);
     let mut last_complaint: Option<Instant> = None;
+    let tracker = ctx.shutdown.tracker();
     loop {
+        // A cheap check first: under a steady stream of connections `accept` is always
+        // ready and the `draining` future below would never be polled.
+        if tracker.phase() >= Phase::Draining {
+            break;
+        }
         let accepted = tokio::select! {
             biased;
-            () = &mut draining => break,
             res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
+            () = &mut draining => break,
         };
         match accepted {
             Ok(io) => spawn_connection(io, ctx),
