@@ -139,7 +139,9 @@ impl Server {
     /// it is cloned for each request, as hyper-util's `TowerToHyperService` does.
     ///
     /// The [`Shutdown`]'s signal handlers are installed before the first connection is
-    /// accepted, so a signal sent as soon as the server answers is handled.
+    /// accepted, so a signal sent as soon as the server answers is handled. From then
+    /// on those signals no longer end the process by themselves: call
+    /// [`Shutdown::run`], which acts on them.
     ///
     /// # Errors
     ///
