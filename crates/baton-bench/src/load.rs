@@ -73,6 +73,8 @@ pub(crate) struct LoadConfig {
 pub(crate) struct Shared {
     pub(crate) started: Instant,
     pub(crate) stop: AtomicBool,
+    /// Woken when `stop` is set, so that the reload task does not wait for its next tick.
+    pub(crate) stopped: tokio::sync::Notify,
     pub(crate) issued: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) failed: AtomicU64,
@@ -86,12 +88,18 @@ impl Shared {
         Shared {
             started,
             stop: AtomicBool::new(false),
+            stopped: tokio::sync::Notify::new(),
             issued: AtomicU64::new(0),
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             first_failure: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    pub(crate) fn finish(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.stopped.notify_waiters();
     }
 
     fn take_ticket(&self, cfg: &LoadConfig) -> bool {

@@ -275,14 +275,14 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
     // duration (requests in flight then still complete, bounded by --timeout).
     if args.requests.is_none() {
         tokio::time::sleep_until(started + args.duration).await;
-        shared.stop.store(true, Ordering::Relaxed);
+        shared.finish();
     }
     let mut records = Vec::new();
     for w in workers {
         records.extend(w.await.context("a worker panicked")?);
     }
     // With --requests, the reload task stops with the last worker.
-    shared.stop.store(true, Ordering::Relaxed);
+    shared.finish();
     let elapsed = started.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p.abort();

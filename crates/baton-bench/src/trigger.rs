@@ -69,9 +69,17 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
         {
             break;
         }
-        tokio::time::sleep_until(next).await;
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
+        {
+            let stopped = shared.stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if shared.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(next) => {}
+                () = stopped => break,
+            }
         }
         let start = Instant::now();
         let since = |t: Instant| (t - shared.started).as_secs_f64();
