@@ -17,7 +17,9 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 instructions() { # SIDE N -> total instructions of the server process
   local side=$1 n=$2 p out
   p=$(port); out=$tmp/cg.$side.$n
-  valgrind --tool=callgrind --callgrind-out-file="$out" \
+  # One runtime worker: with two, the scheduling under valgrind varies from run to run
+  # (seen: ±6% per new connection for the same binary); with one, counts repeat.
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
     target/release/bench-server "$side" --listen "127.0.0.1:$p" 2>"$tmp/vg.log" &
   local vg=$!
   for _ in $(seq 1 600); do

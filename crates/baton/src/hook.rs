@@ -69,18 +69,16 @@ impl Hook {
         let started = Instant::now();
         let outcome = match self.run {
             HookFn::Async(f) => {
-                let mut task = tokio::spawn(f());
-                match tokio::time::timeout(self.limit, &mut task).await {
+                // Aborted when this future is dropped too (a hammer abandons the hook).
+                let mut task = AbortOnDrop(tokio::spawn(f()));
+                match tokio::time::timeout(self.limit, &mut task.0).await {
                     Ok(Ok(Ok(()))) => HookOutcome::Completed,
                     Ok(Ok(Err(e))) => HookOutcome::Failed(e),
                     Ok(Err(join)) => HookOutcome::Panicked(match join.try_into_panic() {
                         Ok(payload) => panic_message(payload.as_ref()),
                         Err(e) => e.to_string(),
                     }),
-                    Err(_) => {
-                        task.abort();
-                        HookOutcome::TimedOut
-                    }
+                    Err(_) => HookOutcome::TimedOut,
                 }
             }
             HookFn::Blocking(f) => {
@@ -123,6 +121,14 @@ impl Hook {
             outcome: HookOutcome::Abandoned,
             elapsed: Duration::ZERO,
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

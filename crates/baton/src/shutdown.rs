@@ -555,16 +555,20 @@ impl Shutdown {
         let hooks = self.run_hooks(hooks, &mut commands).await;
         tracker.advance(Phase::Done);
 
-        let closed = after.closed - before.closed;
-        let closed_forced = after.forced - before.forced;
+        // Forced = cut by `force_all` or, for a connection registered after its
+        // snapshot (taken from the accept queue meanwhile), by its own drive loop.
+        let forced_now = after.forced.saturating_sub(before.forced);
+        let closed = after.closed.saturating_sub(before.closed);
+        let closed_unforced = closed.saturating_sub(forced_now.saturating_sub(after.open as u64));
         let report = Report {
             reason,
-            connections_at_drain: before.open as u64 + (after.accepted - before.accepted),
-            connections_drained: closed - closed_forced,
-            connections_forced: connections_forced as u64,
+            connections_at_drain: before.open as u64
+                + after.accepted.saturating_sub(before.accepted),
+            connections_drained: closed_unforced,
+            connections_forced: forced_now.max(connections_forced as u64),
             upgraded_at_drain: before.upgraded as u64,
             requests_in_flight: before.requests_in_flight,
-            requests_during_drain: after.requests - before.requests,
+            requests_during_drain: after.requests.saturating_sub(before.requests),
             requests_forced,
             forced: forced_by,
             drain_time,

@@ -69,7 +69,8 @@ pub struct ConnectionStats {
     pub requests: u64,
     /// Requests whose response has not finished yet.
     pub requests_in_flight: u64,
-    /// Connections cut by a forced close since start.
+    /// Connections cut by a forced close since start (closed ones, plus open ones that
+    /// were cut and are still closing).
     pub forced: u64,
 }
 
@@ -110,6 +111,9 @@ pub(crate) struct ConnShared {
     /// Requests received (high 40 bits) and in flight (low 24 bits), in one word so
     /// that starting a request is one atomic operation.
     counts: AtomicU64,
+    /// Reads that returned data. Written only by the connection's own socket wrapper
+    /// (one writer, so a load and a store, no read-modify-write), read by its drive loop.
+    reads: AtomicU64,
     h2: AtomicBool,
     upgraded: AtomicBool,
     closed: AtomicBool,
@@ -160,10 +164,26 @@ impl ConnShared {
         self.h2.load(Ordering::Relaxed)
     }
 
-    /// Requests received so far and whether one is in flight now.
-    pub(crate) fn activity(&self) -> (u64, bool) {
+    /// Called by the connection's socket wrapper when a read returned data.
+    #[inline]
+    pub(crate) fn note_read(&self) {
+        let n = self.reads.load(Ordering::Relaxed);
+        self.reads.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// What the drive loop compares between two idle checks: requests received, reads
+    /// that returned data, and whether a request is in flight now.
+    pub(crate) fn activity(&self) -> Activity {
         let (requests, inflight) = self.counts();
-        (requests, inflight > 0)
+        Activity {
+            requests,
+            reads: self.reads.load(Ordering::Relaxed),
+            in_flight: inflight > 0,
+        }
+    }
+
+    pub(crate) fn mark_forced(&self) {
+        self.forced.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -173,6 +193,14 @@ impl ConnShared {
     pub(crate) fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
+}
+
+/// A connection's activity at one instant, see [`ConnShared::activity`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Activity {
+    pub(crate) requests: u64,
+    pub(crate) reads: u64,
+    pub(crate) in_flight: bool,
 }
 
 /// Owned by the connection's I/O object: registered while the socket is open.
@@ -197,14 +225,19 @@ impl ConnHandle {
 impl Drop for ConnHandle {
     fn drop(&mut self) {
         *lock(&self.shared.fd) = None;
-        lock(&self.tracker.conns).try_remove(self.key);
         let t = &self.tracker;
-        t.closed_requests
-            .fetch_add(self.shared.counts().0, Ordering::Relaxed);
-        if self.shared.forced.load(Ordering::Relaxed) {
-            t.closed_forced.fetch_add(1, Ordering::Relaxed);
+        {
+            // The totals change together with the registry, under its lock, so that a
+            // snapshot (`stats`) never sees a connection both gone and not yet counted.
+            let mut conns = lock(&t.conns);
+            conns.try_remove(self.key);
+            t.closed_requests
+                .fetch_add(self.shared.counts().0, Ordering::Relaxed);
+            if self.shared.forced.load(Ordering::Relaxed) {
+                t.closed_forced.fetch_add(1, Ordering::Relaxed);
+            }
+            t.closed.fetch_add(1, Ordering::Relaxed);
         }
-        t.closed.fetch_add(1, Ordering::Relaxed);
         self.shared.closed.store(true, Ordering::Release);
         t.release();
     }
@@ -337,6 +370,7 @@ impl Tracker {
         let shared = Arc::new(ConnShared {
             fd: Mutex::new(Some(fd)),
             counts: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -345,8 +379,11 @@ impl Tracker {
             phase: Arc::clone(&self.inner.phase),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
-        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
-        let key = lock(&self.inner.conns).insert(Arc::clone(&shared));
+        let key = {
+            let mut conns = lock(&self.inner.conns);
+            self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+            conns.insert(Arc::clone(&shared))
+        };
         ConnHandle {
             tracker: Arc::clone(&self.inner),
             shared,
@@ -394,17 +431,18 @@ impl Tracker {
 
     pub(crate) fn stats(&self) -> ConnectionStats {
         let t = &self.inner;
-        let mut s = ConnectionStats {
-            closed: t.closed.load(Ordering::Relaxed),
-            forced: t.closed_forced.load(Ordering::Relaxed),
-            requests: t.closed_requests.load(Ordering::Relaxed),
-            ..ConnectionStats::default()
-        };
+        let mut s = ConnectionStats::default();
         {
+            // Every total is read under the registry lock: consistent with `open`.
             let conns = lock(&t.conns);
-            // Read `accepted` under the lock so that it is never behind `open`.
+            s.closed = t.closed.load(Ordering::Relaxed);
+            s.forced = t.closed_forced.load(Ordering::Relaxed);
+            s.requests = t.closed_requests.load(Ordering::Relaxed);
             s.accepted = t.accepted.load(Ordering::Relaxed);
             for (_, c) in conns.iter() {
+                if c.forced.load(Ordering::Relaxed) {
+                    s.forced += 1;
+                }
                 let (requests, inflight) = c.counts();
                 s.open += 1;
                 s.requests += requests;
