@@ -161,7 +161,13 @@ async fn a_keep_alive_connection_closed_under_a_busy_client_counts() {
         .unwrap();
     assert_eq!(code, Some(1));
     assert_eq!(report["ok"], 5);
-    assert_eq!(failures(&report), [("eof".to_owned(), 5)]);
+    assert_eq!(report["failed"], 5);
+    // The client either finds the connection closed (eof) or writes into it just
+    // after the server's close, and the closed socket answers with RST (reset): both
+    // are this race, which of the two is timing.
+    for (class, _) in failures(&report) {
+        assert!(class == "eof" || class == "reset", "{class}: {report:#}");
+    }
     // With a new connection per request nothing is lost.
     let url = format!("http://{addr}/answer-then-close");
     let (code, report) = tokio::task::spawn_blocking(move || {
