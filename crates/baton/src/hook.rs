@@ -154,7 +154,8 @@ pub enum HookOutcome {
     Panicked(String),
     /// It did not finish within its time limit and was abandoned.
     TimedOut,
-    /// It never ran: a hammer (another shutdown signal) during the hooks skipped it.
+    /// A hammer (another shutdown signal) during the hooks stopped it while it ran, or
+    /// skipped it before it ran.
     Abandoned,
 }
 

@@ -448,7 +448,7 @@ impl Shutdown {
             unreachable!("`Inner` holds a sender for as long as `self` lives")
         };
         let started = Instant::now();
-        let (reason, mut drain_timeout, skip_delay, mut forced) = match first {
+        let (reason, mut drain_timeout, skip_delay, mut hammered) = match first {
             Command::Shutdown {
                 reason,
                 timeout,
@@ -458,16 +458,16 @@ impl Shutdown {
                 reason,
                 timeout.unwrap_or(self.inner.drain_timeout),
                 skip_delay,
-                None,
+                false,
             ),
-            Command::Force { reason } => (reason, self.inner.drain_timeout, true, Some(())),
+            Command::Force { reason } => (reason, self.inner.drain_timeout, true, true),
         };
         info!(pid, %reason, "shutting down");
 
         // Drain delay: serve on, readiness false.
         tracker.advance(Phase::DelayingDrain);
         let delay = self.inner.drain_delay;
-        if !skip_delay && forced.is_none() && !delay.is_zero() {
+        if !skip_delay && !hammered && !delay.is_zero() {
             info!(pid, delay = ?delay, "readiness now reports draining; serving on until the drain starts");
             // Any shutdown request ends the delay early; a hammer forces.
             tokio::select! {
@@ -479,7 +479,7 @@ impl Shutdown {
                         }
                         info!(pid, "shutdown asked again: the drain starts now");
                     }
-                    Some(Command::Force { .. }) | None => forced = Some(()),
+                    Some(Command::Force { .. }) | None => hammered = true,
                 },
             }
         }
@@ -496,7 +496,7 @@ impl Shutdown {
             "draining: listeners closed, finishing requests in flight"
         );
         let mut deadline = drain_started + drain_timeout;
-        let mut forced_by = forced.map(|()| Forced::Hammer);
+        let mut forced_by = hammered.then_some(Forced::Hammer);
         if forced_by.is_none() {
             loop {
                 tokio::select! {
@@ -592,8 +592,9 @@ impl Shutdown {
         let mut reports = Vec::with_capacity(hooks.len());
         let mut hooks = hooks.into_iter();
         while let Some(hook) = hooks.next() {
-            let name = hook.name.clone();
-            info!(pid, hook = %name, limit = ?hook.limit, "running shutdown hook");
+            let (name, limit) = (hook.name.clone(), hook.limit);
+            info!(pid, hook = %name, limit = ?limit, "running shutdown hook");
+            let started = Instant::now();
             let run = hook.run();
             tokio::pin!(run);
             let report = loop {
@@ -621,11 +622,12 @@ impl Shutdown {
                     reports.push(report);
                 }
                 None => {
-                    reports.push(crate::hook::HookReport {
+                    // The running hook's task is aborted with `run`; say how long it had.
+                    reports.push(HookReport {
                         name,
-                        limit: Duration::ZERO,
+                        limit,
                         outcome: crate::HookOutcome::Abandoned,
-                        elapsed: Duration::ZERO,
+                        elapsed: started.elapsed(),
                     });
                     reports.extend(hooks.map(Hook::abandoned));
                     break;

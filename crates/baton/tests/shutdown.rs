@@ -11,9 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_request_completes_new_connections_are_refused_exit_0() {
     let mut demo = Demo::start(&["--idle-grace", "200ms"]);
-    let addr = demo.addr.clone();
-    let sleeper = tokio::spawn(async move { get(&addr, "/sleep?secs=2").await });
-    demo.wait_log("sleep 2s: start");
+    let sleeper = demo.sleep_in_flight("2");
     demo.signal("TERM");
     demo.wait_log("stopped listening on");
     let refused = get(&demo.addr, "/")
@@ -47,9 +45,7 @@ async fn in_flight_request_completes_new_connections_are_refused_exit_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_longer_than_the_deadline_is_cut_and_reported() {
     let mut demo = Demo::start(&["--drain-timeout", "500ms"]);
-    let addr = demo.addr.clone();
-    let sleeper = tokio::spawn(async move { get(&addr, "/sleep?secs=60").await });
-    demo.wait_log("sleep 60s: start");
+    let sleeper = demo.sleep_in_flight("60");
     demo.signal("TERM");
     let cut = sleeper.await.unwrap();
     assert!(cut.is_err(), "cut before its response: {cut:?}");
@@ -100,9 +96,7 @@ async fn hooks_run_in_order_and_a_hanging_one_is_abandoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_during_the_drain_forces_the_exit() {
     let mut demo = Demo::start(&["--drain-timeout", "1h"]);
-    let addr = demo.addr.clone();
-    let sleeper = tokio::spawn(async move { get(&addr, "/sleep?secs=3600").await });
-    demo.wait_log("sleep 3600s: start");
+    let sleeper = demo.sleep_in_flight("3600");
     demo.signal("TERM");
     demo.wait_log("draining: listeners closed");
     demo.signal("TERM");
@@ -319,9 +313,7 @@ async fn a_streaming_response_observes_the_drain_and_ends_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_from_a_handler_with_a_deadline() {
     let mut demo = Demo::start(&[]);
-    let addr = demo.addr.clone();
-    let sleeper = tokio::spawn(async move { get(&addr, "/sleep?secs=3600").await });
-    demo.wait_log("sleep 3600s: start");
+    let sleeper = demo.sleep_in_flight("3600");
 
     let resp = get(&demo.addr, "/shutdown?secs=1").await.unwrap();
     assert_eq!(resp.status, 405, "state changes by POST only");

@@ -178,6 +178,16 @@ impl Demo {
         }
     }
 
+    /// Starts `GET /sleep?secs=SECS` on a new connection and returns once the server
+    /// logged its start: the request is in flight.
+    pub fn sleep_in_flight(&self, secs: &str) -> tokio::task::JoinHandle<Result<Resp, BoxError>> {
+        let addr = self.addr.clone();
+        let path = format!("/sleep?secs={secs}");
+        let request = tokio::spawn(async move { get(&addr, &path).await });
+        self.wait_log(&format!("sleep {secs}s: start"));
+        request
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
