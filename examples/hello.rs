@@ -1,10 +1,14 @@
-//! The demo server: GoFrame's graceful-restart demo, Faygo's programmatic shutdown and
-//! finalizers, a readiness route, a stream and a WebSocket that end cleanly on drain.
+//! The demo server: GoFrame's graceful-restart demo, Faygo's programmatic shutdown,
+//! reboot and finalizers, a readiness route, a stream and a WebSocket that end cleanly
+//! on drain.
 //!
 //! ```text
 //! cargo run --release --example hello -- --listen 127.0.0.1:8080
 //! curl localhost:8080/            # hello
 //! curl localhost:8080/pid         # the server's PID
+//! curl 'localhost:8080/sleep?secs=5' &  kill -HUP <pid>    # finishes on the old PID
+//! curl localhost:8080/pid                                  # ... the new one answers
+//! curl -X POST localhost:8080/restart                      # Faygo's reboot
 //! curl 'localhost:8080/sleep?secs=5' &  kill -TERM <pid>   # finishes, then exits 0
 //! curl -X POST 'localhost:8080/shutdown?secs=10'           # Faygo's Shutdown(10s)
 //! ```
@@ -23,33 +27,51 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use baton::http::Server;
-use baton::{ListenAddr, Shutdown, Signal, SignalMap};
+use baton::{Action, ListenAddr, Preset, Shutdown, Signal, SignalMap};
 use clap::Parser;
 use tracing::info;
 
-/// The baton demo server.
+/// The baton demo server: zero-downtime restart and graceful shutdown.
+///
+/// kill -HUP (or -USR2) restarts it without dropping a request: a new process starts
+/// from the binary as it is on disk now, takes over the listening sockets, and the old
+/// one finishes its requests and exits. kill -TERM (or -INT, Ctrl-C) shuts it down
+/// gracefully; a second one forces it.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, long_about)]
 struct Args {
     /// Address to listen on: HOST:PORT or unix:/path (repeatable).
     #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: Vec<ListenAddr>,
 
     /// How long the drain may take before what is still open is cut.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     drain_timeout: Duration,
 
     /// Keep serving this long after the shutdown signal while /ready answers 503.
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = delay)]
     drain_delay: Duration,
 
     /// Close a keep-alive connection idle this long once the drain started.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = limit)]
     idle_grace: Duration,
 
-    /// Signal that starts a graceful shutdown (repeatable; default TERM, INT and QUIT).
+    /// How long a new generation may take to report ready at a restart.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
+    ready_timeout: Duration,
+
+    /// The signal convention: baton (TERM/INT shutdown, QUIT without drain delay,
+    /// HUP/USR2 restart), faygo, endless, ghelper, goframe, nginx, or none.
+    #[arg(long, value_name = "PRESET", default_value = "baton")]
+    signals: String,
+
+    /// Also start a graceful shutdown on SIGNAL (repeatable; added to --signals).
     #[arg(long = "shutdown-signal", value_name = "SIGNAL")]
     shutdown_signals: Vec<Signal>,
+
+    /// Write the PID here once ready (each new generation rewrites it).
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<std::path::PathBuf>,
 
     /// A finalizer that takes DURATION to run, as in Faygo's SetShutdown example
     /// (repeatable, run in the order given), e.g. `--finalizer db=2s`.
@@ -65,8 +87,38 @@ fn parse_finalizer(s: &str) -> Result<(String, Duration), String> {
     let (name, dur) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=DURATION (e.g. db=2s)"))?;
-    let dur = humantime::parse_duration(dur).map_err(|e| format!("`{dur}`: {e}"))?;
-    Ok((name.to_owned(), dur))
+    Ok((name.to_owned(), limit(dur)?))
+}
+
+/// One message shape for every bad duration: the value, what would be right, an
+/// example; clap exits 2 for all of them.
+fn duration(s: &str, min: Duration) -> Result<Duration, String> {
+    const MAX: Duration = Duration::from_secs(86_400);
+    let wrong = |why: &str| {
+        format!(
+            "`{s}` {why}; expected a duration from {} to 24h with a unit, e.g. 500ms, 30s, 2m",
+            if min.is_zero() { "0s" } else { "1ms" }
+        )
+    };
+    let d = humantime::parse_duration(s.trim()).map_err(|_| {
+        if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() {
+            wrong("has no unit")
+        } else {
+            wrong("is not a duration")
+        }
+    })?;
+    if d < min || d > MAX {
+        return Err(wrong("is out of range"));
+    }
+    Ok(d)
+}
+
+fn limit(s: &str) -> Result<Duration, String> {
+    duration(s, Duration::from_millis(1))
+}
+
+fn delay(s: &str) -> Result<Duration, String> {
+    duration(s, Duration::ZERO)
 }
 
 fn main() -> ExitCode {
@@ -104,15 +156,23 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<u8, baton::Error> {
-    let signals = if args.shutdown_signals.is_empty() {
-        SignalMap::default()
-    } else {
-        SignalMap::shutdown_on(args.shutdown_signals)?
+    let mut signals = match args.signals.as_str() {
+        "none" => SignalMap::empty(),
+        preset => SignalMap::preset(preset.parse::<Preset>()?),
     };
+    for sig in args.shutdown_signals {
+        if signals.action(sig) != Some(Action::Shutdown) {
+            signals = signals.on(sig, Action::Shutdown)?;
+        }
+    }
     let mut shutdown = Shutdown::builder()
         .drain_timeout(args.drain_timeout)
         .drain_delay(args.drain_delay)
+        .ready_timeout(args.ready_timeout)
         .signals(signals);
+    if let Some(path) = args.pidfile {
+        shutdown = shutdown.pidfile(path);
+    }
     for (name, takes) in args.finalizers {
         let label = name.clone();
         shutdown = shutdown.on_shutdown(name, args.finalizer_timeout, move || async move {
@@ -124,13 +184,31 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     }
     let shutdown = shutdown.build()?;
     let server = Server::bind(&args.listen)?.idle_grace(args.idle_grace)?;
-    let report = server.run(app(shutdown.clone()), &shutdown).await?;
+    if let Ok(delay) = std::env::var("HELLO_START_DELAY_MS") {
+        // For tests and demos of a slow start: the sockets are taken, readiness waits.
+        let ms: u64 = delay.parse().unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if std::env::var_os("HELLO_FAIL_AT_START").is_some() {
+        eprintln!("error: HELLO_FAIL_AT_START is set: failing at start, as a broken build would");
+        return Ok(1);
+    }
+    server.serve(app(shutdown.clone()), &shutdown)?;
+    let report = shutdown.run().await?;
     Ok(report.exit_code())
 }
 
 fn app(shutdown: Shutdown) -> Router {
     Router::new()
-        .route("/", get(|| async { "hello from baton\n" }))
+        .route(
+            "/",
+            get(|| async {
+                format!(
+                    "{}\n",
+                    std::env::var("HELLO_GREETING").unwrap_or_else(|_| "hello from baton".into())
+                )
+            }),
+        )
         .route(
             "/pid",
             get(|| async { format!("{}\n", std::process::id()) }),
@@ -138,6 +216,7 @@ fn app(shutdown: Shutdown) -> Router {
         .route("/sleep", get(sleep))
         .route("/ready", get(ready))
         .route("/shutdown", any(shutdown_route))
+        .route("/restart", any(restart_route))
         .route("/stats", get(stats))
         .route("/stream", get(stream))
         .route("/ws", get(ws))
@@ -212,6 +291,47 @@ async fn shutdown_route(
             format!("shutting down, deadline {:.3}s\n", d.as_secs_f64()),
         ),
         Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")),
+    }
+}
+
+/// Faygo's reboot from a handler: `POST /restart` answers once the new generation is
+/// ready (or with the reason it failed: this one serves on); `POST /restart?mode=full`
+/// starts a full restart (same PID) and answers at once.
+async fn restart_route(
+    State(shutdown): State<Shutdown>,
+    method: axum::http::Method,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    if method != axum::http::Method::POST {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use POST /restart (or POST /restart?mode=full)\n".to_owned(),
+        );
+    }
+    match q.get("mode").map(String::as_str) {
+        Some("full") => {
+            shutdown.full_restart();
+            return (StatusCode::ACCEPTED, "full restart started\n".to_owned());
+        }
+        None | Some("graceful") => {}
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("mode=`{other}`: expected graceful or full\n"),
+            );
+        }
+    }
+    match shutdown.restart().await {
+        Ok(r) => (
+            StatusCode::OK,
+            format!(
+                "restarted: pid {} (generation {}) ready in {:.1}ms\n",
+                r.pid,
+                r.generation,
+                r.ready.as_secs_f64() * 1000.0
+            ),
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     }
 }
 

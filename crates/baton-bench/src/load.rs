@@ -1,5 +1,8 @@
-//! The load: workers that send requests back to back and record every one.
+//! The load: workers that send requests back to back (or, in idle mode, one after each
+//! reload trigger) and record every one.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +37,20 @@ pub(crate) enum Mode {
     KeepAlive,
     /// A new connection for every request (`Connection: close`).
     NewConn,
+    /// One keep-alive connection per worker, idle between reload triggers; after each
+    /// trigger every worker sends one request on it at a random moment within
+    /// `--idle-spread`.
+    Idle,
+}
+
+impl Mode {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Mode::KeepAlive => "keep-alive",
+            Mode::NewConn => "new-conn",
+            Mode::Idle => "idle",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +83,23 @@ pub(crate) struct LoadConfig {
     pub(crate) pid_from: PidFrom,
     /// Stop after this many requests (all workers together), if set.
     pub(crate) max_requests: Option<u64>,
+    /// HTTP/2 requests each worker keeps in flight on its connection (1 for HTTP/1).
+    pub(crate) streams: usize,
+    /// Idle mode: each worker's request follows a trigger by a uniformly random delay in
+    /// [0, this).
+    pub(crate) idle_spread: Duration,
+}
+
+/// At most this many distinct failure messages are counted one by one.
+const MAX_FAILURE_LINES: usize = 1000;
+
+/// Failures with the same class and message, counted.
+#[derive(Debug, Default)]
+pub(crate) struct FailureLines {
+    /// (class, message) -> (count, first start in µs since the run began).
+    pub(crate) lines: HashMap<(Outcome, String), (u64, u64)>,
+    /// Failures whose message did not fit in `lines` any more.
+    pub(crate) uncounted: u64,
 }
 
 /// What the workers share while running.
@@ -80,7 +114,15 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     /// HTTP/2 connections ended by the server (GOAWAY) and replaced before a request.
     pub(crate) replaced: AtomicU64,
+    /// HTTP/2 requests that the server did not process (refused by GOAWAY or
+    /// `REFUSED_STREAM`, or not sent on a connection already ended) and that were sent
+    /// again.
+    pub(crate) resent: AtomicU64,
     pub(crate) first_failure: std::sync::Mutex<Vec<(u64, Outcome, String)>>,
+    pub(crate) failure_lines: std::sync::Mutex<FailureLines>,
+    /// The reload triggers (or, in idle mode without `--reload`, the ticks): how many so
+    /// far and when the last one started. Idle workers wait on it.
+    pub(crate) ticks: tokio::sync::watch::Sender<(u64, Instant)>,
 }
 
 impl Shared {
@@ -93,8 +135,30 @@ impl Shared {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
+            resent: AtomicU64::new(0),
             first_failure: std::sync::Mutex::new(Vec::new()),
+            failure_lines: std::sync::Mutex::new(FailureLines::default()),
+            ticks: tokio::sync::watch::Sender::new((0, started)),
         }
+    }
+
+    /// Tells idle workers that a trigger (or tick) started at `at`.
+    pub(crate) fn tick(&self, at: Instant) {
+        self.ticks.send_modify(|(n, t)| {
+            *n += 1;
+            *t = at;
+        });
+    }
+
+    /// Returns once the run is told to stop.
+    pub(crate) async fn stopped(&self) {
+        let stopped = self.stopped.notified();
+        tokio::pin!(stopped);
+        stopped.as_mut().enable();
+        if self.stop.load(Ordering::Relaxed) {
+            return;
+        }
+        stopped.await;
     }
 
     pub(crate) fn finish(&self) {
@@ -114,6 +178,20 @@ impl Shared {
 
     fn note_failure(&self, at_us: u64, outcome: Outcome, message: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut counted = self.failure_lines.lock().unwrap_or_else(|e| e.into_inner());
+            let full = counted.lines.len() >= MAX_FAILURE_LINES;
+            match counted.lines.get_mut(&(outcome, message.clone())) {
+                Some((n, first)) => {
+                    *n += 1;
+                    *first = (*first).min(at_us);
+                }
+                None if full => counted.uncounted += 1,
+                None => {
+                    counted.lines.insert((outcome, message.clone()), (1, at_us));
+                }
+            }
+        }
         let mut sample = self.first_failure.lock().unwrap_or_else(|e| e.into_inner());
         if sample.len() < 100 {
             sample.push((at_us, outcome, message));
@@ -128,12 +206,13 @@ enum Conn {
 
 /// Why a request did not produce a response.
 enum Failure {
-    /// A new HTTP/2 connection was ended again before the request could be sent.
+    /// The server did not process the request on two HTTP/2 connections in a row.
     NotSent,
     Failed(Outcome, String),
 }
 
-fn failed(e: &(dyn std::error::Error + 'static)) -> Failure {
+/// The error and its sources, as one line.
+fn message(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -141,28 +220,72 @@ fn failed(e: &(dyn std::error::Error + 'static)) -> Failure {
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    Failure::Failed(classify(e), msg)
+    msg
 }
 
-async fn connect(cfg: &LoadConfig, target: &Target) -> Result<Conn, Failure> {
+fn failed(e: &(dyn std::error::Error + 'static)) -> Failure {
+    Failure::Failed(classify(e), message(e))
+}
+
+/// How the server declined an HTTP/2 request without processing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotProcessed {
+    /// The connection is ended: the request was not sent, or its stream was above the
+    /// last stream id of the server's GOAWAY. The connection is replaced.
+    Connection,
+    /// `RST_STREAM` with `REFUSED_STREAM`: this stream only, the connection goes on.
+    Stream,
+}
+
+/// Whether an HTTP/2 request's error says that the server did not process it.
+///
+/// h2 gives a GOAWAY from the server ("connection error received: ...") only to the
+/// streams above the GOAWAY's last stream id and to streams opened after it, never to a
+/// stream that the server accepted (that one ends with the connection, as a broken pipe):
+/// both mean "not processed" (RFC 9113 §6.8), as does `REFUSED_STREAM` (§8.7). h2 is not
+/// a direct dependency, so its error is recognised by its text; the tests in
+/// `tests/streams.rs` hold this against the h2 of `Cargo.lock`.
+fn not_processed(e: &(dyn std::error::Error + 'static)) -> Option<NotProcessed> {
+    let mut src = Some(e);
+    while let Some(e) = src {
+        let text = e.to_string();
+        if text.starts_with("connection error received: ") {
+            return Some(NotProcessed::Connection);
+        }
+        if text.starts_with("stream error received: refused stream") {
+            return Some(NotProcessed::Stream);
+        }
+        src = e.source();
+    }
+    None
+}
+
+async fn tcp(target: &Target) -> Result<TokioIo<tokio::net::TcpStream>, Failure> {
     let stream = tokio::net::TcpStream::connect(target.addr)
         .await
         .map_err(|e| failed(&e))?;
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(stream);
+    Ok(TokioIo::new(stream))
+}
+
+async fn connect_h2(target: &Target) -> Result<http2::SendRequest<Empty<Bytes>>, Failure> {
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), tcp(target).await?)
+        .await
+        .map_err(|e| failed(&e))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn connect(cfg: &LoadConfig, target: &Target) -> Result<Conn, Failure> {
     Ok(match cfg.http {
         Http::One => {
-            let (sender, conn) = http1::handshake(io).await.map_err(|e| failed(&e))?;
-            tokio::spawn(conn);
-            Conn::H1(sender)
-        }
-        Http::Two => {
-            let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+            let (sender, conn) = http1::handshake(tcp(target).await?)
                 .await
                 .map_err(|e| failed(&e))?;
             tokio::spawn(conn);
-            Conn::H2(sender)
+            Conn::H1(sender)
         }
+        Http::Two => Conn::H2(connect_h2(target).await?),
     })
 }
 
@@ -180,6 +303,36 @@ fn request(cfg: &LoadConfig, target: &Target) -> Request<Empty<Bytes>> {
     builder
         .body(Empty::new())
         .expect("a GET with a valid URI and headers builds")
+}
+
+/// What became of one request on an HTTP/2 connection.
+enum H2 {
+    Done(Result<(u16, u32, bool), Failure>),
+    NotProcessed(NotProcessed),
+}
+
+/// Sends one request on an HTTP/2 connection and reads the whole response.
+async fn h2_request(
+    cfg: &LoadConfig,
+    target: &Target,
+    s: &mut http2::SendRequest<Empty<Bytes>>,
+) -> H2 {
+    if s.ready().await.is_err() {
+        // The connection is gone: the request was not sent.
+        return H2::NotProcessed(NotProcessed::Connection);
+    }
+    match s.try_send_request(request(cfg, target)).await {
+        Ok(resp) => H2::Done(read(cfg, resp).await),
+        Err(mut e) => {
+            if e.take_message().is_some() {
+                return H2::NotProcessed(NotProcessed::Connection);
+            }
+            match not_processed(e.error()) {
+                Some(how) => H2::NotProcessed(how),
+                None => H2::Done(Err(failed(e.error()))),
+            }
+        }
+    }
 }
 
 /// Sends one request on `conn` (connecting first if needed) and reads the whole
@@ -201,7 +354,7 @@ async fn one(
     const CLOSED: &str =
         "the server closed the keep-alive connection before the next request could be sent";
     // At most one replacement of a GOAWAY'd HTTP/2 connection.
-    for _ in 0..2 {
+    for attempt in 0..2 {
         if conn.is_none() {
             *conn = Some(connect(cfg, target).await?);
         }
@@ -218,21 +371,18 @@ async fn one(
                     },
                 };
             }
-            Conn::H2(s) => {
-                // Either way below, the request was not sent: the connection is gone.
-                if s.ready().await.is_ok() {
-                    match s.try_send_request(request(cfg, target)).await {
-                        Ok(resp) => return read(cfg, resp).await,
-                        Err(mut e) => {
-                            if e.take_message().is_none() {
-                                return Err(failed(e.error()));
-                            }
-                        }
+            Conn::H2(s) => match h2_request(cfg, target, s).await {
+                H2::Done(result) => return result,
+                H2::NotProcessed(how) => {
+                    if attempt == 0 {
+                        shared.resent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if how == NotProcessed::Connection {
+                        shared.replaced.fetch_add(1, Ordering::Relaxed);
+                        *conn = None;
                     }
                 }
-                shared.replaced.fetch_add(1, Ordering::Relaxed);
-                *conn = None;
-            }
+            },
         }
     }
     Err(Failure::NotSent)
@@ -268,60 +418,257 @@ async fn read(cfg: &LoadConfig, resp: Response<Incoming>) -> Result<(u16, u32, b
     Ok((status, pid, closes))
 }
 
-/// One worker: requests back to back until told to stop; returns its records.
+type Attempt = Result<Result<(u16, u32, bool), Failure>, tokio::time::error::Elapsed>;
+
+/// Records one request's result and counts it; also says whether its connection is to
+/// be dropped (the server said it closes it, the mode wants a new one, or it failed).
+fn settle(cfg: &LoadConfig, shared: &Shared, started: Instant, result: Attempt) -> (Record, bool) {
+    let start_us = (started - shared.started).as_micros() as u64;
+    let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+    let (outcome, pid, drop_conn) = match result {
+        Ok(Ok((status, pid, closes))) => {
+            let drop_conn = closes || cfg.mode == Mode::NewConn;
+            if (200..300).contains(&status) {
+                (Outcome::Ok, pid, drop_conn)
+            } else {
+                shared.note_failure(start_us, Outcome::Status, format!("status {status}"));
+                (Outcome::Status, pid, drop_conn)
+            }
+        }
+        Ok(Err(failure)) => {
+            let (outcome, msg) = match failure {
+                Failure::Failed(o, m) => (o, m),
+                Failure::NotSent => (
+                    Outcome::Eof,
+                    "the server did not process the request on two HTTP/2 connections in a row \
+                     (GOAWAY, or a connection closed before the request was sent)"
+                        .to_owned(),
+                ),
+            };
+            shared.note_failure(start_us, outcome, msg);
+            (outcome, 0, true)
+        }
+        Err(_) => {
+            shared.note_failure(
+                start_us,
+                Outcome::Timeout,
+                format!("no complete response within {:?}", cfg.timeout),
+            );
+            (Outcome::Timeout, 0, true)
+        }
+    };
+    shared.done.fetch_add(1, Ordering::Relaxed);
+    let record = Record {
+        start_us,
+        latency_us,
+        pid,
+        outcome,
+    };
+    (record, drop_conn)
+}
+
+/// One request on the worker's connection, timed and recorded.
+async fn timed(
+    cfg: &LoadConfig,
+    shared: &Shared,
+    target: &Target,
+    conn: &mut Option<Conn>,
+) -> Record {
+    let started = Instant::now();
+    let result = timeout(cfg.timeout, one(cfg, target, conn, shared)).await;
+    let (record, drop_conn) = settle(cfg, shared, started, result);
+    if drop_conn {
+        *conn = None;
+    }
+    record
+}
+
+/// One worker: requests back to back until told to stop (or, in idle mode, one after
+/// each trigger); returns its records.
 pub(crate) async fn worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usize) -> Vec<Record> {
+    if cfg.mode == Mode::Idle {
+        return idle_worker(&cfg, &shared, index).await;
+    }
+    if cfg.http == Http::Two && cfg.streams > 1 {
+        return streams_worker(cfg, shared, index).await;
+    }
     let target = &cfg.targets[index % cfg.targets.len()];
     let mut records = Vec::with_capacity(1 << 14);
     let mut conn: Option<Conn> = None;
     while shared.take_ticket(&cfg) {
-        let started = Instant::now();
-        let start_us = (started - shared.started).as_micros() as u64;
-        let result = timeout(cfg.timeout, one(&cfg, target, &mut conn, &shared)).await;
-        let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
-        let (outcome, pid) = match result {
-            Ok(Ok((status, pid, closes))) => {
-                if closes || cfg.mode == Mode::NewConn {
-                    conn = None;
-                }
-                if (200..300).contains(&status) {
-                    (Outcome::Ok, pid)
-                } else {
-                    shared.note_failure(start_us, Outcome::Status, format!("status {status}"));
-                    (Outcome::Status, pid)
-                }
-            }
-            Ok(Err(failure)) => {
-                conn = None;
-                let (outcome, msg) = match failure {
-                    Failure::Failed(o, m) => (o, m),
-                    Failure::NotSent => (
-                        Outcome::Eof,
-                        "a new HTTP/2 connection was closed before its first stream was sent"
-                            .to_owned(),
-                    ),
-                };
-                shared.note_failure(start_us, outcome, msg);
-                (outcome, 0)
-            }
-            Err(_) => {
-                conn = None;
-                shared.note_failure(
-                    start_us,
-                    Outcome::Timeout,
-                    format!("no complete response within {:?}", cfg.timeout),
-                );
-                (Outcome::Timeout, 0)
-            }
-        };
-        shared.done.fetch_add(1, Ordering::Relaxed);
-        records.push(Record {
-            start_us,
-            latency_us,
-            pid,
-            outcome,
-        });
+        records.push(timed(&cfg, &shared, target, &mut conn).await);
     }
     records
+}
+
+/// Idle mode: a warm-up request opens the connection; then one request after each
+/// trigger, at a uniformly random moment in [trigger, trigger + `idle_spread`). A
+/// worker still busy with its request when the next trigger comes answers only the
+/// latest trigger.
+async fn idle_worker(cfg: &LoadConfig, shared: &Shared, index: usize) -> Vec<Record> {
+    let target = &cfg.targets[index % cfg.targets.len()];
+    let mut rng = Rng::new(index);
+    let mut ticks = shared.ticks.subscribe();
+    let mut records = Vec::new();
+    let mut conn: Option<Conn> = None;
+    if !shared.take_ticket(cfg) {
+        return records;
+    }
+    records.push(timed(cfg, shared, target, &mut conn).await);
+    loop {
+        tokio::select! {
+            changed = ticks.changed() => if changed.is_err() { break },
+            () = shared.stopped() => break,
+        }
+        let at = ticks.borrow_and_update().1;
+        let when = at + cfg.idle_spread.mul_f64(rng.unit());
+        tokio::select! {
+            () = tokio::time::sleep_until(when) => {}
+            () = shared.stopped() => break,
+        }
+        if !shared.take_ticket(cfg) {
+            break;
+        }
+        records.push(timed(cfg, shared, target, &mut conn).await);
+    }
+    records
+}
+
+/// A worker's HTTP/2 connection, shared by its streams.
+#[derive(Debug, Default)]
+struct H2Slot {
+    /// The number of connections made so far, and the current one's sender.
+    conn: tokio::sync::Mutex<(u64, Option<http2::SendRequest<Empty<Bytes>>>)>,
+}
+
+impl H2Slot {
+    /// The current connection (made now if there is none) and its number.
+    async fn get(
+        &self,
+        target: &Target,
+    ) -> Result<(u64, http2::SendRequest<Empty<Bytes>>), Failure> {
+        let mut slot = self.conn.lock().await;
+        if let Some(s) = &slot.1 {
+            return Ok((slot.0, s.clone()));
+        }
+        let s = connect_h2(target).await?;
+        slot.0 += 1;
+        slot.1 = Some(s.clone());
+        Ok((slot.0, s))
+    }
+
+    /// Drops connection number `generation` if it is still the current one; says
+    /// whether it was.
+    async fn drop_conn(&self, generation: u64) -> bool {
+        let mut slot = self.conn.lock().await;
+        if slot.0 == generation && slot.1.is_some() {
+            slot.1 = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// HTTP/2 with `cfg.streams` requests in flight on one connection: one task per stream,
+/// all on the worker's connection.
+async fn streams_worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usize) -> Vec<Record> {
+    let slot = Arc::new(H2Slot::default());
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..cfg.streams {
+        let (cfg, shared, slot) = (Arc::clone(&cfg), Arc::clone(&shared), Arc::clone(&slot));
+        tasks.spawn(async move { stream_loop(&cfg, &shared, index, &slot).await });
+    }
+    let mut records = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok(r) => records.extend(r),
+            Err(e) => {
+                if let Ok(panic) = e.try_into_panic() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
+        }
+    }
+    records
+}
+
+/// One stream of a worker: requests back to back on the worker's HTTP/2 connection.
+async fn stream_loop(
+    cfg: &LoadConfig,
+    shared: &Shared,
+    index: usize,
+    slot: &H2Slot,
+) -> Vec<Record> {
+    let target = &cfg.targets[index % cfg.targets.len()];
+    let mut records = Vec::with_capacity(1 << 12);
+    while shared.take_ticket(cfg) {
+        let started = Instant::now();
+        let mut used = None;
+        let result = timeout(
+            cfg.timeout,
+            stream_one(cfg, target, slot, shared, &mut used),
+        )
+        .await;
+        let (record, drop_conn) = settle(cfg, shared, started, result);
+        if let (true, Some(generation)) = (drop_conn, used) {
+            slot.drop_conn(generation).await;
+        }
+        records.push(record);
+    }
+    records
+}
+
+/// One request on the worker's shared HTTP/2 connection. A request that the server did
+/// not process is sent again, once: on the same connection after `REFUSED_STREAM`, on a
+/// new one after GOAWAY (the first stream to see it replaces the connection; the
+/// others use the replacement).
+async fn stream_one(
+    cfg: &LoadConfig,
+    target: &Target,
+    slot: &H2Slot,
+    shared: &Shared,
+    used: &mut Option<u64>,
+) -> Result<(u16, u32, bool), Failure> {
+    for attempt in 0..2 {
+        let (generation, mut s) = slot.get(target).await?;
+        *used = Some(generation);
+        match h2_request(cfg, target, &mut s).await {
+            H2::Done(result) => return result,
+            H2::NotProcessed(how) => {
+                if attempt == 0 {
+                    shared.resent.fetch_add(1, Ordering::Relaxed);
+                }
+                if how == NotProcessed::Connection && slot.drop_conn(generation).await {
+                    shared.replaced.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    Err(Failure::NotSent)
+}
+
+/// A small random number generator (splitmix64) seeded from the standard library's
+/// random hash keys: enough to spread idle requests, and no dependency.
+#[derive(Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(stream: usize) -> Self {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(stream);
+        Rng(h.finish())
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 #[cfg(test)]
@@ -331,5 +678,57 @@ mod tests {
     #[test]
     fn a_record_is_small() {
         assert!(std::mem::size_of::<Record>() <= 24);
+    }
+
+    #[test]
+    fn the_random_delays_are_uniform_in_the_unit_interval() {
+        let mut rng = Rng::new(7);
+        let mut tenths = [0u32; 10];
+        for _ in 0..100_000 {
+            let u = rng.unit();
+            assert!((0.0..1.0).contains(&u), "{u}");
+            tenths[(u * 10.0) as usize] += 1;
+        }
+        // 10,000 expected in each tenth; 5 standard deviations are about 475.
+        for n in tenths {
+            assert!((9_500..10_500).contains(&n), "{tenths:?}");
+        }
+        // Two workers do not draw the same sequence.
+        assert_ne!(Rng::new(1).unit(), Rng::new(2).unit());
+    }
+
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn goaway_and_refused_stream_are_not_processed() {
+        let goaway = Chain(
+            "http2 error",
+            Some(Box::new(Chain(
+                "connection error received: not a result of an error",
+                None,
+            ))),
+        );
+        assert_eq!(not_processed(&goaway), Some(NotProcessed::Connection));
+        let refused = Chain(
+            "http2 error",
+            Some(Box::new(Chain(
+                "stream error received: refused stream before processing any application logic",
+                None,
+            ))),
+        );
+        assert_eq!(not_processed(&refused), Some(NotProcessed::Stream));
+        let pipe = Chain("stream closed because of a broken pipe", None);
+        assert_eq!(not_processed(&pipe), None);
     }
 }

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hyper::header::HeaderName;
 use tokio::time::Instant;
 
@@ -25,7 +25,8 @@ use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
 /// every so often, records every request, and reports how many failed, how and when.
 ///
 /// Nothing is retried: a request that was written and did not get a complete response
-/// is a failure. Exit status: 0 when failures <= --max-failures, 1 when more failed,
+/// is a failure (only an HTTP/2 request that the server said it did not process, by
+/// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when failures <= --max-failures, 1 when more failed,
 /// 2 for a bad command line, 3 when the run could not be made.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
@@ -46,13 +47,28 @@ struct Args {
     #[arg(short = 'n', long)]
     requests: Option<u64>,
 
-    /// keep-alive: reuse connections; new-conn: a new connection per request.
+    /// keep-alive: reuse connections; new-conn: a new connection per request; idle: one
+    /// connection per worker, idle between reload triggers, one request per worker after
+    /// each trigger (see --idle-spread).
     #[arg(long, value_enum, default_value = "keep-alive")]
     mode: Mode,
+
+    /// Idle mode: each worker sends its request at a uniformly random moment in
+    /// [trigger, trigger + DUR) (default 500ms, or --reload-every if shorter; at most
+    /// --reload-every). Without --reload, a tick every --reload-every stands for the
+    /// trigger (no command is run).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    idle_spread: Option<Duration>,
 
     /// HTTP version: 1 (HTTP/1.1) or 2 (h2c, prior knowledge).
     #[arg(long, default_value = "1", value_parser = ["1", "2"])]
     http: String,
+
+    /// HTTP/2 only: requests each worker keeps in flight on its one connection
+    /// (keep-alive mode). A stream the server refuses (GOAWAY, REFUSED_STREAM) is sent
+    /// again; one it accepted and did not answer is a failure.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    streams: u32,
 
     /// Per-request timeout (connect included).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -119,8 +135,40 @@ struct Args {
     quiet: bool,
 }
 
+/// The default of --idle-spread.
+const IDLE_SPREAD: Duration = Duration::from_millis(500);
+
+/// Combinations clap cannot check by itself; a usage error (exit 2) for each.
+fn check_usage(args: &Args) {
+    let usage = |msg: &str| {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, msg)
+            .exit()
+    };
+    if args.streams > 1 && args.http != "2" {
+        usage(
+            "--streams N (N > 1) needs --http 2: HTTP/1.1 has one request in flight per connection",
+        );
+    }
+    if args.streams > 1 && args.mode != Mode::KeepAlive {
+        usage("--streams N (N > 1) needs --mode keep-alive");
+    }
+    if args.idle_spread.is_some() && args.mode != Mode::Idle {
+        usage("--idle-spread needs --mode idle");
+    }
+    if args.mode == Mode::Idle {
+        if args.requests.is_some() {
+            usage("--mode idle runs for --duration; --requests does not apply");
+        }
+        if args.idle_spread.is_some_and(|d| d > args.reload_every) {
+            usage("--idle-spread must not be longer than --reload-every");
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    check_usage(&args);
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
     });
@@ -201,6 +249,11 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
     } else {
         Http::One
     };
+    let idle_spread = (args.mode == Mode::Idle).then(|| {
+        args.idle_spread
+            .unwrap_or(IDLE_SPREAD.min(args.reload_every))
+    });
+    let pid_source = !matches!(pid_from, PidFrom::None);
     let cfg = Arc::new(LoadConfig {
         targets,
         mode: args.mode,
@@ -208,14 +261,18 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
         timeout: args.timeout,
         pid_from,
         max_requests: args.requests,
+        streams: args.streams as usize,
+        idle_spread: idle_spread.unwrap_or_default(),
     });
     let label = args.label.clone().unwrap_or_else(|| {
         format!(
-            "{} {}{}",
+            "{} {}{}{}",
             args.urls.join(" "),
-            match args.mode {
-                Mode::KeepAlive => "keep-alive",
-                Mode::NewConn => "new-conn",
+            args.mode.name(),
+            if args.streams > 1 {
+                format!(" x {} streams", args.streams)
+            } else {
+                String::new()
             },
             args.reload
                 .as_ref()
@@ -245,14 +302,36 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
                 pid: args.pid,
                 pidfile: args.pidfile.clone(),
                 quiet: args.quiet,
-                // No trigger whose window would reach past the end of the run.
-                last_start: args
-                    .requests
-                    .is_none()
-                    .then(|| started + args.duration.saturating_sub(args.window)),
+                // No trigger whose window (or, in idle mode, whose spread of requests)
+                // would reach past the end of the run.
+                last_start: args.requests.is_none().then(|| {
+                    started
+                        + args
+                            .duration
+                            .saturating_sub(args.window.max(cfg.idle_spread))
+                }),
             },
             Arc::clone(&shared),
         ))
+    });
+    // Idle mode without --reload: a tick every --reload-every wakes the workers instead,
+    // while the spread of their requests still fits in the run.
+    let ticker = (args.mode == Mode::Idle && args.reload.is_none()).then(|| {
+        let shared = Arc::clone(&shared);
+        let (every, last) = (
+            args.reload_every,
+            started + args.duration.saturating_sub(cfg.idle_spread),
+        );
+        tokio::spawn(async move {
+            let mut next = started + every;
+            while next <= last {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => shared.tick(next),
+                    () = shared.stopped() => break,
+                }
+                next += every;
+            }
+        })
     });
 
     let progress = (!args.quiet).then(|| {
@@ -287,6 +366,9 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
     if let Some(p) = progress {
         p.abort();
     }
+    if let Some(t) = ticker {
+        t.abort();
+    }
     let triggers = match triggers {
         Some(t) => t.await.context("the reload task panicked")?,
         None => Vec::new(),
@@ -315,14 +397,24 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
                 threads,
                 urls: args.urls.clone(),
                 timeout_s: args.timeout.as_secs_f64(),
+                streams: args.streams as usize,
+                idle_spread_s: idle_spread.map(|d| d.as_secs_f64()),
             },
             duration_s: elapsed,
             triggers,
             window_s: args.window.as_secs_f64(),
+            pid_source,
             replaced_connections: shared.replaced.load(Ordering::Relaxed),
+            resent_requests: shared.resent.load(Ordering::Relaxed),
             client_cpu_cores,
             server_cpu_s,
             first_failures,
+            failure_lines: std::mem::take(
+                &mut *shared
+                    .failure_lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()),
+            ),
         },
     );
     print!("{}", report::text(&report));

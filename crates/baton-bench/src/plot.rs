@@ -24,8 +24,15 @@ fn esc(s: &str) -> String {
 pub(crate) fn svg(r: &Report) -> String {
     let dur = r.duration_s.max(0.1);
     let x = |t: f64| LEFT + (t / dur) * (W - LEFT - RIGHT);
-    let lat_values = r
+    let step = crate::report::BUCKET_US as f64 / 1e6;
+    // Only whole buckets: the last, partial one would reach past the frame, and its
+    // count of failures per 100 ms would dip for want of time.
+    let timeline: Vec<&crate::report::Bucket> = r
         .timeline
+        .iter()
+        .filter(|b| b.t_s + step <= dur + 1e-9)
+        .collect();
+    let lat_values = timeline
         .iter()
         .flat_map(|b| [b.p50_ms, b.max_ms])
         .flatten()
@@ -45,7 +52,7 @@ pub(crate) fn svg(r: &Report) -> String {
         TOP + LAT_H - (e - lo_exp) / (hi_exp - lo_exp) * LAT_H
     };
     let fail_top = TOP + LAT_H + GAP;
-    let max_fail = r.timeline.iter().map(|b| b.failed).max().unwrap_or(0);
+    let max_fail = timeline.iter().map(|b| b.failed).max().unwrap_or(0);
 
     let mut s = String::new();
     let _ = write!(
@@ -53,7 +60,7 @@ pub(crate) fn svg(r: &Report) -> String {
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>
-<text x="{LEFT}" y="44" fill="#444">{} requests, {} failed, {} reloads; {:.0} req/s; p99 steady {} ms, in reload windows {} ms</text>
+<text x="{LEFT}" y="44" fill="#444">{} requests, {} failed, {} reloads; {:.0} req/s; p99 steady {} ms{}</text>
 "##,
         esc(&r.label),
         r.requests,
@@ -64,10 +71,18 @@ pub(crate) fn svg(r: &Report) -> String {
             .steady
             .p99
             .map_or("-".into(), |v| format!("{v:.2}")),
-        r.latency_ms
-            .reload_windows
-            .p99
-            .map_or("-".into(), |v| format!("{v:.2}")),
+        // Without reloads there are no reload windows to speak of.
+        if r.reloads.count > 0 {
+            format!(
+                ", in reload windows {} ms",
+                r.latency_ms
+                    .reload_windows
+                    .p99
+                    .map_or("-".into(), |v| format!("{v:.2}"))
+            )
+        } else {
+            String::new()
+        },
     );
     // Reload windows: from the trigger's start to its command's end, at least 2 px.
     for t in &r.reloads.triggers {
@@ -118,11 +133,10 @@ pub(crate) fn svg(r: &Report) -> String {
         ("p90", "#f5a623", |b| b.p90_ms),
         ("p50", "#4a90e2", |b| b.p50_ms),
     ];
-    let step = crate::report::BUCKET_US as f64 / 1e6;
     for (i, (name, color, pick)) in series.iter().enumerate() {
         let mut d = String::new();
         let mut pen_down = false;
-        for b in &r.timeline {
+        for b in &timeline {
             match pick(b) {
                 Some(v) => {
                     let _ = write!(
@@ -157,22 +171,34 @@ pub(crate) fn svg(r: &Report) -> String {
         fail_top + FAIL_H / 2.0,
         fail_top + FAIL_H / 2.0
     );
-    if max_fail == 0 {
+    // Failures of the partial bucket left out above: said, not drawn.
+    let undrawn: u64 = r.timeline.iter().map(|b| b.failed).sum::<u64>()
+        - timeline.iter().map(|b| b.failed).sum::<u64>();
+    if undrawn > 0 {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#d0021b">+{undrawn} failed in the last, partial 100 ms (not drawn)</text>"##,
+            W - RIGHT - 4.0,
+            fail_top + 14.0
+        );
+    }
+    if r.failed == 0 {
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#2a7">no failed request</text>"##,
             (W + LEFT - RIGHT) / 2.0,
             fail_top + FAIL_H / 2.0 + 4.0
         );
-    } else {
+    } else if max_fail > 0 {
         let bw = (x(step) - x(0.0)).max(1.0);
-        for b in r.timeline.iter().filter(|b| b.failed > 0) {
+        for b in timeline.iter().filter(|b| b.failed > 0) {
             let h = b.failed as f64 / max_fail as f64 * (FAIL_H - 4.0);
             let _ = writeln!(
                 s,
-                r##"<rect x="{:.1}" y="{:.1}" width="{bw:.1}" height="{h:.1}" fill="#d0021b"/>"##,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#d0021b"/>"##,
                 x(b.t_s),
-                fail_top + FAIL_H - h
+                fail_top + FAIL_H - h,
+                bw.min(W - RIGHT - x(b.t_s)),
             );
         }
         let _ = writeln!(

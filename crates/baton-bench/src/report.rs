@@ -1,12 +1,13 @@
 //! Summaries of the records: totals, classes, percentiles overall and in reload
-//! windows, the timeline; as JSON and as text.
+//! windows, the time from each trigger to a new server PID, the timeline; as JSON and
+//! as text.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::load::Record;
+use crate::load::{FailureLines, Record};
 use crate::outcome::Outcome;
 use crate::trigger::Trigger;
 
@@ -51,12 +52,31 @@ pub(crate) struct Latency {
     pub(crate) steady: Percentiles,
 }
 
+/// Time from a trigger to the first successful response from a new server PID, over
+/// the triggers after which one came (before the next trigger or the end), in ms.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct NewPidLatency {
+    pub(crate) count: u64,
+    pub(crate) p50: Option<f64>,
+    pub(crate) p90: Option<f64>,
+    pub(crate) max: Option<f64>,
+}
+
 #[derive(Debug, Serialize)]
 pub(crate) struct Reloads {
     pub(crate) count: usize,
     pub(crate) failed_commands: usize,
     pub(crate) failed_requests_in_windows: u64,
     pub(crate) failed_per_reload: Option<f64>,
+    /// The fields below are there only with a PID source (`--pid-header`, `--pid-body`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) new_pid_latency_ms: Option<NewPidLatency>,
+    /// Triggers after which no new PID answered before the next trigger or the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) triggers_without_new_pid: Option<usize>,
+    /// Distinct PIDs first seen after the first trigger: to compare with `count`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) new_pids_after_trigger: Option<usize>,
     pub(crate) triggers: Vec<Trigger>,
 }
 
@@ -80,6 +100,11 @@ pub(crate) struct Client {
     pub(crate) threads: usize,
     pub(crate) urls: Vec<String>,
     pub(crate) timeout_s: f64,
+    /// HTTP/2 requests in flight per worker (1 for HTTP/1).
+    pub(crate) streams: usize,
+    /// Idle mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) idle_spread_s: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +112,15 @@ pub(crate) struct FailureSample {
     pub(crate) t_s: f64,
     pub(crate) class: &'static str,
     pub(crate) message: String,
+}
+
+/// Failures with the same class and message, once, with their number.
+#[derive(Debug, Serialize)]
+pub(crate) struct FailureMessage {
+    pub(crate) class: &'static str,
+    pub(crate) message: String,
+    pub(crate) count: u64,
+    pub(crate) first_t_s: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,10 +137,21 @@ pub(crate) struct Report {
     pub(crate) reloads: Reloads,
     pub(crate) pids_seen: usize,
     pub(crate) replaced_connections: u64,
+    pub(crate) resent_requests: u64,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_us_per_request: Option<f64>,
     pub(crate) first_failures: Vec<FailureSample>,
+    /// Every distinct (class, message) of the failures, most frequent first.
+    pub(crate) failure_messages: Vec<FailureMessage>,
+    /// Failures not in `failure_messages` (more distinct messages than it keeps).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub(crate) failure_messages_uncounted: u64,
     pub(crate) timeline: Vec<Bucket>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the report is made of, besides the records.
@@ -117,10 +162,70 @@ pub(crate) struct RunFacts {
     pub(crate) duration_s: f64,
     pub(crate) triggers: Vec<Trigger>,
     pub(crate) window_s: f64,
+    /// Whether responses carry the server's PID (`--pid-header`, `--pid-body`).
+    pub(crate) pid_source: bool,
     pub(crate) replaced_connections: u64,
+    pub(crate) resent_requests: u64,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_s: Option<f64>,
     pub(crate) first_failures: Vec<(u64, Outcome, String)>,
+    pub(crate) failure_lines: FailureLines,
+}
+
+/// What the responses' PIDs say about the triggers.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct NewGeneration {
+    /// Per trigger: µs from its start to the first successful response (its end) from a
+    /// PID that no response completed before the trigger carried; `None` when none came
+    /// before the next trigger's start (or at all, for the last trigger).
+    pub(crate) per_trigger_us: Vec<Option<u64>>,
+    /// Distinct PIDs whose first response completed after the first trigger started.
+    pub(crate) new_pids: usize,
+}
+
+/// Per trigger, the time to the first successful response from a PID not seen before
+/// it. `trigger_us` must be sorted. A PID is "seen" when any complete response carried
+/// it (a non-2xx one too); the time counted is the end of the response.
+pub(crate) fn new_generation(records: &[Record], trigger_us: &[u64]) -> NewGeneration {
+    // (end of the response, pid, 2xx)
+    let mut responses: Vec<(u64, u32, bool)> = records
+        .iter()
+        .filter(|r| r.pid != 0)
+        .map(|r| {
+            (
+                r.start_us + u64::from(r.latency_us),
+                r.pid,
+                !r.outcome.is_failure(),
+            )
+        })
+        .collect();
+    responses.sort_unstable_by_key(|r| r.0);
+    let mut seen = HashSet::new();
+    let mut before_first = None;
+    let mut i = 0;
+    let mut per_trigger_us = Vec::with_capacity(trigger_us.len());
+    for (k, &t) in trigger_us.iter().enumerate() {
+        while i < responses.len() && responses[i].0 < t {
+            seen.insert(responses[i].1);
+            i += 1;
+        }
+        if k == 0 {
+            before_first = Some(seen.len());
+        }
+        let next = trigger_us.get(k + 1).copied().unwrap_or(u64::MAX);
+        per_trigger_us.push(
+            responses[i..]
+                .iter()
+                .take_while(|r| r.0 < next)
+                .find(|r| r.2 && !seen.contains(&r.1))
+                .map(|r| r.0 - t),
+        );
+    }
+    let all: HashSet<u32> = responses.iter().map(|r| r.1).collect();
+    NewGeneration {
+        per_trigger_us,
+        new_pids: before_first.map_or(0, |before| all.len() - before),
+    }
 }
 
 pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
@@ -186,6 +291,48 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
     let requests = records.len() as u64;
     let failed = requests - ok;
     let count = facts.triggers.len();
+    let mut triggers = facts.triggers;
+    let (mut new_pid_latency_ms, mut triggers_without_new_pid, mut new_pids_after_trigger) =
+        (None, None, None);
+    if facts.pid_source {
+        let starts: Vec<u64> = triggers
+            .iter()
+            .map(|t| (t.start_s * 1e6).round() as u64)
+            .collect();
+        let generation = new_generation(records, &starts);
+        let mut found: Vec<u32> = Vec::new();
+        for (t, us) in triggers.iter_mut().zip(&generation.per_trigger_us) {
+            t.new_pid_ms = Some(us.map(|us| us as f64 / 1000.0));
+            if let Some(us) = us {
+                found.push((*us).min(u64::from(u32::MAX)) as u32);
+            }
+        }
+        let p = percentiles(&mut found);
+        new_pid_latency_ms = Some(NewPidLatency {
+            count: p.count,
+            p50: p.p50,
+            p90: p.p90,
+            max: p.max,
+        });
+        triggers_without_new_pid = Some(count - found.len());
+        new_pids_after_trigger = Some(generation.new_pids);
+    }
+    let mut failure_messages: Vec<FailureMessage> = facts
+        .failure_lines
+        .lines
+        .into_iter()
+        .map(|((o, message), (n, first))| FailureMessage {
+            class: o.name(),
+            message,
+            count: n,
+            first_t_s: first as f64 / 1e6,
+        })
+        .collect();
+    failure_messages.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then(a.first_t_s.total_cmp(&b.first_t_s))
+    });
     Report {
         label: facts.label,
         client: facts.client,
@@ -202,17 +349,17 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
         },
         reloads: Reloads {
             count,
-            failed_commands: facts
-                .triggers
-                .iter()
-                .filter(|t| t.exit_code != Some(0))
-                .count(),
+            failed_commands: triggers.iter().filter(|t| t.exit_code != Some(0)).count(),
             failed_requests_in_windows: failed_in_windows,
             failed_per_reload: (count > 0).then(|| failed_in_windows as f64 / count as f64),
-            triggers: facts.triggers,
+            new_pid_latency_ms,
+            triggers_without_new_pid,
+            new_pids_after_trigger,
+            triggers,
         },
         pids_seen: pids.len(),
         replaced_connections: facts.replaced_connections,
+        resent_requests: facts.resent_requests,
         client_cpu_cores: facts.client_cpu_cores,
         server_cpu_us_per_request: facts
             .server_cpu_s
@@ -227,6 +374,8 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
                 message: m,
             })
             .collect(),
+        failure_messages,
+        failure_messages_uncounted: facts.failure_lines.uncounted,
         timeline,
     }
 }
@@ -241,14 +390,23 @@ pub(crate) fn text(r: &Report) -> String {
     let _ = writeln!(s, "{}", r.label);
     let _ = writeln!(
         s,
-        "  client      {} {}, HTTP/{}, {} workers on {} threads; {}",
+        "  client      {} {}, HTTP/{}, {} workers{} on {} threads; {}",
         r.client.tool,
         match r.client.mode {
-            crate::load::Mode::KeepAlive => "keep-alive",
-            crate::load::Mode::NewConn => "new connection per request",
+            crate::load::Mode::KeepAlive => "keep-alive".to_owned(),
+            crate::load::Mode::NewConn => "new connection per request".to_owned(),
+            crate::load::Mode::Idle => format!(
+                "idle (one request per worker within {} ms after each trigger)",
+                r.client.idle_spread_s.map_or(0.0, |v| v * 1000.0)
+            ),
         },
         r.client.http,
         r.client.concurrency,
+        if r.client.streams > 1 {
+            format!(" x {} streams", r.client.streams)
+        } else {
+            String::new()
+        },
         r.client.threads,
         r.client.urls.join(" ")
     );
@@ -283,6 +441,25 @@ pub(crate) fn text(r: &Report) -> String {
                 .failed_per_reload
                 .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"))
         );
+        if let (Some(p), Some(without), Some(new_pids)) = (
+            &r.reloads.new_pid_latency_ms,
+            r.reloads.triggers_without_new_pid,
+            r.reloads.new_pids_after_trigger,
+        ) {
+            let _ = writeln!(
+                s,
+                "  new PID     trigger to first ok response from a new PID: p50 {} p90 {} max {} ms \
+                 ({} of {} triggers); {} without a new PID before the next trigger or the end; \
+                 {} new PIDs first seen after a trigger",
+                ms(p.p50),
+                ms(p.p90),
+                ms(p.max),
+                p.count,
+                r.reloads.count,
+                without,
+                new_pids
+            );
+        }
     }
     for (name, p) in [
         ("all", &r.latency_ms.all),
@@ -309,8 +486,15 @@ pub(crate) fn text(r: &Report) -> String {
     if r.replaced_connections > 0 {
         let _ = writeln!(
             s,
-            "  replaced    {} HTTP/2 connections ended by GOAWAY were replaced before a request",
+            "  replaced    {} HTTP/2 connections ended by GOAWAY were replaced",
             r.replaced_connections
+        );
+    }
+    if r.resent_requests > 0 {
+        let _ = writeln!(
+            s,
+            "  re-sent     {} HTTP/2 requests the server had not processed (GOAWAY, REFUSED_STREAM)",
+            r.resent_requests
         );
     }
     if let Some(c) = r.client_cpu_cores {
@@ -319,11 +503,28 @@ pub(crate) fn text(r: &Report) -> String {
     if let Some(c) = r.server_cpu_us_per_request {
         let _ = writeln!(s, "  server CPU  {c:.2} µs per request");
     }
-    for f in r.first_failures.iter().take(5) {
+    // Each distinct failure once, with its number, most frequent first.
+    const SHOWN: usize = 5;
+    for f in r.failure_messages.iter().take(SHOWN) {
         let _ = writeln!(
             s,
-            "  failure     at {:.3}s {}: {}",
-            f.t_s, f.class, f.message
+            "  failure     {}: {} (x{}; first at {:.3}s)",
+            f.class, f.message, f.count, f.first_t_s
+        );
+    }
+    let more = r.failure_messages.len().saturating_sub(SHOWN);
+    if more > 0 || r.failure_messages_uncounted > 0 {
+        let _ = writeln!(
+            s,
+            "  failure     ... {more} more distinct failure messages{} (see --json)",
+            if r.failure_messages_uncounted > 0 {
+                format!(
+                    ", and {} failures not counted by message",
+                    r.failure_messages_uncounted
+                )
+            } else {
+                String::new()
+            }
         );
     }
     s

@@ -31,6 +31,11 @@ pub(crate) struct Trigger {
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
+    /// With a PID source: ms from this trigger to the first successful response from a
+    /// PID not seen before it (`null`: none before the next trigger or the end). Left out
+    /// without a PID source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) new_pid_ms: Option<Option<f64>>,
 }
 
 /// Replaces `{pid}` and `{pidfile}` in `template`.
@@ -82,6 +87,8 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
             }
         }
         let start = Instant::now();
+        // Idle workers send their requests after this instant.
+        shared.tick(start);
         let since = |t: Instant| (t - shared.started).as_secs_f64();
         let outcome = match current_pid(&cfg) {
             Err(e) => Err(e),
@@ -108,12 +115,14 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
                     Some(c) => format!("the reload command exited with {c}"),
                     None => "the reload command was killed by a signal".to_owned(),
                 }),
+                new_pid_ms: None,
             },
             Err(e) => Trigger {
                 start_s: since(start),
                 end_s: since(end),
                 exit_code: None,
                 error: Some(e),
+                new_pid_ms: None,
             },
         };
         if let (Some(e), false) = (&trigger.error, cfg.quiet) {

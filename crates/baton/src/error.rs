@@ -62,6 +62,89 @@ pub enum Error {
         input: String,
     },
 
+    /// A signal that exists but cannot be acted on (`SIGKILL`, `SIGSTOP`: no process can
+    /// catch them).
+    #[error(
+        "signal `{input}` cannot be caught by any process (the kernel acts on it directly); choose one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM"
+    )]
+    UncatchableSignal {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal preset name was not recognised.
+    #[error(
+        "unknown signal preset `{input}`: expected one of baton, faygo, endless, ghelper, goframe, nginx"
+    )]
+    UnknownPreset {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal is mapped to [`Action::User`](crate::Action::User) but no hook was
+    /// registered for it.
+    #[error(
+        "signal {signal} is mapped to a user hook but none was registered; use `ShutdownBuilder::on_signal`"
+    )]
+    NoHookForSignal {
+        /// The signal.
+        signal: crate::Signal,
+    },
+
+    /// A listener name that cannot be passed on by the socket-activation protocol.
+    #[error(
+        "invalid listener name `{name}`: use 1 to 255 printable ASCII characters without `:` or spaces (e.g. `http`, `admin`)"
+    )]
+    InvalidListenerName {
+        /// The name as given.
+        name: String,
+    },
+
+    /// Two listeners served by one coordinator have the same name; names identify
+    /// listeners when they are handed to the next generation.
+    #[error(
+        "two listeners are named `{name}`: names identify listeners across restarts; give each its own (`Listener::bind(name, addr)`)"
+    )]
+    DuplicateListenerName {
+        /// The name.
+        name: String,
+    },
+
+    /// The sockets passed to this process (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`)
+    /// are malformed or not usable listening sockets.
+    #[error("inherited sockets: {reason}")]
+    Inherited {
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// An inherited socket does not match the listener asked for (a different address,
+    /// or the address asked for was passed under another name). baton never binds a
+    /// fresh socket in its place: that would fail or, worse, split the traffic.
+    #[error("inherited socket mismatch for listener `{name}` ({asked}): {reason}")]
+    InheritedMismatch {
+        /// The listener name asked for.
+        name: String,
+        /// The address asked for.
+        asked: String,
+        /// What the inherited socket is instead.
+        reason: String,
+    },
+
+    /// A restart did not happen; the running generation serves on.
+    #[error("restart failed: {0}")]
+    Restart(#[from] crate::RestartFailure),
+
+    /// A pidfile could not be written.
+    #[error("pidfile {path}: {source}")]
+    Pidfile {
+        /// The pidfile's path.
+        path: std::path::PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+
     /// A signal was mapped to two actions.
     #[error(
         "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"

@@ -44,9 +44,12 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod activation;
 mod error;
+mod handoff;
 mod hook;
 mod listener;
+mod notify;
 mod report;
 mod shutdown;
 mod signal;
@@ -57,11 +60,15 @@ mod tracker;
 pub mod http;
 
 pub use error::Error;
+pub use handoff::{RestartFailure, Restarted};
 pub use hook::{HookOutcome, HookReport};
 pub use listener::{IntoListenAddr, ListenAddr, Listener};
 pub use report::{Forced, Report};
-pub use shutdown::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, Shutdown, ShutdownBuilder};
-pub use signal::{Action, Signal, SignalMap};
+pub use shutdown::{
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
+    RestartRequest, Shutdown, ShutdownBuilder,
+};
+pub use signal::{Action, Preset, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

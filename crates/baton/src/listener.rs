@@ -144,19 +144,28 @@ impl IntoListenAddr for &String {
 
 /// A bound, listening socket with a name.
 ///
-/// The name identifies the listener in logs and, later, when sockets are handed to
-/// another process (two listeners may both ask for port 0, so an address does not
-/// identify a listener).
+/// The name identifies the listener in logs and when sockets are handed to the next
+/// generation (two listeners may both ask for port 0, so an address does not identify
+/// a listener): the next generation asks for the same name and gets the same socket.
 #[derive(Debug)]
 pub struct Listener {
     name: String,
     socket: Socket,
     /// The address actually bound (the real port when `:0` was asked for).
     local: ListenAddr,
+    /// Passed to this process rather than bound by it.
+    inherited: bool,
 }
 
 impl Listener {
-    /// Binds `addr` and starts listening.
+    /// Takes the socket passed to this process for listener `name`, or binds `addr` and
+    /// starts listening.
+    ///
+    /// When the process was given sockets by systemd's socket-activation protocol (by a
+    /// previous generation at a restart, by systemd, by `systemd-socket-activate`), the
+    /// socket passed under `name` is returned, after checking that it listens on `addr`
+    /// (any port if `addr` asks for port 0). Sockets passed without names are matched by
+    /// address. Otherwise a fresh socket is bound:
     ///
     /// TCP sockets get `SO_REUSEADDR` (never `SO_REUSEPORT`: a second socket on the same
     /// port loses what sits in the first one's accept queue when it closes), IPv6 sockets
@@ -165,11 +174,22 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::AddressInUse`] when another socket holds the address, [`Error::Io`] for
-    /// other failures (permission denied, no such interface, a path that exists and is
-    /// not a socket).
+    /// [`Error::InvalidListenerName`]; [`Error::Inherited`] or
+    /// [`Error::InheritedMismatch`] when passed sockets are unusable or do not match
+    /// (never papered over by binding a fresh socket); [`Error::AddressInUse`] when
+    /// another socket holds the address; [`Error::Io`] for other failures (permission
+    /// denied, no such interface, a path that exists and is not a socket).
     pub fn bind(name: impl Into<String>, addr: &ListenAddr) -> Result<Self, Error> {
         let name = name.into();
+        check_name(&name)?;
+        if let Some((socket, local)) = crate::activation::take(&name, addr)? {
+            return Ok(Listener {
+                name,
+                socket,
+                local,
+                inherited: true,
+            });
+        }
         let context = |source: io::Error| {
             if source.kind() == io::ErrorKind::AddrInUse {
                 Error::AddressInUse {
@@ -205,7 +225,20 @@ impl Listener {
             name,
             socket,
             local,
+            inherited: false,
         })
+    }
+
+    /// `true` when the socket was passed to this process (a restart, socket
+    /// activation) rather than bound by it.
+    pub fn is_inherited(&self) -> bool {
+        self.inherited
+    }
+
+    /// A close-on-exec duplicate of the socket, kept by the coordinator to hand the
+    /// listener to the next generation.
+    pub(crate) fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
+        Ok(self.socket.try_clone()?.into())
     }
 
     /// The listener's name.
@@ -237,6 +270,18 @@ impl AsFd for Listener {
 pub(crate) enum StdListener {
     Tcp(std::net::TcpListener),
     Unix(StdUnixListener),
+}
+
+/// Names travel in `LISTEN_FDNAMES`, separated by `:`.
+fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidListenerName { name: name.into() })
+    }
 }
 
 fn local_addr(socket: &Socket, asked: &ListenAddr) -> io::Result<ListenAddr> {
@@ -312,6 +357,20 @@ mod tests {
         let err = Listener::bind("b", &ListenAddr::Tcp(bound)).unwrap_err();
         assert!(matches!(err, Error::AddressInUse { .. }), "{err}");
         assert!(err.to_string().contains(&bound.to_string()));
+    }
+
+    #[test]
+    fn names_must_travel_in_listen_fdnames() {
+        let addr = "127.0.0.1:0".parse().unwrap();
+        for bad in ["", "a:b", "with space", &"x".repeat(256)] {
+            assert!(
+                matches!(
+                    Listener::bind(bad, &addr),
+                    Err(Error::InvalidListenerName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

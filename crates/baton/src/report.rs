@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::HookReport;
 use crate::hook::HookOutcome;
+use crate::tracker::ConnectionStats;
 
 /// Why the drain was cut short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +50,66 @@ pub struct Report {
     pub total_time: Duration,
     /// Each shutdown hook, in the order they ran.
     pub hooks: Vec<HookReport>,
+    /// Set when this generation drained because it handed over to a new one (a
+    /// graceful restart): the new generation's PID.
+    pub handed_over_to: Option<u32>,
+    /// Set when a full restart drained this process but could not execute the program
+    /// anew: why.
+    pub restart_failed: Option<String>,
+}
+
+/// What the coordinator observed around a drain, turned into a [`Report`].
+#[derive(Debug)]
+pub(crate) struct DrainFacts {
+    pub(crate) reason: String,
+    /// Connection counters just before the drain started, and after it ended.
+    pub(crate) before: ConnectionStats,
+    pub(crate) after: ConnectionStats,
+    /// What `force_all` cut, if it ran.
+    pub(crate) connections_forced: usize,
+    pub(crate) requests_forced: u64,
+    pub(crate) forced: Option<Forced>,
+    pub(crate) drain_time: Duration,
+    pub(crate) total_time: Duration,
+    pub(crate) hooks: Vec<HookReport>,
+    pub(crate) handed_over_to: Option<u32>,
 }
 
 impl Report {
-    /// `true` when every connection finished by itself and every hook completed.
+    pub(crate) fn from_drain(f: DrainFacts) -> Report {
+        let (before, after) = (f.before, f.after);
+        // Forced = cut by `force_all` or, for a connection registered after its
+        // snapshot (taken from the accept queue meanwhile), by its own drive loop.
+        // Connections cut but still open at `after` are not among `closed`.
+        let forced_now = after.forced.saturating_sub(before.forced);
+        let closed = after.closed.saturating_sub(before.closed);
+        let closed_unforced = closed.saturating_sub(forced_now.saturating_sub(after.open as u64));
+        Report {
+            reason: f.reason,
+            connections_at_drain: before.open as u64
+                + after.accepted.saturating_sub(before.accepted),
+            connections_drained: closed_unforced,
+            connections_forced: forced_now.max(f.connections_forced as u64),
+            upgraded_at_drain: before.upgraded as u64,
+            requests_in_flight: before.requests_in_flight,
+            requests_during_drain: after.requests.saturating_sub(before.requests),
+            requests_forced: f.requests_forced,
+            forced: f.forced,
+            drain_time: f.drain_time,
+            total_time: f.total_time,
+            hooks: f.hooks,
+            handed_over_to: f.handed_over_to,
+            restart_failed: None,
+        }
+    }
+}
+
+impl Report {
+    /// `true` when every connection finished by itself, every hook completed, and a
+    /// full restart (if asked for) did not fail.
     pub fn is_clean(&self) -> bool {
-        self.forced.is_none()
+        self.restart_failed.is_none()
+            && self.forced.is_none()
             && self.connections_forced == 0
             && self
                 .hooks
@@ -108,5 +163,71 @@ impl fmt::Display for Report {
             self.hooks.len(),
             failed
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(
+        open: usize,
+        accepted: u64,
+        closed: u64,
+        forced: u64,
+        requests: u64,
+    ) -> ConnectionStats {
+        ConnectionStats {
+            open,
+            accepted,
+            closed,
+            forced,
+            requests,
+            ..ConnectionStats::default()
+        }
+    }
+
+    fn facts(before: ConnectionStats, after: ConnectionStats, cut: usize) -> DrainFacts {
+        DrainFacts {
+            reason: "test".into(),
+            before,
+            after,
+            connections_forced: cut,
+            requests_forced: 0,
+            forced: (cut > 0).then_some(Forced::Deadline),
+            drain_time: Duration::ZERO,
+            total_time: Duration::ZERO,
+            hooks: Vec::new(),
+            handed_over_to: None,
+        }
+    }
+
+    #[test]
+    fn a_clean_drain_counts_every_closed_connection_as_drained() {
+        // 3 open at the start, 2 more taken from the accept queue, all closed by
+        // themselves, 4 requests served meanwhile.
+        let r = Report::from_drain(facts(stats(3, 10, 7, 0, 20), stats(0, 12, 12, 0, 24), 0));
+        assert_eq!(r.connections_at_drain, 5);
+        assert_eq!(r.connections_drained, 5);
+        assert_eq!(r.connections_forced, 0);
+        assert_eq!(r.requests_during_drain, 4);
+        assert!(r.is_clean());
+        assert_eq!(r.exit_code(), 0);
+    }
+
+    #[test]
+    fn forced_connections_are_not_counted_as_drained_even_if_still_open() {
+        // 4 open: 2 drained, 2 cut, of which 1 has not finished closing yet.
+        let r = Report::from_drain(facts(stats(4, 4, 0, 0, 4), stats(1, 4, 3, 2, 4), 2));
+        assert_eq!(r.connections_drained, 2);
+        assert_eq!(r.connections_forced, 2);
+        assert_eq!(r.exit_code(), 3);
+    }
+
+    #[test]
+    fn a_failed_full_restart_is_not_clean() {
+        let mut r = Report::from_drain(facts(stats(0, 0, 0, 0, 0), stats(0, 0, 0, 0, 0), 0));
+        r.restart_failed = Some("No such file or directory".into());
+        assert_eq!(r.exit_code(), 3);
     }
 }

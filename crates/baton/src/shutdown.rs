@@ -1,22 +1,27 @@
-//! The drain coordinator: what starts a shutdown, the drain with its deadline, the
-//! hooks, the report.
+//! The coordinator: what starts a restart or a shutdown, the restart (spawn, wait for
+//! ready, roll back), the drain with its deadline, the hooks, the report.
 
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout};
 use tracing::{info, warn};
 
 use crate::error::{check_delay, check_limit};
+use crate::handoff::{self, Passed, Program, RestartFailure, Restarted};
 use crate::hook::{Hook, HookReport};
-use crate::report::{Forced, Report};
+use crate::notify::{self, Generation};
+use crate::report::{DrainFacts, Forced, Report};
 use crate::tracker::{ConnectionStats, Phase, Tracker};
 use crate::{Action, Error, Signal, SignalMap};
 
@@ -24,10 +29,18 @@ use crate::{Action, Error, Signal, SignalMap};
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A hook's time limit when none is given.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new generation may take to report ready when none is configured.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many generations may be alive at once when not configured: the serving one, the
+/// one being started, and two still draining.
+pub const DEFAULT_MAX_GENERATIONS: usize = 4;
 /// After a forced close, how long to wait for the cut connections' tasks to notice.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
 
 type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
+type UserFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+type RestartReply = oneshot::Sender<Result<Restarted, Error>>;
 
 /// What a trigger asks of the coordinator.
 #[derive(Debug)]
@@ -41,6 +54,18 @@ enum Command {
     },
     Force {
         reason: String,
+    },
+    /// Graceful restart; the outcome goes to `reply` if someone waits for it.
+    Restart {
+        reason: String,
+        reply: Option<RestartReply>,
+    },
+    FullRestart {
+        reason: String,
+    },
+    /// Run the user's function for this signal.
+    User {
+        signal: Signal,
     },
 }
 
@@ -81,6 +106,17 @@ struct Inner {
     hooks: Mutex<Vec<Hook>>,
     /// The signal listener tasks, once installed (by the first `serve` or by `run`).
     signal_tasks: Mutex<Option<Vec<JoinHandle<()>>>>,
+    user_hooks: Vec<(Signal, String, UserFn)>,
+    /// The listening sockets of every server, by name: duplicates kept to hand them to
+    /// the next generation. Closed when the drain starts, unless a full restart needs
+    /// them, so that a plain shutdown refuses new connections.
+    listeners: Mutex<Vec<Passed>>,
+    program: Program,
+    ready_timeout: Duration,
+    max_generations: usize,
+    pidfile: Option<PathBuf>,
+    /// The PID of the generation this one handed over to (0 before).
+    successor: AtomicU32,
 }
 
 struct Pending {
@@ -107,6 +143,10 @@ pub struct ShutdownBuilder {
     signals: SignalMap,
     triggers: Vec<Trigger>,
     hooks: Vec<Hook>,
+    user_hooks: Vec<(Signal, String, UserFn)>,
+    ready_timeout: Duration,
+    max_generations: usize,
+    pidfile: Option<PathBuf>,
     error: Option<Error>,
 }
 
@@ -152,6 +192,48 @@ impl ShutdownBuilder {
         self
     }
 
+    /// How long a new generation may take, from its start, to report ready at a
+    /// graceful restart; past it, it is killed and this generation serves on. Default
+    /// [`DEFAULT_READY_TIMEOUT`] (30 s); from 1 ms to 24 h.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// The most generations alive at once (the serving one, the one being started, and
+    /// older ones still draining); when a restart would exceed it, the oldest draining
+    /// generation is forced (told to hammer). Default [`DEFAULT_MAX_GENERATIONS`] (4);
+    /// at least 2.
+    pub fn max_generations(mut self, n: usize) -> Self {
+        self.max_generations = n;
+        self
+    }
+
+    /// Writes this process's PID to `path` once it is ready (atomically: a temporary
+    /// file renamed), rewritten by each new generation, removed at a final shutdown.
+    pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.pidfile = Some(path.into());
+        self
+    }
+
+    /// Runs `f` whenever `signal` arrives, without disturbing serving: endless's
+    /// `SIGUSR1`/`SIGTSTP` hooks, nginx's `SIGUSR1` (reopen the log files). Its error is
+    /// logged. The signal is mapped to [`Action::User`]; mapping it otherwise too is an
+    /// error at [`build`](ShutdownBuilder::build).
+    pub fn on_signal<F, Fut, E>(mut self, signal: Signal, name: impl Into<String>, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let f: UserFn = Arc::new(move || {
+            let fut = f();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        self.user_hooks.push((signal, name.into(), f));
+        self
+    }
+
     /// Adds an async shutdown hook; see [`Shutdown::on_shutdown`].
     pub fn on_shutdown<F, Fut, E>(mut self, name: impl Into<String>, limit: Duration, f: F) -> Self
     where
@@ -188,14 +270,26 @@ impl ShutdownBuilder {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidDuration`] for a drain timeout outside 1 ms..=24 h, a drain delay
-    /// over 24 h, or a hook limit outside 1 ms..=24 h; [`Error::EmptyHookName`].
-    pub fn build(self) -> Result<Shutdown, Error> {
+    /// [`Error::InvalidDuration`] for a drain timeout or ready timeout outside
+    /// 1 ms..=24 h, a drain delay over 24 h, or a hook limit outside 1 ms..=24 h;
+    /// [`Error::EmptyHookName`]; [`Error::SignalMappedTwice`] for an
+    /// [`on_signal`](ShutdownBuilder::on_signal) signal that the map already maps;
+    /// [`Error::NoHookForSignal`] for a signal mapped to [`Action::User`] without a hook.
+    pub fn build(mut self) -> Result<Shutdown, Error> {
         if let Some(e) = self.error {
             return Err(e);
         }
         check_limit("drain timeout", self.drain_timeout)?;
         check_delay("drain delay", self.drain_delay)?;
+        check_limit("ready timeout", self.ready_timeout)?;
+        for (signal, _, _) in &self.user_hooks {
+            self.signals = self.signals.on(*signal, Action::User)?;
+        }
+        for (signal, action) in self.signals.iter() {
+            if action == Action::User && !self.user_hooks.iter().any(|(s, _, _)| *s == signal) {
+                return Err(Error::NoHookForSignal { signal });
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Shutdown {
             inner: Arc::new(Inner {
@@ -210,6 +304,13 @@ impl ShutdownBuilder {
                 })),
                 hooks: Mutex::new(self.hooks),
                 signal_tasks: Mutex::new(None),
+                user_hooks: self.user_hooks,
+                listeners: Mutex::new(Vec::new()),
+                program: Program::current(),
+                ready_timeout: self.ready_timeout,
+                max_generations: self.max_generations.max(2),
+                pidfile: self.pidfile,
+                successor: AtomicU32::new(0),
             }),
         })
     }
@@ -232,6 +333,10 @@ impl Shutdown {
             signals: SignalMap::default(),
             triggers: Vec::new(),
             hooks: Vec::new(),
+            user_hooks: Vec::new(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            max_generations: DEFAULT_MAX_GENERATIONS,
+            pidfile: None,
             error: None,
         }
     }
@@ -280,6 +385,66 @@ impl Shutdown {
         self.send(Command::Force {
             reason: "forced by the application".into(),
         });
+    }
+
+    /// Starts a graceful restart, as a restart signal would: the next generation is
+    /// started from the executable as it is on disk now (a replaced binary makes it an
+    /// upgrade), with the same arguments and environment and this process's listening
+    /// sockets; once it reports ready, this generation stops accepting and drains, and
+    /// [`run`](Shutdown::run) returns its report (the process should then exit).
+    ///
+    /// Returns at once; await the returned future to learn the outcome (Faygo's reboot
+    /// from a handler). Dropping it does not cancel the restart. A restart asked for
+    /// while one runs is coalesced into it (and into one follow-up restart of the new
+    /// generation).
+    ///
+    /// # Errors (of the future)
+    ///
+    /// [`Error::Restart`] when the new generation could not be started, exited, or did
+    /// not report ready in time (it is killed; this generation serves on), when a
+    /// shutdown aborted the restart, or when this generation already handed over.
+    pub fn restart(&self) -> RestartRequest {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Restart {
+            reason: "restart requested by the application".into(),
+            reply: Some(tx),
+        });
+        RestartRequest { rx }
+    }
+
+    /// Starts a full restart (GoFrame's): drain completely, run the shutdown hooks,
+    /// then execute the program as it is on disk now in this same process (same PID),
+    /// with the listening sockets kept open, so that clients arriving meanwhile wait in
+    /// the kernel's accept queue instead of being refused. For programs that cannot run
+    /// two generations at once. Refused (and logged) while a restart or shutdown runs,
+    /// or when the executable is missing.
+    pub fn full_restart(&self) {
+        self.send(Command::FullRestart {
+            reason: "full restart requested by the application".into(),
+        });
+    }
+
+    /// This process's generation: 1 for a process started from outside, one more for
+    /// each graceful restart (a full restart keeps the number and adds one too).
+    pub fn generation(&self) -> u32 {
+        notify::origin().generation
+    }
+
+    /// Registers a listener to be handed over at a restart. Called by servers.
+    pub(crate) fn register_listener(
+        &self,
+        name: &str,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), Error> {
+        let mut listeners = lock(&self.inner.listeners);
+        if listeners.iter().any(|l| l.name == name) {
+            return Err(Error::DuplicateListenerName { name: name.into() });
+        }
+        listeners.push(Passed {
+            name: name.into(),
+            fd,
+        });
+        Ok(())
     }
 
     fn send(&self, command: Command) {
@@ -372,15 +537,27 @@ impl Shutdown {
         self.inner.tracker.stats()
     }
 
-    /// Waits for a trigger and carries out the shutdown; returns its report.
+    /// Reports this generation ready, then serves until a trigger ends it: carries out
+    /// graceful restarts (serving on when one fails), then the shutdown, the hand-over
+    /// drain or the full restart; returns the report of the drain.
+    ///
+    /// Ready means: the pidfile (if any) is written, and whoever started this process
+    /// is told `READY=1` (systemd by its notify protocol; at a restart, the previous
+    /// generation, which drains only then). Call it once every server is serving
+    /// ([`Server::run`](crate::http::Server::run) does).
     ///
     /// Installs the handlers of the mapped signals when called (from then on those
     /// signals no longer kill the process). Servers keep serving while it waits.
     ///
+    /// After a graceful restart the returned [`Report::handed_over_to`] names the new
+    /// generation; the process should exit with [`Report::exit_code`]. A full restart
+    /// does not return: the process executes the program anew (unless that fails: the
+    /// report then says why and its exit code is non-zero).
+    ///
     /// # Errors
     ///
     /// [`Error::AlreadyRunning`] on a second call; [`Error::Io`] if a signal handler
-    /// cannot be installed.
+    /// cannot be installed; [`Error::Pidfile`] if the pidfile cannot be written.
     pub async fn run(&self) -> Result<Report, Error> {
         let pending = lock(&self.inner.pending)
             .take()
@@ -399,7 +576,24 @@ impl Shutdown {
                 });
             }));
         }
-        let report = self.carry_out(pending.commands).await;
+        crate::activation::close_unclaimed();
+        self.announce_ready()?;
+        let mut commands = pending.commands;
+        let end = self.serve(&mut commands).await;
+        let full_restart = matches!(end, End::FullRestart { .. });
+        let mut report = self.stop(end, &mut commands).await;
+        if full_restart {
+            let listeners = std::mem::take(&mut *lock(&self.inner.listeners));
+            info!(
+                pid = std::process::id(),
+                exe = %self.inner.program.exe.display(),
+                "full restart: drained; executing the program anew with {} listening sockets",
+                listeners.len()
+            );
+            let e = handoff::exec_in_place(&self.inner.program, &listeners, self.generation() + 1);
+            warn!(pid = std::process::id(), error = %e, "full restart: cannot execute the program; exiting");
+            report.restart_failed = Some(e.to_string());
+        }
         for task in triggers {
             task.abort();
         }
@@ -409,91 +603,377 @@ impl Shutdown {
         Ok(report)
     }
 
-    /// Installs the handlers of the mapped signals, once. Called by the first server's
-    /// `serve` before it accepts anything, so that a signal sent as soon as the server
-    /// answers is handled, not fatal; and by `run`.
-    pub(crate) fn install_signal_handlers(&self) -> Result<(), Error> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut installed = lock(&self.inner.signal_tasks);
-        if installed.is_some() {
-            return Ok(());
+    fn announce_ready(&self) -> Result<(), Error> {
+        let pid = std::process::id();
+        if let Some(path) = &self.inner.pidfile {
+            notify::write_pidfile(path, pid).map_err(|source| Error::Pidfile {
+                path: path.clone(),
+                source,
+            })?;
         }
-        let mut tasks = Vec::new();
-        for (sig, action) in self.inner.signals.iter() {
-            let stream = signal(SignalKind::from_raw(sig.as_raw()));
-            let mut stream = match stream {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tasks.iter().for_each(JoinHandle::abort);
-                    return Err(Error::io(format!("install a handler for {sig}"), e));
+        let origin = notify::origin();
+        match &origin.parent {
+            Some(parent) => {
+                if let Err(e) = notify::send(parent, "READY=1") {
+                    // The previous generation is gone: nobody will tell the manager.
+                    warn!(pid, error = %e, "cannot tell the previous generation that this one is ready");
+                    notify::upstream(&format!("MAINPID={pid}\nREADY=1"));
                 }
-            };
-            let tx = self.inner.commands.clone();
-            tasks.push(tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    if tx.send(signal_command(sig, action)).is_err() {
-                        break;
-                    }
-                }
-            }));
+            }
+            None => notify::upstream("READY=1"),
         }
-        *installed = Some(tasks);
+        let listeners: Vec<String> = lock(&self.inner.listeners)
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        info!(
+            pid,
+            generation = origin.generation,
+            ?listeners,
+            "server ready"
+        );
         Ok(())
     }
 
-    async fn carry_out(&self, mut commands: mpsc::UnboundedReceiver<Command>) -> Report {
+    /// Serves until a command ends it; carries out graceful restarts on the way.
+    async fn serve(&self, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
+        let pid = std::process::id();
+        loop {
+            let Some(cmd) = commands.recv().await else {
+                unreachable!("`Inner` holds a sender for as long as `self` lives")
+            };
+            match cmd {
+                Command::Shutdown {
+                    reason,
+                    timeout,
+                    skip_delay,
+                    ..
+                } => {
+                    return End::Shutdown {
+                        reason,
+                        timeout,
+                        skip_delay,
+                        hammered: false,
+                    };
+                }
+                Command::Force { reason } => {
+                    return End::Shutdown {
+                        reason,
+                        timeout: None,
+                        skip_delay: true,
+                        hammered: true,
+                    };
+                }
+                Command::User { signal } => self.run_user_hook(signal),
+                Command::FullRestart { reason } => match self.inner.program.check() {
+                    Ok(()) => return End::FullRestart { reason },
+                    Err(e) => warn!(pid, %reason, error = %e, "full restart refused; serving on"),
+                },
+                Command::Restart { reason, reply } => {
+                    let mut replies: Vec<RestartReply> = reply.into_iter().collect();
+                    let outcome = self
+                        .carry_out_restart(&reason, &mut replies, commands)
+                        .await;
+                    match outcome {
+                        Ok(restarted) => {
+                            for reply in replies {
+                                let _ = reply.send(Ok(restarted.clone()));
+                            }
+                            return End::HandedOver { restarted };
+                        }
+                        Err((failure, interrupted)) => {
+                            warn!(pid, %reason, "restart failed, serving on: {failure}");
+                            for reply in replies {
+                                let _ = reply.send(Err(Error::Restart(failure.clone())));
+                            }
+                            if let Some(end) = interrupted {
+                                return end;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One graceful restart: start the next generation, wait until it is ready (or
+    /// fails); coalesce restart requests meanwhile. On failure the new process is killed
+    /// and reaped, and a shutdown that interrupted it is returned to be carried out.
+    async fn carry_out_restart(
+        &self,
+        reason: &str,
+        replies: &mut Vec<RestartReply>,
+        commands: &mut mpsc::UnboundedReceiver<Command>,
+    ) -> Result<Restarted, (RestartFailure, Option<End>)> {
+        let pid = std::process::id();
+        let triggered = Instant::now();
+        let generation = self.generation() + 1;
+        info!(pid, %reason, generation = self.generation(), "server reloading");
+        notify::upstream(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
+        let back_to_ready = || notify::upstream("READY=1");
+        let draining = self.enforce_generation_cap();
+        let spawned = {
+            let listeners = lock(&self.inner.listeners);
+            handoff::spawn(&self.inner.program, &listeners, generation, &draining)
+        };
+        let mut spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                back_to_ready();
+                return Err((e, None));
+            }
+        };
+        let spawn_time = triggered.elapsed();
+        info!(
+            pid,
+            new_pid = spawned.pid,
+            generation,
+            "spawned the new generation; waiting until it is ready"
+        );
+        let mut coalesced = 0u32;
+        let ready = loop {
+            tokio::select! {
+                res = spawned.ready(self.inner.ready_timeout) => break res,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Restart { reason, reply }) => {
+                        coalesced += 1;
+                        replies.extend(reply);
+                        info!(pid, %reason, "restart requested during a restart: coalesced into it ({coalesced} so far)");
+                    }
+                    Some(Command::FullRestart { reason }) => {
+                        warn!(pid, %reason, "full restart refused: a graceful restart is in progress");
+                    }
+                    Some(Command::User { signal }) => self.run_user_hook(signal),
+                    Some(Command::Shutdown { reason, timeout, skip_delay, .. }) => {
+                        spawned.kill().await;
+                        let end = End::Shutdown { reason: reason.clone(), timeout, skip_delay, hammered: false };
+                        return Err((RestartFailure::Aborted { reason }, Some(end)));
+                    }
+                    Some(Command::Force { reason }) => {
+                        spawned.kill().await;
+                        let end = End::Shutdown { reason: reason.clone(), timeout: None, skip_delay: true, hammered: true };
+                        return Err((RestartFailure::Aborted { reason }, Some(end)));
+                    }
+                    None => unreachable!("`Inner` holds a sender for as long as `self` lives"),
+                },
+            }
+        };
+        if let Err(failure) = ready {
+            spawned.kill().await;
+            back_to_ready();
+            return Err((failure, None));
+        }
+        let restarted = Restarted {
+            pid: spawned.pid,
+            generation,
+            spawn: spawn_time,
+            ready: spawned.started.elapsed(),
+            coalesced,
+        };
+        spawned.release();
+        self.inner.successor.store(restarted.pid, Ordering::Relaxed);
+        notify::upstream(&format!("MAINPID={}\nREADY=1", restarted.pid));
+        info!(
+            pid,
+            new_pid = restarted.pid,
+            generation,
+            spawn = ?restarted.spawn,
+            ready = ?restarted.ready,
+            coalesced,
+            "restart: the new generation is ready; this one stops accepting and drains"
+        );
+        if coalesced > 0 {
+            self.ask_follow_up(restarted.pid, coalesced);
+        }
+        Ok(restarted)
+    }
+
+    /// Requests that came in during a restart wanted a restart after it: ask the new
+    /// generation for one, by its restart signal (it has the same signal map).
+    fn ask_follow_up(&self, successor: u32, coalesced: u32) {
+        let pid = std::process::id();
+        match self.inner.signals.signal_for(Action::Restart) {
+            Some(sig) => match crate::sys::kill(successor, sig.as_raw()) {
+                Ok(()) => info!(
+                    pid,
+                    successor,
+                    coalesced,
+                    "asked the new generation for one follow-up restart ({sig})"
+                ),
+                Err(e) => {
+                    warn!(pid, successor, error = %e, "cannot ask the new generation for a follow-up restart")
+                }
+            },
+            None => warn!(
+                pid,
+                successor,
+                coalesced,
+                "no signal is mapped to restart: the coalesced requests were served by this restart, no follow-up"
+            ),
+        }
+    }
+
+    /// The older generations still draining, this one added; forces the oldest ones
+    /// when starting another would exceed the cap.
+    fn enforce_generation_cap(&self) -> Vec<Generation> {
+        let mut draining: Vec<Generation> = notify::origin()
+            .draining
+            .iter()
+            .copied()
+            .filter(Generation::alive)
+            .collect();
+        // Alive during the restart: the draining ones, this one and the new one.
+        while !draining.is_empty() && draining.len() + 2 > self.inner.max_generations {
+            let oldest = draining.remove(0);
+            let sig = [Action::Hammer, Action::Shutdown, Action::ShutdownNow]
+                .into_iter()
+                .find_map(|a| self.inner.signals.signal_for(a))
+                .map_or(libc::SIGKILL, Signal::as_raw);
+            warn!(
+                pid = std::process::id(),
+                oldest = oldest.pid,
+                max = self.inner.max_generations,
+                "too many generations alive: forcing the oldest draining one (signal {sig})"
+            );
+            let _ = crate::sys::kill(oldest.pid, sig);
+        }
+        draining.extend(Generation::this_process());
+        draining
+    }
+
+    fn run_user_hook(&self, signal: Signal) {
+        let pid = std::process::id();
+        let Some((_, name, f)) = self.inner.user_hooks.iter().find(|(s, _, _)| *s == signal) else {
+            return;
+        };
+        let (name, fut) = (name.clone(), f());
+        info!(pid, hook = %name, %signal, "running user hook");
+        tokio::spawn(async move {
+            match fut.await {
+                Ok(()) => info!(pid, hook = %name, "user hook completed"),
+                Err(e) => warn!(pid, hook = %name, error = %e, "user hook failed"),
+            }
+        });
+    }
+
+    /// A command that arrives once serving has ended: restarts are refused, user hooks
+    /// run; a shutdown or force is returned for the caller to act on.
+    fn after_serving(&self, cmd: Command) -> Option<Command> {
+        let successor = self.inner.successor.load(Ordering::Relaxed);
+        let failure = || {
+            if successor != 0 {
+                RestartFailure::Draining { successor }
+            } else {
+                RestartFailure::Busy("this generation is shutting down")
+            }
+        };
+        match cmd {
+            Command::Restart { reason, reply } => {
+                warn!(pid = std::process::id(), %reason, "restart refused: {}", failure());
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(Error::Restart(failure())));
+                }
+                None
+            }
+            Command::FullRestart { reason } => {
+                warn!(pid = std::process::id(), %reason, "full restart refused: {}", failure());
+                None
+            }
+            Command::User { signal } => {
+                self.run_user_hook(signal);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// The end of serving: the drain (with its delay for a shutdown), the force if
+    /// needed, the hooks.
+    async fn stop(&self, end: End, commands: &mut mpsc::UnboundedReceiver<Command>) -> Report {
         let tracker = &self.inner.tracker;
         let pid = std::process::id();
-        let Some(first) = commands.recv().await else {
-            unreachable!("`Inner` holds a sender for as long as `self` lives")
-        };
         let started = Instant::now();
-        let (reason, mut drain_timeout, skip_delay, mut hammered) = match first {
-            Command::Shutdown {
-                reason,
-                timeout,
-                skip_delay,
-                ..
-            } => (
-                reason,
-                timeout.unwrap_or(self.inner.drain_timeout),
-                skip_delay,
-                false,
-            ),
-            Command::Force { reason } => (reason, self.inner.drain_timeout, true, true),
-        };
-        info!(pid, %reason, "shutting down");
+        let (reason, timeout_asked, skip_delay, mut hammered, keep_listeners, handed_over_to) =
+            match end {
+                End::Shutdown {
+                    reason,
+                    timeout,
+                    skip_delay,
+                    hammered,
+                } => {
+                    info!(pid, %reason, "shutting down");
+                    notify::upstream("STOPPING=1");
+                    (reason, timeout, skip_delay, hammered, false, None)
+                }
+                End::HandedOver { restarted } => (
+                    format!("restart: handed over to pid {}", restarted.pid),
+                    None,
+                    true,
+                    false,
+                    false,
+                    Some(restarted.pid),
+                ),
+                End::FullRestart { reason } => {
+                    info!(pid, %reason, "full restart: draining completely first");
+                    notify::upstream(&format!(
+                        "RELOADING=1\nMONOTONIC_USEC={}",
+                        notify::monotonic_usec()
+                    ));
+                    (reason, None, true, false, true, None)
+                }
+            };
+        let mut drain_timeout = timeout_asked.unwrap_or(self.inner.drain_timeout);
 
         // Drain delay: serve on, readiness false.
         tracker.advance(Phase::DelayingDrain);
         let delay = self.inner.drain_delay;
         if !skip_delay && !hammered && !delay.is_zero() {
             info!(pid, delay = ?delay, "readiness now reports draining; serving on until the drain starts");
+            let until = Instant::now() + delay;
             // Any shutdown request ends the delay early; a hammer forces.
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Shutdown { timeout, .. }) => {
-                        if let Some(t) = timeout {
-                            drain_timeout = drain_timeout.min(t);
+            loop {
+                tokio::select! {
+                    () = sleep_until(until) => break,
+                    cmd = commands.recv() => match cmd.and_then(|c| self.after_serving(c)) {
+                        Some(Command::Shutdown { timeout, .. }) => {
+                            if let Some(t) = timeout {
+                                drain_timeout = drain_timeout.min(t);
+                            }
+                            info!(pid, "shutdown asked again: the drain starts now");
+                            break;
                         }
-                        info!(pid, "shutdown asked again: the drain starts now");
-                    }
-                    Some(Command::Force { .. }) | None => hammered = true,
-                },
+                        Some(_) => {
+                            hammered = true;
+                            break;
+                        }
+                        None => {}
+                    },
+                }
             }
         }
 
-        // Drain.
+        // Drain. At a plain shutdown the listeners take what waits in their accept
+        // queue, then close (our duplicates first, so that the socket really closes).
+        // At a hand-over or a full restart they leave the queue alone: it belongs to
+        // the generation that takes over the same socket.
+        let sweep = handed_over_to.is_none() && !keep_listeners;
+        tracker.set_sweep(sweep);
+        if !keep_listeners {
+            lock(&self.inner.listeners).clear();
+        }
         let before = tracker.stats();
-        let drain_started = tokio::time::Instant::now();
+        let drain_started = Instant::now();
         tracker.advance(Phase::Draining);
         info!(
             pid,
             connections = before.open,
             requests_in_flight = before.requests_in_flight,
             deadline = ?drain_timeout,
-            "draining: listeners closed, finishing requests in flight"
+            "draining: {}, finishing requests in flight",
+            if sweep { "listeners closed" } else { "not accepting any more" }
         );
         let mut deadline = drain_started + drain_timeout;
         let mut forced_by = hammered.then_some(Forced::Hammer);
@@ -505,17 +985,17 @@ impl Shutdown {
                         forced_by = Some(Forced::Deadline);
                         break;
                     }
-                    cmd = commands.recv() => match cmd {
+                    cmd = commands.recv() => match cmd.and_then(|c| self.after_serving(c)) {
                         Some(Command::Shutdown { timeout: Some(t), again_forces: false, .. }) => {
-                            deadline = deadline.min(tokio::time::Instant::now() + t);
+                            deadline = deadline.min(Instant::now() + t);
                         }
-                        Some(Command::Shutdown { again_forces: false, .. }) => {}
+                        Some(Command::Shutdown { again_forces: false, .. }) | None => {}
                         Some(Command::Shutdown { reason, .. } | Command::Force { reason }) => {
                             warn!(pid, %reason, "hammer: forcing the close now");
                             forced_by = Some(Forced::Hammer);
                             break;
                         }
-                        None => {}
+                        Some(_) => {}
                     },
                 }
             }
@@ -552,35 +1032,72 @@ impl Shutdown {
         // Hooks.
         tracker.advance(Phase::Finalizing);
         let hooks = std::mem::take(&mut *lock(&self.inner.hooks));
-        let hooks = self.run_hooks(hooks, &mut commands).await;
+        let hooks = self.run_hooks(hooks, commands).await;
         tracker.advance(Phase::Done);
+        if handed_over_to.is_none()
+            && !keep_listeners
+            && let Some(path) = &self.inner.pidfile
+        {
+            notify::remove_pidfile(path);
+        }
 
-        // Forced = cut by `force_all` or, for a connection registered after its
-        // snapshot (taken from the accept queue meanwhile), by its own drive loop.
-        let forced_now = after.forced.saturating_sub(before.forced);
-        let closed = after.closed.saturating_sub(before.closed);
-        let closed_unforced = closed.saturating_sub(forced_now.saturating_sub(after.open as u64));
-        let report = Report {
+        let report = Report::from_drain(DrainFacts {
             reason,
-            connections_at_drain: before.open as u64
-                + after.accepted.saturating_sub(before.accepted),
-            connections_drained: closed_unforced,
-            connections_forced: forced_now.max(connections_forced as u64),
-            upgraded_at_drain: before.upgraded as u64,
-            requests_in_flight: before.requests_in_flight,
-            requests_during_drain: after.requests.saturating_sub(before.requests),
+            before,
+            after,
+            connections_forced,
             requests_forced,
             forced: forced_by,
             drain_time,
             total_time: started.elapsed(),
             hooks,
+            handed_over_to,
+        });
+        let what = if handed_over_to.is_some() {
+            "drain after the hand-over complete"
+        } else if keep_listeners {
+            "drain before the full restart complete"
+        } else {
+            "shutdown complete"
         };
         if report.is_clean() {
-            info!(pid, "shutdown complete: {report}");
+            info!(pid, "{what}: {report}");
         } else {
-            warn!(pid, "shutdown complete: {report}");
+            warn!(pid, "{what}: {report}");
         }
         report
+    }
+
+    /// Installs the handlers of the mapped signals, once. Called by the first server's
+    /// `serve` before it accepts anything, so that a signal sent as soon as the server
+    /// answers is handled, not fatal; and by `run`.
+    pub(crate) fn install_signal_handlers(&self) -> Result<(), Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut installed = lock(&self.inner.signal_tasks);
+        if installed.is_some() {
+            return Ok(());
+        }
+        let mut tasks = Vec::new();
+        for (sig, action) in self.inner.signals.iter() {
+            let stream = signal(SignalKind::from_raw(sig.as_raw()));
+            let mut stream = match stream {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tasks.iter().for_each(JoinHandle::abort);
+                    return Err(Error::io(format!("install a handler for {sig}"), e));
+                }
+            };
+            let tx = self.inner.commands.clone();
+            tasks.push(tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if tx.send(signal_command(sig, action)).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        *installed = Some(tasks);
+        Ok(())
     }
 
     async fn run_hooks(
@@ -600,12 +1117,13 @@ impl Shutdown {
             let report = loop {
                 tokio::select! {
                     report = &mut run => break Some(report),
-                    cmd = commands.recv() => match cmd {
+                    cmd = commands.recv() => match cmd.and_then(|c| self.after_serving(c)) {
                         Some(Command::Shutdown { again_forces: false, .. }) | None => {}
                         Some(Command::Shutdown { reason, .. } | Command::Force { reason }) => {
                             warn!(pid, %reason, hook = %name, "hammer during the hooks: abandoning the rest");
                             break None;
                         }
+                        Some(_) => {}
                     },
                 }
             };
@@ -654,6 +1172,49 @@ fn signal_command(sig: Signal, action: Action) -> Command {
             again_forces: true,
         },
         Action::Hammer => Command::Force { reason },
+        Action::Restart => Command::Restart {
+            reason,
+            reply: None,
+        },
+        Action::FullRestart => Command::FullRestart { reason },
+        Action::User => Command::User { signal: sig },
+    }
+}
+
+/// How serving ended.
+#[derive(Debug)]
+enum End {
+    Shutdown {
+        reason: String,
+        timeout: Option<Duration>,
+        skip_delay: bool,
+        hammered: bool,
+    },
+    HandedOver {
+        restarted: Restarted,
+    },
+    FullRestart {
+        reason: String,
+    },
+}
+
+/// The outcome of [`Shutdown::restart`]: resolves once the new generation is ready, or
+/// the restart failed.
+#[must_use = "the restart proceeds anyway; await this to learn its outcome"]
+#[derive(Debug)]
+pub struct RestartRequest {
+    rx: oneshot::Receiver<Result<Restarted, Error>>,
+}
+
+impl Future for RestartRequest {
+    type Output = Result<Restarted, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|res| {
+            res.unwrap_or(Err(Error::Restart(RestartFailure::Busy(
+                "the coordinator is not running (`Shutdown::run` has not been called or has returned)",
+            ))))
+        })
     }
 }
 

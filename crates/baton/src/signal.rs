@@ -1,15 +1,15 @@
 //! Which signal means what.
 //!
-//! A [`SignalMap`] says what the coordinator does when a signal arrives. The default
-//! follows the convention of nginx, endless and GoFrame for shutdown:
+//! A [`SignalMap`] says what the coordinator does when a signal arrives. The default:
 //!
 //! | signal | action |
 //! |---|---|
-//! | `SIGTERM`, `SIGINT` | [`Action::Shutdown`]: graceful shutdown; the same signal again during the drain forces it ("hammer") |
+//! | `SIGTERM`, `SIGINT` | [`Action::Shutdown`]: graceful shutdown; a shutdown signal again during the drain (any mapped one) forces it ("hammer") |
 //! | `SIGQUIT` | [`Action::ShutdownNow`]: graceful shutdown without the drain delay |
+//! | `SIGHUP`, `SIGUSR2` | [`Action::Restart`]: graceful restart, from the executable as it is on disk now (so also the binary upgrade) |
 //!
-//! Signals that are not mapped keep their default disposition. Restart actions (`SIGHUP`,
-//! `SIGUSR2`) arrive with zero-downtime restart; see the README's status table.
+//! Signals that are not mapped keep their default disposition. [`Preset`]s reproduce the
+//! conventions of Faygo, endless, ghelper, GoFrame and nginx.
 
 use std::fmt;
 use std::str::FromStr;
@@ -98,7 +98,11 @@ impl FromStr for Signal {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let trimmed = s.trim();
+        let uncatchable = || Error::UncatchableSignal { input: s.into() };
         if let Ok(n) = trimmed.parse::<i32>() {
+            if n == libc::SIGKILL || n == libc::SIGSTOP {
+                return Err(uncatchable());
+            }
             return Signal::ALL
                 .into_iter()
                 .find(|sig| sig.as_raw() == n)
@@ -106,6 +110,9 @@ impl FromStr for Signal {
         }
         let upper = trimmed.to_ascii_uppercase();
         let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        if name == "KILL" || name == "STOP" {
+            return Err(uncatchable());
+        }
         Signal::ALL
             .into_iter()
             .find(|sig| sig.short_name() == name)
@@ -126,6 +133,18 @@ pub enum Action {
     /// Force the close at once: cut every connection still open and go on to the hooks.
     /// Before a shutdown has started, it starts one and forces it.
     Hammer,
+    /// Graceful restart: start the next generation from the executable as it is on
+    /// disk now, hand it the listening sockets, wait until it is ready, then drain this
+    /// one. See [`Shutdown::restart`](crate::Shutdown::restart).
+    Restart,
+    /// Full restart: drain completely, run the shutdown hooks, then execute the program
+    /// again in this process (same PID) with the listening sockets kept open. See
+    /// [`Shutdown::full_restart`](crate::Shutdown::full_restart).
+    FullRestart,
+    /// Run the user's function registered for this signal
+    /// ([`ShutdownBuilder::on_signal`](crate::ShutdownBuilder::on_signal)), e.g. reopen
+    /// log files; serving is not disturbed.
+    User,
 }
 
 impl fmt::Display for Action {
@@ -134,6 +153,9 @@ impl fmt::Display for Action {
             Action::Shutdown => "shutdown",
             Action::ShutdownNow => "shutdown-now",
             Action::Hammer => "hammer",
+            Action::Restart => "restart",
+            Action::FullRestart => "full-restart",
+            Action::User => "user hook",
         })
     }
 }
@@ -209,16 +231,108 @@ impl SignalMap {
     }
 }
 
-impl Default for SignalMap {
-    /// `SIGTERM`, `SIGINT` → [`Action::Shutdown`]; `SIGQUIT` → [`Action::ShutdownNow`].
-    fn default() -> Self {
-        SignalMap {
-            entries: vec![
-                (Signal::Term, Action::Shutdown),
-                (Signal::Int, Action::Shutdown),
-                (Signal::Quit, Action::ShutdownNow),
+impl SignalMap {
+    /// The signal map of a [`Preset`].
+    pub fn preset(preset: Preset) -> Self {
+        use Action::*;
+        use Signal::*;
+        let entries = match preset {
+            Preset::Baton => vec![
+                (Term, Shutdown),
+                (Int, Shutdown),
+                (Quit, ShutdownNow),
+                (Hup, Restart),
+                (Usr2, Restart),
             ],
-        }
+            Preset::Faygo => vec![(Term, Shutdown), (Int, Shutdown), (Usr2, Restart)],
+            Preset::Endless => vec![
+                (Term, Shutdown),
+                (Int, Shutdown),
+                (Hup, Restart),
+                (Usr2, Hammer),
+            ],
+            Preset::Ghelper => vec![
+                (Term, Shutdown),
+                (Int, Shutdown),
+                (Usr1, Restart),
+                (Usr2, Restart),
+            ],
+            Preset::GoFrame => vec![
+                (Term, Shutdown),
+                (Int, Shutdown),
+                (Quit, Shutdown),
+                (Hup, Shutdown),
+                (Usr1, Restart),
+                (Usr2, FullRestart),
+            ],
+            Preset::Nginx => vec![
+                (Term, Hammer),
+                (Int, Hammer),
+                (Quit, ShutdownNow),
+                (Hup, Restart),
+                (Usr2, Restart),
+            ],
+        };
+        SignalMap { entries }
+    }
+
+    /// The first signal mapped to `action`, if any.
+    pub fn signal_for(&self, action: Action) -> Option<Signal> {
+        self.entries
+            .iter()
+            .find(|(_, a)| *a == action)
+            .map(|(sig, _)| *sig)
+    }
+}
+
+impl Default for SignalMap {
+    /// [`Preset::Baton`]: `SIGTERM`, `SIGINT` → [`Action::Shutdown`]; `SIGQUIT` →
+    /// [`Action::ShutdownNow`]; `SIGHUP`, `SIGUSR2` → [`Action::Restart`].
+    fn default() -> Self {
+        SignalMap::preset(Preset::Baton)
+    }
+}
+
+/// The signal conventions of the frameworks baton's users come from.
+///
+/// | preset | shutdown | restart | other |
+/// |---|---|---|---|
+/// | `baton` (the default) | TERM, INT; QUIT without drain delay | HUP, USR2 | |
+/// | `faygo` | TERM, INT | USR2 | |
+/// | `endless` | TERM, INT | HUP | USR2 hammer; USR1 and TSTP are free for [`ShutdownBuilder::on_signal`](crate::ShutdownBuilder::on_signal) hooks |
+/// | `ghelper` | TERM, INT | USR1, USR2 | |
+/// | `goframe` | TERM, INT, QUIT, HUP | USR1 | USR2 full restart |
+/// | `nginx` | QUIT (graceful); TERM, INT hammer (fast) | HUP, USR2 | USR1 is free for a log-reopening hook |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Preset {
+    /// baton's default.
+    Baton,
+    /// Faygo.
+    Faygo,
+    /// endless (Go `http.Server.Shutdown` with `fvbock/endless`).
+    Endless,
+    /// ghelper/graceful.
+    Ghelper,
+    /// GoFrame.
+    GoFrame,
+    /// nginx.
+    Nginx,
+}
+
+impl FromStr for Preset {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "baton" | "default" => Preset::Baton,
+            "faygo" => Preset::Faygo,
+            "endless" => Preset::Endless,
+            "ghelper" => Preset::Ghelper,
+            "goframe" | "gf" => Preset::GoFrame,
+            "nginx" => Preset::Nginx,
+            _ => return Err(Error::UnknownPreset { input: s.into() }),
+        })
     }
 }
 
@@ -242,7 +356,10 @@ mod tests {
         let err = "SIGFOO".parse::<Signal>().unwrap_err().to_string();
         assert!(err.contains("`SIGFOO`"), "{err}");
         assert!(err.contains("HUP, INT"), "{err}");
-        assert!("9".parse::<Signal>().is_err(), "SIGKILL cannot be caught");
+        let err = "9".parse::<Signal>().unwrap_err();
+        assert!(matches!(err, Error::UncatchableSignal { .. }), "{err}");
+        let err = "KILL".parse::<Signal>().unwrap_err().to_string();
+        assert!(err.contains("cannot be caught"), "{err}");
         assert!("".parse::<Signal>().is_err());
     }
 
@@ -252,7 +369,28 @@ mod tests {
         assert_eq!(map.action(Signal::Term), Some(Action::Shutdown));
         assert_eq!(map.action(Signal::Int), Some(Action::Shutdown));
         assert_eq!(map.action(Signal::Quit), Some(Action::ShutdownNow));
-        assert_eq!(map.action(Signal::Hup), None);
+        assert_eq!(map.action(Signal::Hup), Some(Action::Restart));
+        assert_eq!(map.action(Signal::Usr2), Some(Action::Restart));
+        assert_eq!(map.action(Signal::Usr1), None);
+    }
+
+    #[test]
+    fn presets_follow_each_convention() {
+        let gf = SignalMap::preset("goframe".parse().unwrap());
+        assert_eq!(gf.action(Signal::Usr1), Some(Action::Restart));
+        assert_eq!(gf.action(Signal::Usr2), Some(Action::FullRestart));
+        assert_eq!(gf.action(Signal::Hup), Some(Action::Shutdown));
+        let endless = SignalMap::preset(Preset::Endless);
+        assert_eq!(endless.action(Signal::Usr2), Some(Action::Hammer));
+        assert_eq!(endless.signal_for(Action::Restart), Some(Signal::Hup));
+        let nginx = SignalMap::preset(Preset::Nginx);
+        assert_eq!(nginx.action(Signal::Quit), Some(Action::ShutdownNow));
+        assert_eq!(nginx.action(Signal::Term), Some(Action::Hammer));
+        assert_eq!(
+            SignalMap::preset(Preset::Faygo).action(Signal::Usr2),
+            Some(Action::Restart)
+        );
+        assert!("apache".parse::<Preset>().is_err());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! offer. Each block states why it is sound.
 #![allow(unsafe_code)]
 
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 
 /// `shutdown(fd, SHUT_RDWR)`: ends both directions of a connected socket. Any task
 /// blocked reading it sees end-of-file and any write fails, which wakes code that holds
@@ -21,5 +23,239 @@ pub(crate) fn shutdown_socket(fd: RawFd) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes ownership of descriptor `fd`, passed to this process by the socket-activation
+/// protocol, after checking that it is open.
+///
+/// The caller must take each descriptor at most once (the inherited set is parsed once
+/// per process, see `listener::inherited`), and only descriptors that the protocol says
+/// were passed to this process: nothing else in the process owns them.
+pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD reads the descriptor flags of an integer descriptor; it touches no
+    // memory. It fails with EBADF if `fd` is not open, which is what we check.
+    let rc = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and, by the protocol and the caller's
+    // guarantee, owned by nobody else in this process: the `OwnedFd` is its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+pub(crate) fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only reads an open descriptor (borrowed for the call) and
+    // creates a new one, which we own at once below.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `rc` is a descriptor that fcntl just created for us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
+}
+
+/// Sets or clears close-on-exec on `fd`.
+pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD changes the flags of a descriptor borrowed for the call; no memory
+    // is touched.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) takes two integers and touches no memory; `pid` is positive, so it
+    // names one process, never a group.
+    if unsafe { libc::kill(pid, signal) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in microseconds (systemd's `MONOTONIC_USEC=`).
+pub(crate) fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into memory we own for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// Everything a forked child needs to become the next generation, prepared before the
+/// fork so that the child does nothing but async-signal-safe calls: move the listening
+/// sockets to descriptors 3, 4, ..., write its own PID into `LISTEN_PID`, and `execve`.
+///
+/// `LISTEN_PID` must be the PID of the process that reads it (systemd's rule, so that a
+/// grandchild that inherits the environment ignores the sockets), and only the child
+/// knows its PID: that is why the child calls `execve` itself from `pre_exec`, with an
+/// environment whose `LISTEN_PID=` slot it fills in first.
+pub(crate) struct ExecPlan {
+    path: CString,
+    // Owned storage; the pointer arrays below point into it.
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    /// The `LISTEN_PID=` entry: prefix, then room for the digits and a NUL.
+    pid_slot: Box<[u8]>,
+    /// Sources (numbered at or above `3 + fds.len()`, so that no target clobbers a
+    /// source) moved to 3, 4, ... in the child.
+    fds: Vec<OwnedFd>,
+}
+
+// SAFETY: the raw pointers point into heap storage owned by the same struct (`_argv`,
+// `_envp`, `pid_slot`), which moves with it and is never shared; the plan is used by
+// one thread at a time (moved into the `pre_exec` closure).
+unsafe impl Send for ExecPlan {}
+// SAFETY: as above; `&ExecPlan` gives no access that could race (only the forked child,
+// which is single-threaded, writes through `pid_slot`).
+unsafe impl Sync for ExecPlan {}
+
+const PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+impl ExecPlan {
+    /// `env` must not contain `LISTEN_PID`; the plan adds it. `fds` are placed at 3, 4,
+    /// ... in order.
+    pub(crate) fn new(
+        path: &OsStr,
+        argv: &[&OsStr],
+        env: &[(&OsStr, &OsStr)],
+        fds: &[BorrowedFd<'_>],
+    ) -> io::Result<ExecPlan> {
+        let cstr = |bytes: &[u8]| {
+            CString::new(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an argument or environment variable contains a NUL byte",
+                )
+            })
+        };
+        let path = cstr(path.as_bytes())?;
+        let argv = argv
+            .iter()
+            .map(|a| cstr(a.as_bytes()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstr(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        // Room for any pid_t in decimal and the NUL terminator; zero-filled.
+        let mut pid_slot = vec![0u8; PID_PREFIX.len() + 24].into_boxed_slice();
+        pid_slot[..PID_PREFIX.len()].copy_from_slice(PID_PREFIX);
+        let first_free = 3 + fds.len() as RawFd;
+        let fds = fds
+            .iter()
+            .map(|fd| dup_at_least(*fd, first_free))
+            .collect::<io::Result<Vec<_>>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp.iter().map(|e| e.as_ptr()).collect();
+        envp_ptrs.push(pid_slot.as_ptr().cast());
+        envp_ptrs.push(std::ptr::null());
+        Ok(ExecPlan {
+            path,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            pid_slot,
+            fds,
+        })
+    }
+
+    /// Runs in the forked child (from `pre_exec`): only async-signal-safe calls, no
+    /// allocation. Returns only if something failed.
+    fn exec_in_child(&mut self) -> io::Error {
+        for (i, fd) in self.fds.iter().enumerate() {
+            // SAFETY: dup2 on two integers; the source is open (owned by the plan), the
+            // target is a plain number. dup2 clears close-on-exec on the target, so the
+            // socket survives the exec; the source (close-on-exec) does not.
+            if unsafe { libc::dup2(fd.as_raw_fd(), 3 + i as RawFd) } < 0 {
+                return io::Error::last_os_error();
+            }
+        }
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        write_decimal(&mut self.pid_slot[PID_PREFIX.len()..], pid as u32);
+        // SAFETY: `path` is a NUL-terminated string, both pointer arrays are
+        // NUL-terminated and point at NUL-terminated strings owned by `self`, which lives
+        // until execve replaces the process image or returns.
+        unsafe {
+            libc::execve(
+                self.path.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            )
+        };
+        io::Error::last_os_error()
+    }
+
+    /// Installs the plan on `cmd`: after the fork, the child moves the descriptors and
+    /// execs the plan's program itself (`cmd`'s own program and environment are not
+    /// used; its stdio settings are).
+    pub(crate) fn install(mut self, cmd: &mut tokio::process::Command) {
+        // SAFETY: the closure runs in the forked child before exec, where only
+        // async-signal-safe functions may be called: `exec_in_child` calls dup2, getpid
+        // and execve, and writes digits into memory it owns; it allocates nothing and
+        // takes no lock.
+        unsafe {
+            cmd.pre_exec(move || Err(self.exec_in_child()));
+        }
+    }
+}
+
+/// Writes `n` in decimal followed by a NUL into `out` (which is zero-filled and long
+/// enough), without allocating.
+fn write_decimal(out: &mut [u8], mut n: u32) {
+    let mut digits = [0u8; 10];
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        out[i] = digits[len - 1 - i];
+    }
+    out[len] = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_without_allocation() {
+        for n in [0u32, 7, 10, 4_194_304, u32::MAX] {
+            let mut buf = [0u8; 12];
+            write_decimal(&mut buf, n);
+            let end = buf.iter().position(|b| *b == 0).unwrap();
+            assert_eq!(std::str::from_utf8(&buf[..end]).unwrap(), n.to_string());
+        }
     }
 }

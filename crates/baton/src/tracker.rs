@@ -101,6 +101,10 @@ pub(crate) struct TrackerInner {
     closed_forced: AtomicU64,
     /// Requests of connections already closed.
     closed_requests: AtomicU64,
+    /// Whether accept loops take what is left in their queue when they stop (a plain
+    /// shutdown) or leave it to the next generation (a hand-over, a full restart). Set
+    /// by the coordinator before it moves to `Draining`.
+    sweep: AtomicBool,
 }
 
 /// What one connection shares with the tracker and its request wrappers.
@@ -313,6 +317,7 @@ impl Tracker {
                 closed: AtomicU64::new(0),
                 closed_forced: AtomicU64::new(0),
                 closed_requests: AtomicU64::new(0),
+                sweep: AtomicBool::new(true),
             }),
         }
     }
@@ -345,6 +350,16 @@ impl Tracker {
         for (_, conn) in lock(&self.inner.conns).iter() {
             conn.waker.wake();
         }
+    }
+
+    /// See `TrackerInner::sweep`; call before advancing to `Draining`.
+    pub(crate) fn set_sweep(&self, sweep: bool) {
+        self.inner.sweep.store(sweep, Ordering::SeqCst);
+    }
+
+    /// Whether a stopping accept loop takes what waits in its queue.
+    pub(crate) fn sweeps(&self) -> bool {
+        self.inner.sweep.load(Ordering::SeqCst)
     }
 
     /// Resolves once the phase is `phase` or later.

@@ -31,6 +31,41 @@ pub use service::TrackedBody;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What [`Server`] can serve: a tower service of `Request<Incoming>` (an axum `Router`,
+/// a `hyper::service::service_fn` wrapped with `TowerToHyperService`'s inverse, ...),
+/// cloned for each request. Implemented for every type that qualifies; the bounds are
+/// written here once.
+pub trait HttpService<B>:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<B>,
+        Error: Into<BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S, B> HttpService<B> for S where
+    S: tower_service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error: Into<BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A response body [`Server`] can send. Implemented for every type that qualifies.
+pub trait HttpBody: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> HttpBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
 /// How long a connection may stay idle after the drain started before it is closed.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// After an accept error caused by a resource limit (too many open files, no memory),
@@ -81,21 +116,29 @@ impl Server {
     }
 
     /// Parses and binds each address (see [`ListenAddr`] for the forms; text or
-    /// [`ListenAddr`] values). The listeners are named `http`, `http-2`, `http-3`, ... in
-    /// order.
+    /// [`ListenAddr`] values), or takes the socket passed to this process for it (see
+    /// [`Listener::bind`]).
+    ///
+    /// The listeners are named `http`, `http-2`, `http-3`, ... in the order they are
+    /// bound in the process, across every `Server::bind` call: a restarted generation
+    /// binds in the same order and gets the same sockets. To name them yourself, use
+    /// [`Listener::bind`] and [`Server::new`].
     ///
     /// # Errors
     ///
     /// The first address that does not parse or cannot be bound; nothing stays bound
     /// then.
     pub fn bind<A: IntoListenAddr>(addrs: impl IntoIterator<Item = A>) -> Result<Self, Error> {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static BOUND: AtomicUsize = AtomicUsize::new(0);
         let mut listeners = Vec::new();
-        for (i, addr) in addrs.into_iter().enumerate() {
+        for addr in addrs {
             let addr = addr.into_listen_addr()?;
-            let name = if i == 0 {
+            let n = BOUND.fetch_add(1, Ordering::Relaxed) + 1;
+            let name = if n == 1 {
                 "http".to_owned()
             } else {
-                format!("http-{}", i + 1)
+                format!("http-{n}")
             };
             listeners.push(Listener::bind(name, &addr)?);
         }
@@ -146,19 +189,13 @@ impl Server {
     /// # Errors
     ///
     /// [`Error::Io`] if called outside a tokio runtime, a listener cannot be registered
-    /// with it, or a signal handler cannot be installed.
+    /// with it, or a signal handler cannot be installed;
+    /// [`Error::DuplicateListenerName`] if a listener's name is taken by another listener
+    /// of the same [`Shutdown`].
     pub fn serve<S, B>(self, service: S, shutdown: &Shutdown) -> Result<(), Error>
     where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         tokio::runtime::Handle::try_current().map_err(|e| {
             Error::io(
@@ -180,7 +217,10 @@ impl Server {
         for listener in self.listeners {
             let name = listener.name().to_owned();
             let addr = listener.local_addr().clone();
+            let inherited = listener.is_inherited();
             let register = |e| Error::io(format!("register listener {addr} with tokio"), e);
+            let dup = listener.duplicate().map_err(register)?;
+            shutdown.register_listener(&name, dup)?;
             let accept = match listener.into_std() {
                 StdListener::Tcp(l) => AnyListener::Tcp(
                     tokio::net::TcpListener::from_std(l).map_err(register)?,
@@ -190,10 +230,14 @@ impl Server {
                     AnyListener::Unix(tokio::net::UnixListener::from_std(l).map_err(register)?)
                 }
             };
-            ready.push((name, addr, accept));
+            ready.push((name, addr, accept, inherited));
         }
-        for (name, addr, accept) in ready {
-            info!(pid, listener = %name, "http server started listening on [{addr}]");
+        for (name, addr, accept, inherited) in ready {
+            if inherited {
+                info!(pid, listener = %name, "http server reloaded listening on [{addr}]");
+            } else {
+                info!(pid, listener = %name, "http server started listening on [{addr}]");
+            }
             let guard = shutdown.tracker().accept_guard();
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move {
@@ -217,16 +261,8 @@ impl Server {
     /// As [`serve`](Server::serve) and [`Shutdown::run`].
     pub async fn run<S, B>(self, service: S, shutdown: &Shutdown) -> Result<Report, Error>
     where
-        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        B: Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
+        S: HttpService<B>,
+        B: HttpBody,
     {
         self.serve(service, shutdown)?;
         shutdown.run().await
@@ -328,16 +364,8 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 async fn accept_loop<A: Accept, S, B>(listener: A, addr: &ListenAddr, ctx: &Arc<Ctx<S>>)
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let pid = std::process::id();
     let draining = ctx.shutdown.tracker().reached(Phase::Draining);
@@ -371,7 +399,17 @@ where
             }
         }
     }
-    // The drain began. Take what completed its handshake already (those clients are
+    // The drain began. At a hand-over, leave the accept queue to the next generation,
+    // which accepts from the same socket: closing our descriptor does not close it.
+    if !tracker.sweeps() {
+        drop(listener);
+        info!(
+            pid,
+            "http server stopped accepting on [{addr}]; the next generation serves it"
+        );
+        return;
+    }
+    // A plain shutdown: take what completed its handshake already (those clients are
     // waiting for an answer), then close the listener: new connections are refused.
     match listener.sweep() {
         Ok(taken) => {
@@ -388,16 +426,8 @@ where
 fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>)
 where
     IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService<B>,
+    B: HttpBody,
 {
     let tracker = ctx.shutdown.tracker();
     let io = conn::TrackedIo::new(io, |fd| tracker.register(fd));

@@ -1,0 +1,329 @@
+//! Starting the next generation: the program as it is on disk now, the listening
+//! sockets by the socket-activation protocol, readiness by the notify protocol, and
+//! the rollback when it does not become ready. Knows nothing of HTTP.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::activation::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_AT, LISTEN_PID};
+use crate::notify::{
+    self, DRAINING, GENERATION, Generation, HANDOVER, NOTIFY_SOCKET, NOTIFY_UPSTREAM,
+};
+
+/// Why a restart did not happen. The running generation serves on in every case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartFailure {
+    /// The executable cannot be started (missing, not executable, ...).
+    Executable {
+        /// The path that was tried.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Preparing or starting the process failed.
+    Spawn(String),
+    /// The new generation exited before it said it was ready.
+    Exited {
+        /// Its PID.
+        pid: u32,
+        /// How it ended, e.g. `exit status: 1`.
+        status: String,
+    },
+    /// The new generation did not say it was ready in time; it was killed.
+    NotReady {
+        /// Its PID.
+        pid: u32,
+        /// The readiness deadline.
+        deadline: Duration,
+    },
+    /// A shutdown was asked for during the restart; the new generation was killed.
+    Aborted {
+        /// What asked for the shutdown.
+        reason: String,
+    },
+    /// This generation already handed over and is draining; ask the new one.
+    Draining {
+        /// The PID of the generation that serves now.
+        successor: u32,
+    },
+    /// A full restart cannot run beside a graceful restart or a shutdown.
+    Busy(&'static str),
+}
+
+impl fmt::Display for RestartFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartFailure::Executable { path, reason } => {
+                write!(f, "cannot start {}: {reason}", path.display())
+            }
+            RestartFailure::Spawn(e) => write!(f, "cannot start the new generation: {e}"),
+            RestartFailure::Exited { pid, status } => write!(
+                f,
+                "the new generation (pid {pid}) exited before it was ready ({status}); see its log"
+            ),
+            RestartFailure::NotReady { pid, deadline } => write!(
+                f,
+                "the new generation (pid {pid}) did not report ready within {deadline:?}; it was killed"
+            ),
+            RestartFailure::Aborted { reason } => {
+                write!(
+                    f,
+                    "aborted by a shutdown ({reason}); the new generation was killed"
+                )
+            }
+            RestartFailure::Draining { successor } => write!(
+                f,
+                "this generation has handed over to pid {successor} and is draining; restart that one"
+            ),
+            RestartFailure::Busy(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl std::error::Error for RestartFailure {}
+
+/// A restart that succeeded: the new generation is ready and serving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Restarted {
+    /// The new generation's PID.
+    pub pid: u32,
+    /// The new generation's number (the first process is 1).
+    pub generation: u32,
+    /// From the trigger until the process was started.
+    pub spawn: Duration,
+    /// From the start of the process until it said it was ready.
+    pub ready: Duration,
+    /// Further restart requests received during this restart, folded into it (and
+    /// into one follow-up restart of the new generation).
+    pub coalesced: u32,
+}
+
+/// The program to run again: captured at start, so that a binary replaced on disk
+/// (`/proc/self/exe` then reads "... (deleted)") is found by the path it was started
+/// from.
+#[derive(Debug, Clone)]
+pub(crate) struct Program {
+    pub(crate) exe: PathBuf,
+    pub(crate) args: Vec<OsString>,
+}
+
+impl Program {
+    pub(crate) fn current() -> Program {
+        let exe = std::env::current_exe()
+            .map(|p| {
+                // Replaced already before we looked: the path it had is what we want.
+                use std::os::unix::ffi::OsStrExt;
+                match p.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+                    Some(stripped) => PathBuf::from(OsStr::from_bytes(stripped)),
+                    None => p,
+                }
+            })
+            .unwrap_or_else(|_| PathBuf::from(std::env::args_os().next().unwrap_or_default()));
+        Program {
+            exe,
+            args: std::env::args_os().collect(),
+        }
+    }
+
+    /// Checks that the executable exists and may be executed, before anything is
+    /// started or drained.
+    pub(crate) fn check(&self) -> Result<(), RestartFailure> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |reason: String| RestartFailure::Executable {
+            path: self.exe.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(&self.exe).map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        if meta.permissions().mode() & 0o111 == 0 {
+            return Err(fail("not executable (no x permission)".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A listening socket to pass on.
+#[derive(Debug)]
+pub(crate) struct Passed {
+    pub(crate) name: String,
+    pub(crate) fd: OwnedFd,
+}
+
+/// Our environment without the variables that describe this process's own sockets and
+/// manager, which must not leak to the next one.
+fn inherited_env() -> Vec<(OsString, OsString)> {
+    const OURS: [&str; 9] = [
+        LISTEN_FDS,
+        LISTEN_PID,
+        LISTEN_FDNAMES,
+        LISTEN_FDS_AT,
+        NOTIFY_SOCKET,
+        NOTIFY_UPSTREAM,
+        GENERATION,
+        HANDOVER,
+        DRAINING,
+    ];
+    std::env::vars_os()
+        .filter(|(k, _)| !OURS.iter().any(|o| k == o))
+        .collect()
+}
+
+fn names(listeners: &[Passed]) -> OsString {
+    listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect::<Vec<_>>()
+        .join(":")
+        .into()
+}
+
+/// A started next generation, not yet ready.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: u32,
+    child: tokio::process::Child,
+    notify: notify::Listener,
+    pub(crate) started: Instant,
+}
+
+/// Starts the next generation with `listeners` at descriptors 3, 4, ... and a private
+/// notify socket. `draining` are the older generations still alive, passed on for the
+/// cap.
+pub(crate) fn spawn(
+    program: &Program,
+    listeners: &[Passed],
+    generation: u32,
+    draining: &[Generation],
+) -> Result<Spawned, RestartFailure> {
+    program.check()?;
+    let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
+    let notify = notify::Listener::bind().map_err(|e| spawn_err("private notify socket", e))?;
+    let mut env = inherited_env();
+    let upstream = notify::origin().upstream.clone().unwrap_or_default();
+    env.extend([
+        (LISTEN_FDS.into(), listeners.len().to_string().into()),
+        (LISTEN_FDNAMES.into(), names(listeners)),
+        (NOTIFY_SOCKET.into(), notify.path().as_os_str().to_owned()),
+        (NOTIFY_UPSTREAM.into(), upstream),
+        (GENERATION.into(), generation.to_string().into()),
+        (HANDOVER.into(), "1".into()),
+        (DRAINING.into(), notify::format_generations(draining).into()),
+    ]);
+    let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let argv: Vec<&OsStr> = program.args.iter().map(|a| &**a).collect();
+    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd.as_fd()).collect();
+    let plan = crate::sys::ExecPlan::new(program.exe.as_os_str(), &argv, &env_refs, &fds)
+        .map_err(|e| spawn_err("prepare", e))?;
+    let mut cmd = tokio::process::Command::new(&program.exe);
+    // stdin, stdout and stderr are inherited: the new generation logs where we do.
+    plan.install(&mut cmd);
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| spawn_err(&format!("{}", program.exe.display()), e))?;
+    let pid = child.id().unwrap_or_default();
+    Ok(Spawned {
+        pid,
+        child,
+        notify,
+        started,
+    })
+}
+
+impl Spawned {
+    /// Waits until the new generation says `READY=1`, exits, or misses `deadline`.
+    pub(crate) async fn ready(&mut self, deadline: Duration) -> Result<(), RestartFailure> {
+        let pid = self.pid;
+        tokio::select! {
+            res = self.notify.ready() => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
+            status = self.child.wait() => Err(RestartFailure::Exited {
+                pid,
+                status: describe(status),
+            }),
+            () = tokio::time::sleep_until(self.started + deadline) => {
+                Err(RestartFailure::NotReady { pid, deadline })
+            }
+        }
+    }
+
+    /// Kills and reaps the process (a failed or aborted restart).
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.start_kill();
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pid = self.pid,
+                "the killed new generation was not reaped within 10s"
+            );
+        }
+    }
+
+    /// The new generation is on its own now; it outlives this process (tokio reaps it
+    /// should it exit first).
+    pub(crate) fn release(self) {}
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(code), _) => format!("exit status {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            _ => s.to_string(),
+        },
+        Err(e) => format!("cannot wait for it: {e}"),
+    }
+}
+
+/// Full restart: replaces this process with the program as it is on disk now, same
+/// PID, with `listeners` kept open at the descriptors they have (named by
+/// `BATON_LISTEN_FDS_AT`: moving them to 3.. would race the runtime's own descriptors,
+/// which other threads still use until the exec). Returns only on failure.
+pub(crate) fn exec_in_place(
+    program: &Program,
+    listeners: &[Passed],
+    generation: u32,
+) -> std::io::Error {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    for l in listeners {
+        if let Err(e) = crate::sys::set_cloexec(l.fd.as_fd(), false) {
+            return e;
+        }
+    }
+    let at: Vec<String> = listeners
+        .iter()
+        .map(|l| l.fd.as_raw_fd().to_string())
+        .collect();
+    let mut cmd = std::process::Command::new(&program.exe);
+    cmd.args(program.args.iter().skip(1))
+        .arg0(program.args.first().cloned().unwrap_or_default())
+        .env_clear()
+        .envs(inherited_env())
+        .env(LISTEN_FDS, listeners.len().to_string())
+        .env(LISTEN_FDNAMES, names(listeners))
+        .env(LISTEN_PID, std::process::id().to_string())
+        .env(LISTEN_FDS_AT, at.join(","))
+        .env(GENERATION, generation.to_string());
+    if let Some(upstream) = &notify::origin().upstream {
+        cmd.env(NOTIFY_SOCKET, upstream);
+    }
+    let err = cmd.exec();
+    // Still here: the sockets must not leak into anything started later.
+    for l in listeners {
+        let _ = crate::sys::set_cloexec(l.fd.as_fd(), true);
+    }
+    err
+}

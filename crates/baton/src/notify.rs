@@ -1,0 +1,347 @@
+//! systemd's notify protocol, both sides: telling whoever started this process how it
+//! stands (`READY=1`, `RELOADING=1`, `MAINPID=`, `STOPPING=1`), and listening on a
+//! private socket for the next generation's `READY=1`.
+//!
+//! Who is told what. A process started by systemd (or anything that sets
+//! `NOTIFY_SOCKET`) tells it. A generation started by a previous one at a restart gets
+//! the previous one's private socket in `NOTIFY_SOCKET` and systemd's (if any) in
+//! `BATON_NOTIFY_UPSTREAM`: it says `READY=1` to the previous generation, which then
+//! tells systemd `MAINPID=<new>` and `READY=1`; from then on the new generation talks to
+//! systemd itself.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::net::UnixDatagram as StdDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tracing::{debug, warn};
+
+pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+/// Set by a restarting generation for its successor: systemd's socket ("" if none).
+pub(crate) const NOTIFY_UPSTREAM: &str = "BATON_NOTIFY_UPSTREAM";
+/// Set by a restarting generation for its successor: the successor's generation number.
+pub(crate) const GENERATION: &str = "BATON_GENERATION";
+/// Set for a successor started at a graceful restart: `NOTIFY_SOCKET` is the previous
+/// generation's, not systemd's.
+pub(crate) const HANDOVER: &str = "BATON_HANDOVER";
+/// Older generations still draining, `pid:starttime,...`: the cap on generations alive.
+pub(crate) const DRAINING: &str = "BATON_DRAINING";
+
+/// What this process learned from its environment at start.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The previous generation's private socket (a graceful restart started us).
+    pub(crate) parent: Option<OsString>,
+    /// systemd's (or a supervisor's) socket.
+    pub(crate) upstream: Option<OsString>,
+    /// 1 for a process started from outside; +1 per restart.
+    pub(crate) generation: u32,
+    /// Older generations that were still draining when this one started.
+    pub(crate) draining: Vec<Generation>,
+}
+
+/// A process of an older generation, identified by PID and start time (so that a PID
+/// reused by an unrelated process is never signalled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Generation {
+    pub(crate) pid: u32,
+    pub(crate) start_time: u64,
+}
+
+impl Generation {
+    pub(crate) fn this_process() -> Option<Generation> {
+        let pid = std::process::id();
+        start_time(pid).map(|start_time| Generation { pid, start_time })
+    }
+
+    /// `true` while this very process still runs (not a reused PID).
+    pub(crate) fn alive(&self) -> bool {
+        start_time(self.pid) == Some(self.start_time)
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+pub(crate) fn format_generations(gens: &[Generation]) -> String {
+    gens.iter()
+        .map(|g| format!("{}:{}", g.pid, g.start_time))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_generations(s: &str) -> Vec<Generation> {
+    s.split(',')
+        .filter_map(|g| {
+            let (pid, start) = g.split_once(':')?;
+            Some(Generation {
+                pid: pid.parse().ok()?,
+                start_time: start.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn origin() -> &'static Origin {
+    static ORIGIN: OnceLock<Origin> = OnceLock::new();
+    ORIGIN.get_or_init(|| {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let generation = std::env::var(GENERATION)
+            .ok()
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(1);
+        let draining = std::env::var(DRAINING)
+            .map(|s| parse_generations(&s))
+            .unwrap_or_default();
+        if std::env::var_os(HANDOVER).is_some() {
+            Origin {
+                parent: var(NOTIFY_SOCKET),
+                upstream: var(NOTIFY_UPSTREAM),
+                generation,
+                draining,
+            }
+        } else {
+            Origin {
+                parent: None,
+                upstream: var(NOTIFY_SOCKET),
+                generation,
+                draining,
+            }
+        }
+    })
+}
+
+/// Sends one notify message to `socket` (a path, or `@name` for an abstract socket).
+pub(crate) fn send(socket: &OsString, message: &str) -> io::Result<()> {
+    let sock = StdDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket.as_os_str());
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        sock.send_to_addr(message.as_bytes(), &addr)?;
+    } else {
+        sock.send_to(message.as_bytes(), Path::new(socket.as_os_str()))?;
+    }
+    Ok(())
+}
+
+/// Tells systemd (or a supervisor), if this process has one; failures are logged, never
+/// fatal: the service serves on whether or not its manager listens.
+pub(crate) fn upstream(message: &str) {
+    if let Some(socket) = &origin().upstream {
+        match send(socket, message) {
+            Ok(()) => debug!(message, "notified the service manager"),
+            Err(e) => warn!(error = %e, message, "cannot notify the service manager"),
+        }
+    }
+}
+
+/// `MONOTONIC_USEC=` for `RELOADING=1`: CLOCK_MONOTONIC now, in microseconds.
+pub(crate) fn monotonic_usec() -> u64 {
+    // std's Instant reads CLOCK_MONOTONIC but exposes no absolute value.
+    crate::sys::monotonic_usec()
+}
+
+/// A private notify socket for one successor: a datagram socket in a fresh directory
+/// only this user can enter, removed on drop.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    dir: PathBuf,
+    path: PathBuf,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl Listener {
+    pub(crate) fn bind() -> io::Result<Listener> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let mut last = None;
+        for _ in 0..100 {
+            let n = SEQ.fetch_add(1, Ordering::Relaxed);
+            let dir = base.join(format!("baton-{}-{n}", std::process::id()));
+            let made = {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().mode(0o700).create(&dir)
+            };
+            match made {
+                Ok(()) => {
+                    let path = dir.join("notify");
+                    return match tokio::net::UnixDatagram::bind(&path) {
+                        Ok(socket) => Ok(Listener { dir, path, socket }),
+                        Err(e) => {
+                            let _ = std::fs::remove_dir(&dir);
+                            Err(e)
+                        }
+                    };
+                }
+                // Left behind by a process that had our PID before: try the next name.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::other("no free notify directory name")))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits for a message that says `READY=1`. Other valid messages (`STATUS=`, ...)
+    /// are logged at debug level; garbage is logged once and ignored.
+    pub(crate) async fn ready(&self) -> io::Result<()> {
+        let mut buf = vec![0u8; 4096];
+        let mut complained = false;
+        loop {
+            let n = self.socket.recv(&mut buf).await?;
+            match parse(&buf[..n]) {
+                Some(fields) => {
+                    if fields.iter().any(|(k, v)| *k == "READY" && *v == "1") {
+                        return Ok(());
+                    }
+                    debug!(?fields, "notify message from the new generation");
+                }
+                None if !complained => {
+                    complained = true;
+                    warn!(
+                        bytes = n,
+                        "the new generation sent a malformed notify message (expected KEY=VALUE lines); ignoring it"
+                    );
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// `KEY=VALUE` lines; `None` for anything else.
+fn parse(msg: &[u8]) -> Option<Vec<(&str, &str)>> {
+    let text = std::str::from_utf8(msg).ok()?;
+    let fields: Option<Vec<_>> = text
+        .split('\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('=')?;
+            let valid = !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            valid.then_some((k, v))
+        })
+        .collect();
+    fields.filter(|f| !f.is_empty())
+}
+
+/// Writes `pid` to `path` atomically: a temporary file in the same directory, renamed.
+pub(crate) fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+    let mut tmp_name = OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{pid}.tmp"));
+    let tmp = match dir {
+        Some(d) => d.join(tmp_name),
+        None => PathBuf::from(tmp_name),
+    };
+    std::fs::write(&tmp, format!("{pid}\n"))?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Removes the pidfile if it still names this process (a successor may own it now).
+pub(crate) fn remove_pidfile(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_messages_parse_strictly() {
+        assert_eq!(parse(b"READY=1"), Some(vec![("READY", "1")]));
+        assert_eq!(
+            parse(b"READY=1\nSTATUS=serving\n"),
+            Some(vec![("READY", "1"), ("STATUS", "serving")])
+        );
+        assert_eq!(parse(b"garbage"), None);
+        assert_eq!(parse(b"\xff\xfe"), None);
+        assert_eq!(parse(b"ready=1"), None);
+        assert_eq!(parse(b""), None);
+    }
+
+    #[test]
+    fn generations_round_trip_and_this_process_is_alive() {
+        let me = Generation::this_process().unwrap();
+        assert!(me.alive());
+        let other = Generation {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(
+            !other.alive(),
+            "same PID, another start time: not the same process"
+        );
+        let s = format_generations(&[me, other]);
+        assert_eq!(parse_generations(&s), [me, other]);
+        assert!(parse_generations("x,1:").is_empty());
+    }
+
+    #[tokio::test]
+    async fn ready_is_heard_after_garbage() {
+        let l = Listener::bind().unwrap();
+        let path = l.path().as_os_str().to_owned();
+        send(&path, "not a notify message").unwrap();
+        send(&path, "STATUS=warming up").unwrap();
+        send(&path, "READY=1").unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), l.ready())
+            .await
+            .unwrap()
+            .unwrap();
+        let dir = l.dir.clone();
+        drop(l);
+        assert!(!dir.exists(), "the private directory is removed");
+    }
+
+    #[test]
+    fn pidfile_is_replaced_atomically_and_removed_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pid");
+        write_pidfile(&path, 1).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n");
+        remove_pidfile(&path);
+        assert!(path.exists(), "another process's pidfile stays");
+        write_pidfile(&path, std::process::id()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        remove_pidfile(&path);
+        assert!(!path.exists());
+    }
+}
