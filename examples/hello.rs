@@ -184,15 +184,6 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     }
     let shutdown = shutdown.build()?;
     let server = Server::bind(&args.listen)?.idle_grace(args.idle_grace)?;
-    if let Ok(delay) = std::env::var("HELLO_START_DELAY_MS") {
-        // For tests and demos of a slow start: the sockets are taken, readiness waits.
-        let ms: u64 = delay.parse().unwrap_or(0);
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-    }
-    if std::env::var_os("HELLO_FAIL_AT_START").is_some() {
-        eprintln!("error: HELLO_FAIL_AT_START is set: failing at start, as a broken build would");
-        return Ok(1);
-    }
     server.serve(app(shutdown.clone()), &shutdown)?;
     let report = shutdown.run().await?;
     Ok(report.exit_code())
@@ -200,15 +191,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
 
 fn app(shutdown: Shutdown) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| async {
-                format!(
-                    "{}\n",
-                    std::env::var("HELLO_GREETING").unwrap_or_else(|_| "hello from baton".into())
-                )
-            }),
-        )
+        .route("/", get(|| async { "hello from baton\n" }))
         .route(
             "/pid",
             get(|| async { format!("{}\n", std::process::id()) }),

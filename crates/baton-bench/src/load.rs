@@ -112,7 +112,7 @@ pub(crate) struct Shared {
     pub(crate) issued: AtomicU64,
     pub(crate) done: AtomicU64,
     pub(crate) failed: AtomicU64,
-    /// HTTP/2 connections ended by the server (GOAWAY) and replaced before a request.
+    /// HTTP/2 connections ended by the server (GOAWAY, or closed) and replaced.
     pub(crate) replaced: AtomicU64,
     /// HTTP/2 requests that the server did not process (refused by GOAWAY or
     /// `REFUSED_STREAM`, or not sent on a connection already ended) and that were sent

@@ -26,8 +26,9 @@ use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
 ///
 /// Nothing is retried: a request that was written and did not get a complete response
 /// is a failure (only an HTTP/2 request that the server said it did not process, by
-/// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when failures <= --max-failures, 1 when more failed,
-/// 2 for a bad command line, 3 when the run could not be made.
+/// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when failures <=
+/// --max-failures, 1 when more failed, 2 for a bad command line, 3 when the run could
+/// not be made.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {

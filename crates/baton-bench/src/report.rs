@@ -544,4 +544,44 @@ mod tests {
         assert_eq!(p.max, Some(1000.0));
         assert_eq!(percentiles(&mut []).p50, None);
     }
+
+    fn rec(start_ms: u64, latency_ms: u32, pid: u32, outcome: Outcome) -> Record {
+        Record {
+            start_us: start_ms * 1000,
+            latency_us: latency_ms * 1000,
+            pid,
+            outcome,
+        }
+    }
+
+    #[test]
+    fn time_to_a_new_pid_per_trigger() {
+        use Outcome::{Ok, Reset, Status};
+        let records = [
+            rec(0, 1, 10, Ok),
+            rec(50, 1, 11, Ok), // two PIDs before the first trigger (two workers)
+            // Trigger at 100 ms: an old PID, a failure, a new PID's 500 (not ok), then
+            // its first ok response, which ends at 180 ms.
+            rec(110, 1, 10, Ok),
+            rec(120, 5, 0, Reset),
+            rec(130, 1, 20, Status),
+            rec(170, 10, 20, Ok),
+            rec(185, 1, 21, Ok),
+            // Trigger at 300 ms: only PIDs seen before it.
+            rec(310, 1, 20, Ok),
+            rec(350, 1, 11, Ok),
+            // Trigger at 500 ms: a request that started before it and ended after it,
+            // from a new PID, counts (from 500 to its end at 520 ms).
+            rec(490, 30, 30, Ok),
+        ];
+        let g = new_generation(&records, &[100_000, 300_000, 500_000]);
+        assert_eq!(g.per_trigger_us, [Some(80_000), None, Some(20_000)]);
+        // 20, 21 and 30 were first seen after the first trigger.
+        assert_eq!(g.new_pids, 3);
+        // A new PID seen only after the next trigger is that trigger's; one seen before
+        // it (20, in a 500 response) is not new to it.
+        let g = new_generation(&records, &[100_000, 175_000]);
+        assert_eq!(g.per_trigger_us, [None, Some(11_000)]);
+        assert_eq!(new_generation(&records, &[]), NewGeneration::default());
+    }
 }

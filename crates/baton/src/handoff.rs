@@ -70,12 +70,12 @@ impl fmt::Display for RestartFailure {
             ),
             RestartFailure::NotReady { pid, deadline } => write!(
                 f,
-                "the new generation (pid {pid}) did not report ready within {deadline:?}; it was killed"
+                "the new generation (pid {pid}) did not report ready within {deadline:?}; it is stopped"
             ),
             RestartFailure::Aborted { reason } => {
                 write!(
                     f,
-                    "aborted by a shutdown ({reason}); the new generation was killed"
+                    "aborted by a shutdown ({reason}); the new generation is stopped"
                 )
             }
             RestartFailure::Draining { successor } => write!(
@@ -256,18 +256,28 @@ impl Spawned {
         }
     }
 
-    /// Kills and reaps the process (a failed or aborted restart).
-    pub(crate) async fn kill(mut self) {
-        let _ = self.child.start_kill();
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                pid = self.pid,
-                "the killed new generation was not reaped within 10s"
-            );
+    /// Stops the process of a failed or aborted restart and reaps it, in the
+    /// background: `SIGTERM` first, since it may already have accepted connections from
+    /// the shared socket (a baton app drains them), then `SIGKILL` after `grace`.
+    pub(crate) fn abandon(mut self, grace: Duration) {
+        let pid = self.pid;
+        if let Ok(None) = self.child.try_wait() {
+            let _ = crate::sys::kill(pid, libc::SIGTERM);
         }
+        tokio::spawn(async move {
+            if tokio::time::timeout(grace, self.child.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pid,
+                    "the abandoned new generation did not exit within {grace:?} of SIGTERM: killing it"
+                );
+                let _ = self.child.start_kill();
+                let _ = self.child.wait().await;
+            }
+            tracing::info!(pid, "the abandoned new generation is gone (reaped)");
+        });
     }
 
     /// The new generation is on its own now; it outlives this process (tokio reaps it

@@ -34,6 +34,9 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How many generations may be alive at once when not configured: the serving one, the
 /// one being started, and two still draining.
 pub const DEFAULT_MAX_GENERATIONS: usize = 4;
+/// A new generation that failed or was aborted gets this long after `SIGTERM` to drain
+/// what it may have accepted before it is killed.
+const ABANDON_GRACE: Duration = Duration::from_secs(10);
 /// After a forced close, how long to wait for the cut connections' tasks to notice.
 const FORCE_GRACE: Duration = Duration::from_secs(1);
 
@@ -748,12 +751,12 @@ impl Shutdown {
                     }
                     Some(Command::User { signal }) => self.run_user_hook(signal),
                     Some(Command::Shutdown { reason, timeout, skip_delay, .. }) => {
-                        spawned.kill().await;
+                        spawned.abandon(ABANDON_GRACE);
                         let end = End::Shutdown { reason: reason.clone(), timeout, skip_delay, hammered: false };
                         return Err((RestartFailure::Aborted { reason }, Some(end)));
                     }
                     Some(Command::Force { reason }) => {
-                        spawned.kill().await;
+                        spawned.abandon(ABANDON_GRACE);
                         let end = End::Shutdown { reason: reason.clone(), timeout: None, skip_delay: true, hammered: true };
                         return Err((RestartFailure::Aborted { reason }, Some(end)));
                     }
@@ -762,7 +765,7 @@ impl Shutdown {
             }
         };
         if let Err(failure) = ready {
-            spawned.kill().await;
+            spawned.abandon(ABANDON_GRACE);
             back_to_ready();
             return Err((failure, None));
         }

@@ -387,10 +387,24 @@ async fn custom_shutdown_signals_and_unix_sockets() {
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
-    // SIGUSR1 now shuts down (and SIGTERM would be the default disposition again).
+    // SIGUSR1 now shuts down too.
     demo.signal("USR1");
     assert_eq!(demo.wait_exit().code(), Some(0));
     demo.wait_log("reason=SIGUSR1");
+}
+
+/// Regression: `--shutdown-signal USR1` replaced the default set, so SIGTERM (what
+/// Kubernetes sends) then killed the demo with no drain (exit 143). Adding a signal
+/// keeps the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adding_a_shutdown_signal_keeps_sigterm() {
+    let mut demo = Demo::start(&["--shutdown-signal", "USR1"]);
+    let sleeping = demo.sleep_in_flight("1");
+    demo.signal("TERM");
+    let resp = sleeping.await.unwrap().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(demo.wait_exit().code(), Some(0), "drained, not killed");
+    demo.wait_log("reason=SIGTERM");
 }
 
 /// Regression: the signal handlers were installed by `Shutdown::run`, after the server

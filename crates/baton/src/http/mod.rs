@@ -233,8 +233,10 @@ impl Server {
             ready.push((name, addr, accept, inherited));
         }
         for (name, addr, accept, inherited) in ready {
-            if inherited {
+            if inherited && shutdown.generation() > 1 {
                 info!(pid, listener = %name, "http server reloaded listening on [{addr}]");
+            } else if inherited {
+                info!(pid, listener = %name, "http server started listening on [{addr}] (socket passed by the service manager)");
             } else {
                 info!(pid, listener = %name, "http server started listening on [{addr}]");
             }

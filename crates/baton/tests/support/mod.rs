@@ -61,8 +61,37 @@ impl Demo {
     }
 
     /// Runs `cmd` (which must run the demo) and waits for its first listening line.
-    pub fn spawn(mut cmd: Command) -> Demo {
+    pub fn spawn(cmd: Command) -> Demo {
+        Demo::spawn_in(tempfile::tempdir().expect("temp dir"), cmd)
+    }
+
+    /// Copies the demo into a fresh directory as `app` (so that a test can replace
+    /// the binary on disk) and runs it there with `args`.
+    pub fn start_copy(args: &[&str]) -> Demo {
         let dir = tempfile::tempdir().expect("temp dir");
+        let app = dir.path().join("app");
+        std::fs::copy(hello_exe(), &app).expect("copy the demo");
+        let mut cmd = Command::new(&app);
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        Demo::spawn_in(dir, cmd)
+    }
+
+    /// The copy run by [`Demo::start_copy`].
+    pub fn app(&self) -> PathBuf {
+        self.dir.path().join("app")
+    }
+
+    /// Replaces the program on disk as a deploy would: a new file renamed over the old
+    /// one (the running process keeps its own, now deleted, file).
+    pub fn replace_app(&self, contents: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = self.dir.path().join("app.new");
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, self.app()).unwrap();
+    }
+
+    pub fn spawn_in(dir: tempfile::TempDir, mut cmd: Command) -> Demo {
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -78,11 +107,11 @@ impl Demo {
                 let Ok(line) = line else { break };
                 eprintln!("[demo] {line}");
                 let (m, cv) = &*sink;
-                m.lock().unwrap().lines.push(line);
+                m.lock().unwrap_or_else(|e| e.into_inner()).lines.push(line);
                 cv.notify_all();
             }
             let (m, cv) = &*sink;
-            m.lock().unwrap().closed = true;
+            m.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
             cv.notify_all();
         });
         let pid = child.id();
@@ -111,7 +140,7 @@ impl Demo {
     fn wait_log_nth_blocking(&self, pat: &str, n: usize) -> String {
         let (m, cv) = &*self.log;
         let deadline = Instant::now() + WAIT;
-        let mut log = m.lock().unwrap();
+        let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(line) = log.lines.iter().filter(|l| l.contains(pat)).nth(n - 1) {
                 return line.clone();
@@ -133,11 +162,80 @@ impl Demo {
 
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.0.lock().unwrap().lines.clone()
+        self.log
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .lines
+            .clone()
     }
 
     /// Sends a real signal to the demo (and only to it), e.g. `"TERM"`.
     pub fn signal(&self, sig: &str) {
+        signal_pid(self.pid, sig);
+    }
+
+    /// Waits until generation `n` reported ready and, for a restart, until the
+    /// previous generation stopped accepting (from then on every new connection goes
+    /// to generation `n`); returns its PID. For demos with one listener.
+    pub fn wait_ready(&self, generation: u32) -> u32 {
+        let line = self.wait_log(&format!("generation={generation} listeners="));
+        if generation > 1 {
+            self.wait_log_nth("http server stopped accepting on", generation as usize - 1);
+        }
+        between(&line, "server ready pid=", " ").parse().unwrap()
+    }
+
+    /// Every PID the demo's processes logged (all generations), in order of appearance.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for line in self.log() {
+            for part in line.split(' ') {
+                if let Some(p) = part.strip_prefix("pid=").and_then(|p| p.parse().ok())
+                    && !pids.contains(&p)
+                {
+                    pids.push(p);
+                }
+            }
+        }
+        pids
+    }
+}
+
+/// `true` while process `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+            state != Some(Some('Z'))
+        }
+        Err(_) => false,
+    }
+}
+
+/// `true` while process `pid` exists, zombies included.
+pub fn exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Open descriptors of process `pid`.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Waits (bounded) until `cond` holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Sends a real signal to process `pid`, one the test started (directly or as a later
+/// generation of the demo).
+pub fn signal_pid(pid: u32, sig: &str) {
+    {
         use rustix::process::{Pid, Signal, kill_process};
         let sig = match sig {
             "TERM" => Signal::TERM,
@@ -149,10 +247,12 @@ impl Demo {
             "KILL" => Signal::KILL,
             other => panic!("the harness does not know signal {other}"),
         };
-        let pid = Pid::from_raw(self.pid as i32).expect("a child's pid is positive");
+        let pid = Pid::from_raw(pid as i32).expect("a child's pid is positive");
         kill_process(pid, sig).expect("signal the demo");
     }
+}
 
+impl Demo {
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
         off_runtime(|| self.wait_exit_blocking())
@@ -162,11 +262,16 @@ impl Demo {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the log reader see the last lines.
+                // Let the log reader see the last lines: until the log closes, or for a
+                // moment if a later generation (which inherited it) keeps it open.
                 let (m, cv) = &*self.log;
-                let mut log = m.lock().unwrap();
-                while !log.closed {
-                    log = cv.wait_timeout(log, Duration::from_secs(5)).unwrap().0;
+                let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
+                let until = Instant::now() + Duration::from_secs(1);
+                while !log.closed && Instant::now() < until {
+                    log = cv
+                        .wait_timeout(log, Duration::from_millis(100))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
                 return status;
             }
@@ -199,7 +304,103 @@ impl Drop for Demo {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // Later generations were started by the demo, not by us: end those that still
+        // run (each logged its PID; check that it is still the demo before killing).
+        for pid in self.pids() {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&cmdline).contains("--listen");
+            if pid != self.pid && ours && alive(pid) {
+                signal_pid(pid, "KILL");
+            }
+        }
     }
+}
+
+/// What a client loop saw.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ok: u64,
+    pub failures: Vec<String>,
+    pub pids: std::collections::BTreeSet<u32>,
+}
+
+/// Clients sending `GET /pid` back to back until stopped: each on a new connection,
+/// or each on a keep-alive connection it replaces when the server answers with
+/// `Connection: close`. Nothing is retried: an error is a failure.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+}
+
+impl Load {
+    pub fn start(addr: &str, workers: usize, keep_alive: bool) -> Load {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|_| {
+                let (addr, stop) = (addr.to_owned(), Arc::clone(&stop));
+                tokio::spawn(async move { client_loop(&addr, keep_alive, &stop).await })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    pub async fn stop(self) -> Tally {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Tally::default();
+        for t in self.tasks {
+            let t = t.await.unwrap();
+            all.ok += t.ok;
+            all.failures.extend(t.failures);
+            all.pids.extend(t.pids);
+        }
+        all
+    }
+}
+
+async fn client_loop(addr: &str, keep_alive: bool, stop: &std::sync::atomic::AtomicBool) -> Tally {
+    let mut tally = Tally::default();
+    let mut conn: Option<Http1> = None;
+    let started = Instant::now();
+    // Bounded in time and count whatever happens.
+    for _ in 0..10_000_000u64 {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) || started.elapsed() > 4 * WAIT {
+            break;
+        }
+        let res = tokio::time::timeout(Duration::from_secs(10), async {
+            if !keep_alive {
+                return get(addr, "/pid").await;
+            }
+            if conn.is_none() {
+                conn = Some(Http1::connect(addr).await?);
+            }
+            conn.as_mut().expect("connected above").get("/pid").await
+        })
+        .await;
+        match res {
+            Ok(Ok(resp)) if resp.status == StatusCode::OK => {
+                tally.ok += 1;
+                if let Ok(pid) = resp.body.trim().parse() {
+                    tally.pids.insert(pid);
+                }
+                if resp.closes() {
+                    conn = None;
+                }
+            }
+            Ok(Ok(resp)) => {
+                tally.failures.push(format!("status {}", resp.status));
+                conn = None;
+            }
+            Ok(Err(e)) => {
+                tally.failures.push(format!("error: {e}"));
+                conn = None;
+            }
+            Err(_) => {
+                tally.failures.push("timed out after 10s".into());
+                conn = None;
+            }
+        }
+    }
+    tally
 }
 
 pub fn between<'a>(s: &'a str, start: &str, end: &str) -> &'a str {
