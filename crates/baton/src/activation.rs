@@ -218,7 +218,7 @@ fn parse(
             None => format!("descriptor {fd}"),
         };
         let owned = crate::sys::adopt_inherited_fd(fd)
-            .map_err(|e| format!("{label} was passed but is not open: {e}"))?;
+            .map_err(|e| format!("{label} was passed but is {e}"))?;
         let socket = Socket::from(owned);
         let (socket, local) = validate(socket).map_err(|e| format!("{label} {e}"))?;
         out.push(Inherited {
@@ -319,40 +319,48 @@ mod tests {
         assert!(parse(None, None, None, None, 42).unwrap().is_empty());
     }
 
+    /// Hands `fd` over as an exec would: close-on-exec cleared, ownership given up.
+    fn pass(fd: impl Into<std::os::fd::OwnedFd>) -> String {
+        use std::os::fd::{AsFd, IntoRawFd};
+        let fd = fd.into();
+        crate::sys::set_cloexec(fd.as_fd(), false).unwrap();
+        fd.into_raw_fd().to_string()
+    }
+
     #[test]
     fn descriptors_that_are_not_listening_sockets_are_refused() {
-        // A regular file, a connected-less stream socket and a datagram socket, each at
-        // its own descriptor (passed by position with BATON_LISTEN_FDS_AT).
-        use std::os::fd::{AsRawFd, IntoRawFd};
-        let file = tempfile::tempfile().unwrap().into_raw_fd();
-        let e = parse(Some("1"), Some("42"), None, Some(&file.to_string()), 42).unwrap_err();
+        // A regular file, a stream socket that does not listen and a datagram socket,
+        // each at its own descriptor (passed by position with BATON_LISTEN_FDS_AT).
+        let file = pass(tempfile::tempfile().unwrap());
+        let e = parse(Some("1"), Some("42"), None, Some(&file), 42).unwrap_err();
         assert!(e.contains("is not a socket"), "{e}");
-        let stream = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        let fd = stream.as_raw_fd();
-        std::mem::forget(stream); // ownership moves to `parse`
-        let e = parse(Some("1"), Some("42"), None, Some(&fd.to_string()), 42).unwrap_err();
+        let stream = pass(Socket::new(Domain::IPV4, Type::STREAM, None).unwrap());
+        let e = parse(Some("1"), Some("42"), None, Some(&stream), 42).unwrap_err();
         assert!(e.contains("is not listening"), "{e}");
-        let dgram = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        let fd = dgram.as_raw_fd();
-        std::mem::forget(dgram);
-        let e = parse(Some("1"), Some("42"), None, Some(&fd.to_string()), 42).unwrap_err();
+        let dgram = pass(Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap());
+        let e = parse(Some("1"), Some("42"), None, Some(&dgram), 42).unwrap_err();
         assert!(e.contains("not a stream socket"), "{e}");
+    }
+
+    /// Regression: when descriptor 3 was named but not passed, the runtime's own epoll
+    /// descriptor sat there; it was taken, found not to be a socket, and closed under
+    /// tokio's feet (an IO-safety abort).
+    #[test]
+    fn a_descriptor_this_process_opened_itself_is_never_taken() {
+        use std::os::fd::AsRawFd;
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = own.as_raw_fd().to_string();
+        let e = parse(Some("1"), Some("42"), None, Some(&fd), 42).unwrap_err();
+        assert!(e.contains("is not inherited"), "{e}");
+        own.local_addr().expect("still open and still ours");
     }
 
     #[test]
     fn a_listening_socket_is_taken_with_its_name_and_address() {
-        use std::os::fd::IntoRawFd;
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
-        let fd = l.into_raw_fd();
-        let set = parse(
-            Some("1"),
-            Some("42"),
-            Some("web"),
-            Some(&fd.to_string()),
-            42,
-        )
-        .unwrap();
+        let fd = pass(l);
+        let set = parse(Some("1"), Some("42"), Some("web"), Some(&fd), 42).unwrap();
         assert_eq!(set.len(), 1);
         assert_eq!(set[0].name.as_deref(), Some("web"));
         assert_eq!(set[0].local, ListenAddr::Tcp(addr));

@@ -27,23 +27,35 @@ pub(crate) fn shutdown_socket(fd: RawFd) -> io::Result<()> {
 }
 
 /// Takes ownership of descriptor `fd`, passed to this process by the socket-activation
-/// protocol, after checking that it is open.
+/// protocol, after checking that it is open and was inherited.
+///
+/// "Inherited" is checked by close-on-exec being clear: a descriptor that crossed an
+/// `exec` cannot have it set, and everything Rust's std, tokio and baton open has it
+/// set. So a number the protocol names but that this process reused for something of
+/// its own (the runtime's epoll, say, when descriptor 3 was not actually passed) is
+/// refused instead of being taken, and later closed, under its owner's feet.
 ///
 /// The caller must take each descriptor at most once (the inherited set is parsed once
-/// per process, see `listener::inherited`), and only descriptors that the protocol says
-/// were passed to this process: nothing else in the process owns them.
+/// per process, see `activation`); it sets close-on-exec on the socket once taken.
 pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    let not_inherited = || {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            "not inherited: it is closed, or this process opened it itself",
+        )
+    };
     if fd < 0 {
-        return Err(io::Error::from_raw_os_error(libc::EBADF));
+        return Err(not_inherited());
     }
     // SAFETY: F_GETFD reads the descriptor flags of an integer descriptor; it touches no
-    // memory. It fails with EBADF if `fd` is not open, which is what we check.
-    let rc = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
+    // memory. It fails with EBADF if `fd` is not open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+        return Err(not_inherited());
     }
-    // SAFETY: `fd` is open (checked above) and, by the protocol and the caller's
-    // guarantee, owned by nobody else in this process: the `OwnedFd` is its only owner.
+    // SAFETY: `fd` is open and was inherited across exec (checked above), so no code of
+    // this process opened it; by the protocol it is passed to us, and the caller takes
+    // it once: the `OwnedFd` is its only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
