@@ -18,12 +18,14 @@
 #   haproxy-mw         the same without expose-fd listeners
 #   haproxy-legacy     HAProxy legacy daemon, `-sf OLD` without `-x` (the lossy one)
 #   haproxy-legacy-x   HAProxy legacy daemon, `-x stats.sock -sf OLD`
+#   baton-restart      the demo server, graceful restart: `kill -HUP {pid}` (the pid file
+#                      is rewritten by each new generation once it is ready)
 #   kill-restart       the demo server SIGKILLed and started again (bench/kill-restart.sh)
 #   steady             the demo server, no reloads (control: must lose nothing)
 # Also available, not run by default:
 #   nginx-hup          nginx 1.22, `kill -HUP master`
 
-MECHANISMS=(nginx-reload nginx-upgrade haproxy-mw-expose haproxy-mw haproxy-legacy
+MECHANISMS=(baton-restart nginx-reload nginx-upgrade haproxy-mw-expose haproxy-mw haproxy-legacy
     haproxy-legacy-x kill-restart steady)
 MECHANISMS_EXTRA=(nginx-hup)
 
@@ -49,7 +51,7 @@ mech_start() {
     case $name in
     nginx-reload | nginx-hup | nginx-upgrade) start_nginx "$name" "$dir" "$port" ;;
     haproxy-*) start_haproxy "$name" "$dir" "$port" ;;
-    kill-restart | steady) start_demo "$name" "$dir" "$port" ;;
+    kill-restart | steady | baton-restart) start_demo "$name" "$dir" "$port" ;;
     *) die "unknown mechanism: $name" ;;
     esac
     wait_port 127.0.0.1 "$port" 10 || die "$name: nothing answers on 127.0.0.1:$port (logs in $dir)"
@@ -123,6 +125,9 @@ start_demo() {
     demo=$(demo_bin)
     cmd=("$demo" --listen "127.0.0.1:$port")
     MECH_PIDFILE=$dir/demo.pid
+    # The restarting demo keeps its own pid file current (and its command line names
+    # $dir, so that every generation is found and stopped at the end).
+    [[ $name != baton-restart ]] || cmd+=(--pidfile "$MECH_PIDFILE")
     # kill-restart.sh with no pid file yet only starts the server (in its own session,
     # output to demo.pid.log): the first start and every restart go the same way.
     bash "$BENCH_DIR/kill-restart.sh" "$MECH_PIDFILE" -- "${cmd[@]}" ||
@@ -134,6 +139,10 @@ start_demo() {
         ;;
     steady)
         MECH_LABEL="demo, no reloads"
+        ;;
+    baton-restart)
+        MECH_LABEL="baton graceful restart"
+        MECH_RELOAD="kill -HUP {pid}"
         ;;
     esac
 }

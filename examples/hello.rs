@@ -165,11 +165,20 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
             signals = signals.on(sig, Action::Shutdown)?;
         }
     }
+    // endless's SIGUSR1 hook (nginx reopens its logs on it): a user function that runs
+    // without disturbing serving, where the convention leaves SIGUSR1 free.
+    let usr1_free = signals.action(Signal::Usr1).is_none();
     let mut shutdown = Shutdown::builder()
         .drain_timeout(args.drain_timeout)
         .drain_delay(args.drain_delay)
         .ready_timeout(args.ready_timeout)
         .signals(signals);
+    if usr1_free {
+        shutdown = shutdown.on_signal(Signal::Usr1, "reopen-logs", || async {
+            info!(pid = std::process::id(), "SIGUSR1: reopening the log files (the demo logs to stderr: nothing to reopen)");
+            Ok::<_, std::convert::Infallible>(())
+        });
+    }
     if let Some(path) = args.pidfile {
         shutdown = shutdown.pidfile(path);
     }

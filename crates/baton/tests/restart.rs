@@ -329,3 +329,18 @@ async fn every_listener_is_handed_over_together() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(String::from_utf8_lossy(&body).trim(), new.to_string());
 }
+
+/// endless's user hook on SIGUSR1 runs the user's function; serving goes on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_hook_on_a_signal_runs_without_disturbing_serving() {
+    let demo = Demo::start(&[]);
+    let load = Load::start(&demo.addr, 2, true);
+    for n in 1..=3 {
+        demo.signal("USR1");
+        demo.wait_log_nth("SIGUSR1: reopening the log files", n);
+    }
+    demo.wait_log_nth("user hook completed", 3);
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert_eq!(tally.pids.into_iter().collect::<Vec<_>>(), [demo.pid]);
+}
