@@ -716,7 +716,13 @@ impl Shutdown {
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()
         ));
-        let back_to_ready = || notify::upstream("READY=1");
+        // Keep-alive clients answered from now on reconnect: the new connection goes to
+        // whichever generation accepts it, never to one idle on a generation that drains.
+        self.inner.tracker.set_closing(true);
+        let back_to_ready = || {
+            self.inner.tracker.set_closing(false);
+            notify::upstream("READY=1");
+        };
         let draining = self.enforce_generation_cap();
         let spawned = {
             let listeners = lock(&self.inner.listeners);

@@ -89,8 +89,13 @@ impl Clone for Tracker {
 
 #[derive(Debug)]
 pub(crate) struct TrackerInner {
-    /// Mirror of the phase for the per-request check (one relaxed load).
+    /// Mirror of the phase for cheap checks (one relaxed load).
     phase: Arc<AtomicU8>,
+    /// HTTP/1 responses carry `Connection: close`: from the drain on, and already while
+    /// a restart starts the next generation (so that a keep-alive client answered in
+    /// that window reconnects instead of staying on a generation about to drain). The
+    /// per-request check is this one relaxed load.
+    close: Arc<AtomicBool>,
     phase_tx: watch::Sender<Phase>,
     conns: Mutex<Slab<Arc<ConnShared>>>,
     /// Open connections plus running accept loops; the drain is over at zero.
@@ -125,9 +130,9 @@ pub(crate) struct ConnShared {
     /// The connection task's waker, woken when the phase changes. Per connection, so
     /// that waiting for the drain costs a busy connection nothing shared.
     waker: AtomicWaker,
-    /// The tracker's phase, shared once per connection so that a request reads it
-    /// without cloning anything.
-    phase: Arc<AtomicU8>,
+    /// The tracker's `close` flag, shared once per connection so that a request reads
+    /// it without cloning anything.
+    close: Arc<AtomicBool>,
 }
 
 /// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
@@ -158,10 +163,11 @@ impl ConnShared {
         (c >> INFLIGHT_BITS, c & (ONE_REQUEST - 1))
     }
 
-    /// `true` once the drain has started: responses must close their connection.
+    /// `true` once the drain has started, or while a restart starts the next
+    /// generation: HTTP/1 responses must close their connection.
     #[inline]
-    pub(crate) fn draining(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) >= Phase::Draining as u8
+    pub(crate) fn closes_responses(&self) -> bool {
+        self.close.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -309,6 +315,7 @@ impl Tracker {
         Tracker {
             inner: Arc::new(TrackerInner {
                 phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
+                close: Arc::new(AtomicBool::new(false)),
                 phase_tx,
                 conns: Mutex::new(Slab::new()),
                 busy: AtomicUsize::new(0),
@@ -333,6 +340,9 @@ impl Tracker {
     /// Moves to `phase` if it is later than the current one, and wakes every connection
     /// task so that it sees the new phase.
     pub(crate) fn advance(&self, phase: Phase) {
+        if phase >= Phase::Draining {
+            self.inner.close.store(true, Ordering::SeqCst);
+        }
         let before = self.inner.phase.fetch_max(phase as u8, Ordering::SeqCst);
         if before >= phase as u8 {
             return;
@@ -350,6 +360,13 @@ impl Tracker {
         for (_, conn) in lock(&self.inner.conns).iter() {
             conn.waker.wake();
         }
+    }
+
+    /// Asks HTTP/1 responses to close their connection (`true`, a restart starts) or not
+    /// (`false`, the restart failed: unless the drain has started meanwhile).
+    pub(crate) fn set_closing(&self, close: bool) {
+        let close = close || self.phase() >= Phase::Draining;
+        self.inner.close.store(close, Ordering::SeqCst);
     }
 
     /// See `TrackerInner::sweep`; call before advancing to `Draining`.
@@ -391,7 +408,7 @@ impl Tracker {
             closed: AtomicBool::new(false),
             forced: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            phase: Arc::clone(&self.inner.phase),
+            close: Arc::clone(&self.inner.close),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
         let key = {

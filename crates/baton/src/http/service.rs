@@ -89,7 +89,7 @@ where
         // arrived before the drain and is answered during it must close too, or its
         // client sends the next request on a connection that is about to close.
         if *this.http1
-            && this.guard.as_ref().is_some_and(|g| g.0.draining())
+            && this.guard.as_ref().is_some_and(|g| g.0.closes_responses())
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
         {
             response
@@ -186,6 +186,25 @@ mod tests {
             resp.headers().get(CONNECTION).is_none(),
             "an upgrade response keeps its Connection: upgrade"
         );
+    }
+
+    /// Regression (found by `baton-bench --mode idle`): a keep-alive request answered
+    /// between a restart signal and the drain got no `Connection: close`; its idle
+    /// connection was then closed at the end of the idle grace, under the client.
+    #[test]
+    fn connection_close_while_a_restart_starts_the_next_generation() {
+        let tracker = Tracker::new();
+        tracker.set_closing(true);
+        let (resp, _) = respond(&tracker, true, StatusCode::OK);
+        assert_eq!(resp.headers()[CONNECTION], "close");
+        tracker.set_closing(false); // the restart failed: keep-alive as usual again
+        let (resp, _) = respond(&tracker, true, StatusCode::OK);
+        assert!(resp.headers().get(CONNECTION).is_none());
+        tracker.set_closing(true);
+        tracker.advance(Phase::Draining);
+        tracker.set_closing(false); // too late: draining
+        let (resp, _) = respond(&tracker, true, StatusCode::OK);
+        assert_eq!(resp.headers()[CONNECTION], "close");
     }
 
     #[test]
