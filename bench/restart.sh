@@ -13,7 +13,9 @@
 #   5. 300 restart signals 0.5 s apart: restarts done vs coalesced vs refused
 #   6. 100 restart signals in a burst: generations alive at once, restarts done
 #
-# Environment: RESTARTS_LOAD_DURATION (210s: ~1,000 restarts at RESTARTS_EVERY),
+# Environment: RESTART_SECTIONS (default "load latency idle h2 signals300 burst": the
+# sections to run; the summary covers those), RESTARTS_LOAD_DURATION (210s: ~1,000
+# restarts at RESTARTS_EVERY),
 # RESTARTS_EVERY (200ms), BENCH_CONCURRENCY (50). Builds baton-bench and the demo
 # (release) first. Writes RESULTS_DIR/restart.md (the summary) beside each run's JSON,
 # SVG and log. Exit status 1 if any request failed anywhere (the figures are still
@@ -27,7 +29,7 @@ results=$(cd "$results" && pwd)
 load_duration=${RESTARTS_LOAD_DURATION:-210s}
 every=${RESTARTS_EVERY:-200ms}
 
-(cd "$REPO_ROOT" && cargo build --release -p baton-bench --example hello) >&2
+(cd "$REPO_ROOT" && cargo build --release -p baton-bench && cargo build --release -p baton --example hello) >&2
 bench=$(bench_bin)
 demo=$(demo_bin)
 # 1,000 idle connections and their server side.
@@ -73,11 +75,14 @@ sample() {
     done
 }
 
-zombies() { ps -eo stat= | grep -c '^Z' || true; }
+# Zombie processes of the demo (a generation that exited and was never reaped).
+zombies() { ps -eo stat=,comm= | awk '$1 ~ /^Z/ && $2 ~ /hello/' | wc -l; }
+sections=" ${RESTART_SECTIONS:-load latency idle h2 signals300 burst} "
+want() { [[ $sections == *" $1 "* ]]; }
 zombies_before=$(zombies)
 
 # 1 and 2: restarts under load, both modes, the PID in the body.
-for mode in keep-alive new-conn; do
+want load && for mode in keep-alive new-conn; do
     start "load-$mode" --idle-grace 1s
     sample "$results/load-$mode.samples" &
     sampler=$!
@@ -90,10 +95,9 @@ done
 
 # 2 on its own, unloaded but for a light client: the time the signal takes to reach
 # a new generation's first answer, without 50 busy clients competing for the CPU.
-start latency
-bench_run latency "http://127.0.0.1:$PORT/pid" --pid-body --mode new-conn -c 2 -d 31s \
-    --reload 'kill -HUP {pid}' --reload-every 1s --pidfile "$DIR/demo.pid"
-stop_under "$DIR"
+want latency && start latency && bench_run latency "http://127.0.0.1:$PORT/pid" --pid-body --mode new-conn -c 2 -d 31s \
+    --reload 'kill -HUP {pid}' --reload-every 1s --pidfile "$DIR/demo.pid" &&
+    stop_under "$DIR"
 
 # 3: idle keep-alive connections, one request each at a random moment after a restart,
 # with the default idle grace (1 s) and with one longer than the clients' think time
@@ -101,7 +105,7 @@ stop_under "$DIR"
 # generation just *before* the signal did was answered without `Connection: close`,
 # stays idle through the whole grace and is closed; baton-bench counts that close as a
 # failure when the worker next uses the connection, 2 s later.
-for grace in 1s 3s; do
+want idle && for grace in 1s 3s; do
     start "idle-grace-$grace" --idle-grace "$grace"
     bench_run "idle-grace-$grace" "http://127.0.0.1:$PORT/pid" --pid-body --mode idle -c 1000 \
         --idle-spread 500ms -d 42s --reload 'kill -HUP {pid}' --reload-every 2s \
@@ -110,35 +114,36 @@ for grace in 1s 3s; do
 done
 
 # 4: HTTP/2, 20 connections x 10 streams.
-start h2
-bench_run h2 "http://127.0.0.1:$PORT/pid" --pid-body --http 2 --streams 10 -c 20 -d 21s \
-    --reload 'kill -HUP {pid}' --reload-every 2s --pidfile "$DIR/demo.pid"
-stop_under "$DIR"
+want h2 && start h2 && bench_run h2 "http://127.0.0.1:$PORT/pid" --pid-body --http 2 --streams 10 -c 20 -d 21s \
+    --reload 'kill -HUP {pid}' --reload-every 2s --pidfile "$DIR/demo.pid" &&
+    stop_under "$DIR"
 
 # 5: 300 signals 0.5 s apart.
-start signals300
-bench_run signals300 "http://127.0.0.1:$PORT/pid" --pid-body --mode new-conn -c 4 \
+want signals300 && start signals300 && bench_run signals300 "http://127.0.0.1:$PORT/pid" --pid-body --mode new-conn -c 4 \
     -d 152s --reload 'kill -HUP {pid}' --reload-every 500ms --reloads 300 \
-    --pidfile "$DIR/demo.pid"
-stop_under "$DIR"
+    --pidfile "$DIR/demo.pid" &&
+    stop_under "$DIR"
 
 # 6: a burst of 100 signals to the serving generation.
-start burst
-pid=$(tr -dc 0-9 <"$DIR/demo.pid")
-most=0
-(
-    for _ in $(seq 100); do kill -HUP "$pid" 2>/dev/null || true; done
-) &
-for _ in $(seq 300); do
-    n=$(pgrep -f -- "--pidfile $DIR/demo.pid" | wc -l)
-    ((n > most)) && most=$n
-    sleep 0.01
-done
-sleep 2
-cp "$DIR/demo.log" "$results/burst.server.log"
-burst_restarts=$(grep -c 'server reloading' "$DIR/demo.log" || true)
-burst_coalesced=$(grep -c 'coalesced into it' "$DIR/demo.log" || true)
-stop_under "$DIR"
+most=0 burst_restarts=0 burst_coalesced=0
+if want burst; then
+    start burst
+    pid=$(tr -dc 0-9 <"$DIR/demo.pid")
+    (
+        for _ in $(seq 100); do kill -HUP "$pid" 2>/dev/null || true; done
+    ) &
+    for _ in $(seq 300); do
+        n=$(pgrep -f -- "--pidfile $DIR/demo.pid" | wc -l || true)
+        if ((n > most)); then most=$n; fi
+        sleep 0.01
+    done
+    sleep 2
+    cp "$DIR/demo.log" "$results/burst.server.log"
+    burst_restarts=$(grep -c 'server reloading' "$DIR/demo.log" || true)
+    burst_coalesced=$(grep -c 'coalesced into it' "$DIR/demo.log" || true)
+    stop_under "$DIR"
+fi
+sleep 1
 zombies_after=$(zombies)
 
 python3 - "$results" "$most" "$burst_restarts" "$burst_coalesced" \
@@ -147,6 +152,8 @@ import json, sys, os
 d, most, burst_restarts, burst_coalesced, z0, z1 = sys.argv[1:]
 def load(n):
     return json.load(open(os.path.join(d, n + ".json")))
+def have(n):
+    return os.path.exists(os.path.join(d, n + ".json"))
 def pct(r, key):
     lat = r.get("latency_ms") or {}
     return (lat.get(key) or {}).get("p99")
@@ -160,6 +167,8 @@ for name, client in [("load-keep-alive", "50 keep-alive"), ("load-new-conn", "50
                      ("latency", "2 new-conn"), ("idle-grace-1s", "1,000 idle keep-alive, 1 request each 0-500 ms after; idle grace 1 s"),
                      ("idle-grace-3s", "the same, idle grace 3 s"),
                      ("h2", "h2c, 20 conns x 10 streams"), ("signals300", "4 new-conn, signals 0.5 s apart")]:
+    if not have(name):
+        continue
     r = load(name)
     rl = r.get("reloads") or {}
     total_failed += r.get("failed") or 0
@@ -170,24 +179,30 @@ print("Signal -> first response from a new PID (ms):\n")
 print("| run | restarts measured | p50 | p90 | max | restarts without a new PID |")
 print("|---|---|---|---|---|---|")
 for name in ["latency", "load-new-conn", "load-keep-alive"]:
+    if not have(name):
+        continue
     rl = load(name).get("reloads") or {}
     l = rl.get("new_pid_latency_ms") or {}
     print(f"| {name} | {l.get('count')} | {l.get('p50')} | {l.get('p90')} | {l.get('max')} | {rl.get('triggers_without_new_pid')} |")
 print()
 for name in ["load-keep-alive", "load-new-conn"]:
+    if not os.path.exists(os.path.join(d, name + ".samples")):
+        continue
     rows = [l.split() for l in open(os.path.join(d, name + ".samples")).read().splitlines()[1:]]
     rows = [r for r in rows if len(r) == 4 and r[3].isdigit()]
     if rows:
         fds = [int(r[2]) for r in rows]; rss = [int(r[3]) for r in rows]
         print(f"- {name}: serving generation sampled {len(rows)} times: descriptors first {fds[0]}, "
               f"last {fds[-1]}, min {min(fds)}, max {max(fds)}; RSS first {rss[0]} KiB, last {rss[-1]} KiB, max {max(rss)} KiB")
-reloading = log_count("signals300", "server reloading")
-coalesced = log_count("signals300", "coalesced into it")
-refused = log_count("signals300", "restart refused")
-sent = (load("signals300").get("reloads") or {}).get("count")
-print(f"- 300 signals 0.5 s apart: {sent} sent, {reloading} restarts started, {coalesced} coalesced, {refused} refused")
-print(f"- 100 signals in a burst: {burst_restarts} restarts started, {burst_coalesced} coalesced "
-      f"(the kernel merges a signal that is already pending), at most {most} generations alive at once")
+if have("signals300"):
+    reloading = log_count("signals300", "server reloading")
+    coalesced = log_count("signals300", "coalesced into it")
+    refused = log_count("signals300", "restart refused")
+    sent = (load("signals300").get("reloads") or {}).get("count")
+    print(f"- 300 signals 0.5 s apart: {sent} sent, {reloading} restarts started, {coalesced} coalesced, {refused} refused")
+if os.path.exists(os.path.join(d, "burst.server.log")):
+    print(f"- 100 signals in a burst: {burst_restarts} restarts started, {burst_coalesced} coalesced "
+          f"(the kernel merges a signal that is already pending), at most {most} generations alive at once (sampled every ~10 ms)")
 print(f"- zombie processes on the machine before / after: {z0} / {z1}")
 print(f"\nTotal failed requests over every run: {total_failed}")
 sys.exit(1 if total_failed else 0)

@@ -29,6 +29,7 @@ use axum::routing::{any, get};
 use baton::http::Server;
 use baton::{Action, ListenAddr, Preset, Shutdown, Signal, SignalMap};
 use clap::Parser;
+use clap::builder::TypedValueParser;
 use tracing::info;
 
 /// The baton demo server: zero-downtime restart and graceful shutdown.
@@ -68,6 +69,11 @@ struct Args {
     /// Also start a graceful shutdown on SIGNAL (repeatable; added to --signals).
     #[arg(long = "shutdown-signal", value_name = "SIGNAL")]
     shutdown_signals: Vec<Signal>,
+
+    /// The most generations alive at once (serving, starting, draining); past it the
+    /// oldest draining one is forced.
+    #[arg(long, value_name = "N", default_value_t = baton::DEFAULT_MAX_GENERATIONS, value_parser = clap::value_parser!(u16).range(2..=64).map(usize::from))]
+    max_generations: usize,
 
     /// Write the PID here once ready (each new generation rewrites it).
     #[arg(long, value_name = "PATH")]
@@ -172,10 +178,14 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         .drain_timeout(args.drain_timeout)
         .drain_delay(args.drain_delay)
         .ready_timeout(args.ready_timeout)
+        .max_generations(args.max_generations)
         .signals(signals);
     if usr1_free {
         shutdown = shutdown.on_signal(Signal::Usr1, "reopen-logs", || async {
-            info!(pid = std::process::id(), "SIGUSR1: reopening the log files (the demo logs to stderr: nothing to reopen)");
+            info!(
+                pid = std::process::id(),
+                "SIGUSR1: reopening the log files (the demo logs to stderr: nothing to reopen)"
+            );
             Ok::<_, std::convert::Infallible>(())
         });
     }

@@ -176,6 +176,7 @@ fn parse(
     }
     let positions: Vec<RawFd> = match at {
         None => (0..n).map(|i| FIRST_FD + i as RawFd).collect(),
+        Some(at) if at.trim().is_empty() => Vec::new(),
         Some(at) => {
             let list = at
                 .split(',')
@@ -205,9 +206,19 @@ fn parse(
                     list.len()
                 ));
             }
-            // systemd names sockets without a FileDescriptorName= "unknown".
-            list.into_iter()
-                .map(|s| (!s.is_empty() && s != "unknown").then(|| s.to_owned()))
+            // Names that do not name one listener are treated as no name, and such
+            // sockets are matched by address: "unknown" (what systemd-socket-activate
+            // and older systemd pass without a name), a unit's name ("app.socket":
+            // systemd's default without FileDescriptorName=), and a name given to
+            // several sockets (a unit with two ListenStream= lines).
+            let named = |s: &str| {
+                !s.is_empty()
+                    && s != "unknown"
+                    && !s.ends_with(".socket")
+                    && list.iter().filter(|o| **o == s).count() == 1
+            };
+            list.iter()
+                .map(|s| named(s).then(|| (*s).to_owned()))
                 .collect()
         }
     };
@@ -226,16 +237,6 @@ fn parse(
             socket,
             local,
         });
-    }
-    let mut seen = std::collections::HashSet::new();
-    for s in &out {
-        if let Some(name) = &s.name
-            && !seen.insert(name.as_str())
-        {
-            return Err(format!(
-                "two passed sockets are named `{name}` (LISTEN_FDNAMES)"
-            ));
-        }
     }
     Ok(out)
 }
@@ -306,6 +307,34 @@ mod tests {
         assert!(e.contains("LISTEN_PID=`x`"), "{e}");
         let e = parse(Some("1"), Some("42"), None, Some("1,2"), 42).unwrap_err();
         assert!(e.contains("lists 2 descriptors"), "{e}");
+    }
+
+    #[test]
+    fn systemd_default_and_repeated_names_match_by_address() {
+        use std::net::TcpListener;
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = format!("{},{}", pass(a), pass(b));
+        let set = parse(
+            Some("2"),
+            Some("42"),
+            Some("app.socket:app.socket"),
+            Some(&at),
+            42,
+        )
+        .unwrap();
+        assert!(set.iter().all(|s| s.name.is_none()), "{set:?}");
+        let empty = parse(Some("0"), Some("42"), Some(""), Some(""), 42).unwrap();
+        assert!(
+            empty.is_empty(),
+            "an empty list after a full restart without listeners"
+        );
+    }
+
+    #[test]
+    fn standard_streams_are_never_taken() {
+        let e = parse(Some("1"), Some("42"), None, Some("1"), 42).unwrap_err();
+        assert!(e.contains("is not inherited"), "{e}");
     }
 
     #[test]

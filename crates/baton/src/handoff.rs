@@ -191,7 +191,9 @@ fn names(listeners: &[Passed]) -> OsString {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
-    child: tokio::process::Child,
+    /// `None` once released or abandoned; dropping a `Spawned` that still holds it
+    /// (a `run` future dropped mid-restart) kills the process: nothing would manage it.
+    child: Option<tokio::process::Child>,
     notify: notify::Listener,
     pub(crate) started: Instant,
 }
@@ -234,19 +236,26 @@ pub(crate) fn spawn(
     let pid = child.id().unwrap_or_default();
     Ok(Spawned {
         pid,
-        child,
+        child: Some(child),
         notify,
         started,
     })
 }
 
 impl Spawned {
-    /// Waits until the new generation says `READY=1`, exits, or misses `deadline`.
-    pub(crate) async fn ready(&mut self, deadline: Duration) -> Result<(), RestartFailure> {
+    /// Waits until the new generation says `READY=1`, exits, or misses `deadline`;
+    /// returns the restart signal it announced, if any.
+    pub(crate) async fn ready(
+        &mut self,
+        deadline: Duration,
+    ) -> Result<Option<String>, RestartFailure> {
         let pid = self.pid;
+        let Some(child) = self.child.as_mut() else {
+            return Err(RestartFailure::Spawn("the process was released".into()));
+        };
         tokio::select! {
             res = self.notify.ready() => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
-            status = self.child.wait() => Err(RestartFailure::Exited {
+            status = child.wait() => Err(RestartFailure::Exited {
                 pid,
                 status: describe(status),
             }),
@@ -261,20 +270,20 @@ impl Spawned {
     /// the shared socket (a baton app drains them), then `SIGKILL` after `grace`.
     pub(crate) fn abandon(mut self, grace: Duration) {
         let pid = self.pid;
-        if let Ok(None) = self.child.try_wait() {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
             let _ = crate::sys::kill(pid, libc::SIGTERM);
         }
         tokio::spawn(async move {
-            if tokio::time::timeout(grace, self.child.wait())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
                 tracing::warn!(
                     pid,
                     "the abandoned new generation did not exit within {grace:?} of SIGTERM: killing it"
                 );
-                let _ = self.child.start_kill();
-                let _ = self.child.wait().await;
+                let _ = child.start_kill();
+                let _ = child.wait().await;
             }
             tracing::info!(pid, "the abandoned new generation is gone (reaped)");
         });
@@ -282,7 +291,21 @@ impl Spawned {
 
     /// The new generation is on its own now; it outlives this process (tokio reaps it
     /// should it exit first).
-    pub(crate) fn release(self) {}
+    pub(crate) fn release(mut self) {
+        drop(self.child.take());
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            tracing::warn!(
+                pid = self.pid,
+                "the restart was dropped while the new generation started: killing it"
+            );
+            let _ = child.start_kill();
+        }
+    }
 }
 
 fn describe(status: std::io::Result<ExitStatus>) -> String {

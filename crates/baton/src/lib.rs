@@ -1,7 +1,9 @@
 //! # baton
 //!
-//! Graceful shutdown for hyper and axum servers, built so that no request is lost:
-//! the listening sockets are the baton, and a request in flight is never dropped.
+//! Graceful shutdown, zero-downtime restart and binary upgrade for hyper and axum
+//! servers, built so that no request is lost: the listening sockets are the baton,
+//! passed from one generation of the process to the next, and a request in flight is
+//! never dropped.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -22,8 +24,23 @@
 //! }
 //! ```
 //!
-//! On `SIGTERM` or `SIGINT` (see [`SignalMap`]), a call of [`Shutdown::trigger`] from
-//! code (a handler, say), or a future given to [`ShutdownBuilder::trigger`]:
+//! # Restart
+//!
+//! On `SIGHUP` or `SIGUSR2` (see [`SignalMap`] and its [`Preset`]s), or a call of
+//! [`Shutdown::restart`], the next generation starts from the executable as it is on
+//! disk now, with the same arguments and environment and this process's listening
+//! sockets (systemd's socket-activation protocol; [`Listener::bind`] takes them back by
+//! name). Once it says it is ready, this one stops accepting, without emptying the
+//! accept queue, drains as below, and [`Shutdown::run`] returns its report
+//! ([`Report::handed_over_to`]). If the new generation fails, it is stopped and reaped
+//! and this one serves on. [`Shutdown::full_restart`] drains first and then executes
+//! the program anew in the same process (same PID, sockets kept open). Under systemd
+//! the notify protocol is spoken (`READY=1`, `RELOADING=1`, `MAINPID=`, `STOPPING=1`).
+//!
+//! # Shutdown
+//!
+//! On `SIGTERM` or `SIGINT`, a call of [`Shutdown::trigger`] from code (a handler, say),
+//! or a future given to [`ShutdownBuilder::trigger`]:
 //!
 //! - the listeners close (what already waits in their accept queue is still served);
 //! - requests in flight finish; HTTP/1 responses carry `Connection: close`, so
@@ -31,16 +48,17 @@
 //!   GOAWAY; connections that stay idle are closed after a grace;
 //! - long-lived responses and upgraded connections (WebSocket) see
 //!   [`Shutdown::draining`] resolve and end themselves; they are counted and waited for;
-//! - at the drain deadline, or on the same signal again ("hammer"), what is still open
-//!   is cut;
+//! - at the drain deadline, or on a shutdown signal again ("hammer"), what is still
+//!   open is cut;
 //! - the shutdown hooks run in order, each bounded by its own limit;
 //! - [`Shutdown::run`] returns a [`Report`]: connections drained and forced, requests,
 //!   times, hooks, and an exit code.
 //!
 //! # Platform-specific behavior
 //!
-//! Unix only (Linux is what is tested): signals, `shutdown(2)` for forced closes and
-//! Unix sockets are used throughout.
+//! Unix only, and Linux for restarts (`/proc` identifies older generations, abstract
+//! notify sockets are accepted): signals, `shutdown(2)` for forced closes, `fork` and
+//! `execve`, and Unix sockets are used throughout.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

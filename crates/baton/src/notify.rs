@@ -26,6 +26,9 @@ pub(crate) const GENERATION: &str = "BATON_GENERATION";
 /// Set for a successor started at a graceful restart: `NOTIFY_SOCKET` is the previous
 /// generation's, not systemd's.
 pub(crate) const HANDOVER: &str = "BATON_HANDOVER";
+/// Sent with `READY=1` to the previous generation: the signal that restarts the new one
+/// (so that a follow-up restart is asked with the new generation's own map).
+pub(crate) const RESTART_SIGNAL: &str = "BATON_RESTART_SIGNAL";
 /// Older generations still draining, `pid:starttime,...`: the cap on generations alive.
 pub(crate) const DRAINING: &str = "BATON_DRAINING";
 
@@ -92,6 +95,21 @@ fn parse_generations(s: &str) -> Vec<Generation> {
 pub(crate) fn origin() -> &'static Origin {
     static ORIGIN: OnceLock<Origin> = OnceLock::new();
     ORIGIN.get_or_init(|| {
+        // baton's own variables are meant for the process its parent started, which is
+        // also the one `LISTEN_PID` names; a program that the app runs inherits them
+        // and must not take itself for a new generation.
+        let ours = std::env::var(crate::activation::LISTEN_PID)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+            == Some(std::process::id());
+        if !ours {
+            return Origin {
+                parent: None,
+                upstream: std::env::var_os(NOTIFY_SOCKET).filter(|v| !v.is_empty()),
+                generation: 1,
+                draining: Vec::new(),
+            };
+        }
         let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
         let generation = std::env::var(GENERATION)
             .ok()
@@ -196,9 +214,11 @@ impl Listener {
         &self.path
     }
 
-    /// Waits for a message that says `READY=1`. Other valid messages (`STATUS=`, ...)
-    /// are logged at debug level; garbage is logged once and ignored.
-    pub(crate) async fn ready(&self) -> io::Result<()> {
+    /// Waits for a message that says `READY=1`; returns the restart signal the new
+    /// generation announced with it (`BATON_RESTART_SIGNAL=`), if any. Other valid
+    /// messages (`STATUS=`, ...) are logged at debug level; garbage is logged once and
+    /// ignored.
+    pub(crate) async fn ready(&self) -> io::Result<Option<String>> {
         let mut buf = vec![0u8; 4096];
         let mut complained = false;
         loop {
@@ -206,7 +226,11 @@ impl Listener {
             match parse(&buf[..n]) {
                 Some(fields) => {
                     if fields.iter().any(|(k, v)| *k == "READY" && *v == "1") {
-                        return Ok(());
+                        let sig = fields
+                            .iter()
+                            .find(|(k, _)| *k == RESTART_SIGNAL)
+                            .map(|(_, v)| (*v).to_owned());
+                        return Ok(sig);
                     }
                     debug!(?fields, "notify message from the new generation");
                 }
@@ -317,11 +341,12 @@ mod tests {
         let path = l.path().as_os_str().to_owned();
         send(&path, "not a notify message").unwrap();
         send(&path, "STATUS=warming up").unwrap();
-        send(&path, "READY=1").unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(10), l.ready())
+        send(&path, "READY=1\nBATON_RESTART_SIGNAL=SIGHUP").unwrap();
+        let sig = tokio::time::timeout(std::time::Duration::from_secs(10), l.ready())
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(sig.as_deref(), Some("SIGHUP"));
         let dir = l.dir.clone();
         drop(l);
         assert!(!dir.exists(), "the private directory is removed");

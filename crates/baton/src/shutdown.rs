@@ -72,12 +72,15 @@ enum Command {
     },
 }
 
-/// Coordinates a graceful shutdown: the handle that servers, handlers and signal
-/// listeners share.
+/// Coordinates graceful restarts and the graceful shutdown: the handle that servers,
+/// handlers and signal listeners share.
 ///
-/// Cloning is cheap; every clone controls the same shutdown. Build one with
+/// Cloning is cheap; every clone controls the same process. Build one with
 /// [`Shutdown::builder`], hand it to each server, then call [`run`](Shutdown::run),
-/// which waits for the trigger and carries out the shutdown:
+/// which reports the process ready, carries out restarts as they are asked for
+/// ([`restart`](Shutdown::restart), [`Action::Restart`]; a failed one leaves serving as
+/// it was), and ends with the drain after a hand-over, before a full restart, or of the
+/// shutdown:
 ///
 /// 1. **Trigger**: a mapped signal ([`SignalMap`], default `SIGTERM`/`SIGINT`), a
 ///    trigger future ([`ShutdownBuilder::trigger`]) or a call from code
@@ -89,8 +92,8 @@ enum Command {
 ///    grace; HTTP/2 connections get GOAWAY; long-lived responses and upgraded
 ///    connections observe [`draining`](Shutdown::draining) and end themselves.
 /// 4. **Force** ([`Phase::Forcing`]), only if the drain deadline passes or a hammer comes
-///    (the shutdown signal again, [`Action::Hammer`], [`force`](Shutdown::force)): what
-///    is still open is cut.
+///    (a mapped shutdown signal again, whichever, [`Action::Hammer`],
+///    [`force`](Shutdown::force)): what is still open is cut.
 /// 5. **Hooks** ([`Phase::Finalizing`]): in registration order, each bounded by its
 ///    limit. A further shutdown signal here abandons the hooks not yet run.
 #[derive(Clone)]
@@ -120,6 +123,9 @@ struct Inner {
     pidfile: Option<PathBuf>,
     /// The PID of the generation this one handed over to (0 before).
     successor: AtomicU32,
+    /// A shutdown or hammer came while a full restart drained: stop instead of
+    /// executing the program anew.
+    stop_asked: std::sync::atomic::AtomicBool,
 }
 
 struct Pending {
@@ -314,6 +320,7 @@ impl ShutdownBuilder {
                 max_generations: self.max_generations.max(2),
                 pidfile: self.pidfile,
                 successor: AtomicU32::new(0),
+                stop_asked: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -433,20 +440,27 @@ impl Shutdown {
         notify::origin().generation
     }
 
-    /// Registers a listener to be handed over at a restart. Called by servers.
-    pub(crate) fn register_listener(
+    /// Registers a server's listeners to be handed over at a restart, all or none.
+    /// Called by servers.
+    pub(crate) fn register_listeners(
         &self,
-        name: &str,
-        fd: std::os::fd::OwnedFd,
+        new: Vec<(String, std::os::fd::OwnedFd)>,
     ) -> Result<(), Error> {
         let mut listeners = lock(&self.inner.listeners);
-        if listeners.iter().any(|l| l.name == name) {
-            return Err(Error::DuplicateListenerName { name: name.into() });
+        if self.phase() >= Phase::Draining {
+            return Err(Error::io(
+                "start serving",
+                std::io::Error::other("the coordinator is draining already"),
+            ));
         }
-        listeners.push(Passed {
-            name: name.into(),
-            fd,
-        });
+        for (i, (name, _)) in new.iter().enumerate() {
+            let taken = listeners.iter().any(|l| &l.name == name)
+                || new[..i].iter().any(|(other, _)| other == name);
+            if taken {
+                return Err(Error::DuplicateListenerName { name: name.clone() });
+            }
+        }
+        listeners.extend(new.into_iter().map(|(name, fd)| Passed { name, fd }));
         Ok(())
     }
 
@@ -585,7 +599,17 @@ impl Shutdown {
         let end = self.serve(&mut commands).await;
         let full_restart = matches!(end, End::FullRestart { .. });
         let mut report = self.stop(end, &mut commands).await;
-        if full_restart {
+        if full_restart && self.inner.stop_asked.load(Ordering::SeqCst) {
+            info!(
+                pid = std::process::id(),
+                "full restart abandoned: a shutdown was asked for during its drain"
+            );
+            notify::upstream("STOPPING=1");
+            lock(&self.inner.listeners).clear();
+            if let Some(path) = &self.inner.pidfile {
+                notify::remove_pidfile(path);
+            }
+        } else if full_restart {
             let listeners = std::mem::take(&mut *lock(&self.inner.listeners));
             info!(
                 pid = std::process::id(),
@@ -617,7 +641,11 @@ impl Shutdown {
         let origin = notify::origin();
         match &origin.parent {
             Some(parent) => {
-                if let Err(e) = notify::send(parent, "READY=1") {
+                let mut ready = String::from("READY=1");
+                if let Some(sig) = self.inner.signals.signal_for(Action::Restart) {
+                    ready.push_str(&format!("\n{}={sig}", notify::RESTART_SIGNAL));
+                }
+                if let Err(e) = notify::send(parent, &ready) {
                     // The previous generation is gone: nobody will tell the manager.
                     warn!(pid, error = %e, "cannot tell the previous generation that this one is ready");
                     notify::upstream(&format!("MAINPID={pid}\nREADY=1"));
@@ -721,8 +749,19 @@ impl Shutdown {
         self.inner.tracker.set_closing(true);
         let back_to_ready = || {
             self.inner.tracker.set_closing(false);
+            // The failed generation may have written its PID already.
+            if let Some(path) = &self.inner.pidfile
+                && let Err(e) = notify::write_pidfile(path, pid)
+            {
+                warn!(pid, error = %e, "cannot rewrite the pidfile after the failed restart");
+            }
             notify::upstream("READY=1");
         };
+        // Nothing is forced for a restart that cannot even start.
+        if let Err(e) = self.inner.program.check() {
+            back_to_ready();
+            return Err((e, None));
+        }
         let draining = self.enforce_generation_cap();
         let spawned = {
             let listeners = lock(&self.inner.listeners);
@@ -770,11 +809,14 @@ impl Shutdown {
                 },
             }
         };
-        if let Err(failure) = ready {
-            spawned.abandon(ABANDON_GRACE);
-            back_to_ready();
-            return Err((failure, None));
-        }
+        let announced = match ready {
+            Ok(announced) => announced,
+            Err(failure) => {
+                spawned.abandon(ABANDON_GRACE);
+                back_to_ready();
+                return Err((failure, None));
+            }
+        };
         let restarted = Restarted {
             pid: spawned.pid,
             generation,
@@ -795,16 +837,17 @@ impl Shutdown {
             "restart: the new generation is ready; this one stops accepting and drains"
         );
         if coalesced > 0 {
-            self.ask_follow_up(restarted.pid, coalesced);
+            self.ask_follow_up(restarted.pid, coalesced, announced.as_deref());
         }
         Ok(restarted)
     }
 
     /// Requests that came in during a restart wanted a restart after it: ask the new
-    /// generation for one, by its restart signal (it has the same signal map).
-    fn ask_follow_up(&self, successor: u32, coalesced: u32) {
+    /// generation for one, by the restart signal it announced with its `READY=1` (its
+    /// map may differ from ours after an upgrade; without one, no signal is sent).
+    fn ask_follow_up(&self, successor: u32, coalesced: u32, announced: Option<&str>) {
         let pid = std::process::id();
-        match self.inner.signals.signal_for(Action::Restart) {
+        match announced.and_then(|s| s.parse::<Signal>().ok()) {
             Some(sig) => match crate::sys::kill(successor, sig.as_raw()) {
                 Ok(()) => info!(
                     pid,
@@ -820,7 +863,7 @@ impl Shutdown {
                 pid,
                 successor,
                 coalesced,
-                "no signal is mapped to restart: the coalesced requests were served by this restart, no follow-up"
+                "the new generation announced no restart signal: the coalesced requests were served by this restart, no follow-up"
             ),
         }
     }
@@ -895,7 +938,10 @@ impl Shutdown {
                 self.run_user_hook(signal);
                 None
             }
-            other => Some(other),
+            other => {
+                self.inner.stop_asked.store(true, Ordering::SeqCst);
+                Some(other)
+            }
         }
     }
 

@@ -44,7 +44,9 @@ pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
             "not inherited: it is closed, or this process opened it itself",
         )
     };
-    if fd < 0 {
+    // 0, 1 and 2 are standard input, output and error: never a passed socket, and
+    // always in use by std.
+    if fd < 3 {
         return Err(not_inherited());
     }
     // SAFETY: F_GETFD reads the descriptor flags of an integer descriptor; it touches no
@@ -211,6 +213,10 @@ impl ExecPlan {
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() };
         write_decimal(&mut self.pid_slot[PID_PREFIX.len()..], pid as u32);
+        // Point the environment at the slot only now, after the write through `&mut`
+        // (a pointer taken earlier would be invalidated by it); no allocation.
+        let slot = self.envp_ptrs.len() - 2;
+        self.envp_ptrs[slot] = self.pid_slot.as_ptr().cast();
         // SAFETY: `path` is a NUL-terminated string, both pointer arrays are
         // NUL-terminated and point at NUL-terminated strings owned by `self`, which lives
         // until execve replaces the process image or returns.

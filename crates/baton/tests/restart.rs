@@ -1,6 +1,8 @@
 //! Graceful restart, binary upgrade and full restart of the real demo under real
 //! signals and real clients: no request may fail.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -343,4 +345,55 @@ async fn a_user_hook_on_a_signal_runs_without_disturbing_serving() {
     let tally = load.stop().await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
     assert_eq!(tally.pids.into_iter().collect::<Vec<_>>(), [demo.pid]);
+}
+
+/// The cap on generations alive at once: with a cap of 2, a restart while an older
+/// generation still drains (a long request keeps it) forces that one, which reports the
+/// hammer and exits 3; the request it cut is the price of the cap, and said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_the_oldest_draining_generation_is_forced() {
+    let mut demo = Demo::start(&["--max-generations", "2", "--drain-timeout", "1h"]);
+    let sleeper = demo.sleep_in_flight("3600");
+    demo.signal("HUP");
+    let second = demo.wait_ready(2);
+    demo.wait_log(&format!(
+        "pid={} connections=1 requests_in_flight=1",
+        demo.pid
+    ));
+    signal_pid(second, "HUP");
+    let third = demo.wait_ready(3);
+    demo.wait_log("too many generations alive: forcing the oldest draining one");
+    assert_eq!(demo.wait_exit().code(), Some(3), "the oldest was forced");
+    demo.wait_log("forced 1 connection with 1 request in flight (hammer)");
+    assert!(sleeper.await.unwrap().is_err());
+    assert_eq!(
+        get(&demo.addr, "/pid").await.unwrap().body.trim(),
+        third.to_string()
+    );
+}
+
+/// Regression (review): a shutdown asked for while a full restart drains used to be
+/// carried out as a hammer and then the program was executed anew anyway; `systemctl
+/// stop` during a full restart must stop the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_full_restart_stops_instead_of_restarting() {
+    let mut demo = Demo::start(&["--signals", "goframe", "--drain-timeout", "1h"]);
+    let sleeper = demo.sleep_in_flight("3600");
+    demo.signal("USR2");
+    demo.wait_log("full restart: draining completely first");
+    demo.signal("TERM");
+    assert_eq!(
+        demo.wait_exit().code(),
+        Some(3),
+        "cut by the hammer, then stopped"
+    );
+    demo.wait_log("full restart abandoned: a shutdown was asked for during its drain");
+    assert!(sleeper.await.unwrap().is_err());
+    assert!(
+        !demo
+            .log()
+            .iter()
+            .any(|l| l.contains("executing the program anew")),
+        "no exec"
+    );
 }

@@ -108,9 +108,23 @@ async fn a_second_sigterm_during_the_drain_forces_the_exit() {
     assert!(sleeper.await.unwrap().is_err());
 }
 
+/// Any mapped shutdown signal hammers during the drain, not only the one that started
+/// it: an operator who sent SIGTERM and then presses Ctrl-C means "now".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_shutdown_signal_during_the_drain_hammers_too() {
+    let mut demo = Demo::start(&["--drain-timeout", "1h"]);
+    let sleeper = demo.sleep_in_flight("3600");
+    demo.signal("TERM");
+    demo.wait_log("draining: listeners closed");
+    demo.signal("INT");
+    assert_eq!(demo.wait_exit().code(), Some(3));
+    demo.wait_log("hammer: forcing the close now");
+    assert!(sleeper.await.unwrap().is_err());
+}
+
 /// Keep-alive clients that send their next request the moment a response arrives (as
 /// wrk does) must see no reset: nginx and hyper's own graceful shutdown lose one request
-/// per such connection (ANCHORS.md, lesson 3).
+/// per such connection (docs/BENCHMARKS.md, section 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_clients_back_to_back_across_the_shutdown_see_no_error() {
     let mut demo = Demo::start(&[]);

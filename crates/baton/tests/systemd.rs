@@ -2,6 +2,8 @@
 //! `systemd-socket-activate`, and by hand with hostile values) and the notify messages
 //! a `Type=notify` / `Type=notify-reload` unit relies on.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::os::unix::net::UnixDatagram;
@@ -43,7 +45,7 @@ async fn notify_messages_are_those_systemd_expects_in_order() {
     // The new generation talks to systemd itself from now on.
     signal_pid(new, "TERM");
     assert_eq!(recv(&sock), "STOPPING=1");
-    demo.wait_log(&format!("shutdown complete: drained 0 connections"));
+    demo.wait_log("shutdown complete: drained 0 connections");
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 64];
     assert!(sock.recv(&mut buf).is_err(), "no further message");

@@ -214,13 +214,13 @@ impl Server {
         // Register every listener before starting any, so that an error leaves nothing
         // half-started.
         let mut ready = Vec::new();
+        let mut dups = Vec::new();
         for listener in self.listeners {
             let name = listener.name().to_owned();
             let addr = listener.local_addr().clone();
             let inherited = listener.is_inherited();
             let register = |e| Error::io(format!("register listener {addr} with tokio"), e);
-            let dup = listener.duplicate().map_err(register)?;
-            shutdown.register_listener(&name, dup)?;
+            dups.push((name.clone(), listener.duplicate().map_err(register)?));
             let accept = match listener.into_std() {
                 StdListener::Tcp(l) => AnyListener::Tcp(
                     tokio::net::TcpListener::from_std(l).map_err(register)?,
@@ -232,6 +232,7 @@ impl Server {
             };
             ready.push((name, addr, accept, inherited));
         }
+        shutdown.register_listeners(dups)?;
         for (name, addr, accept, inherited) in ready {
             if inherited && shutdown.generation() > 1 {
                 info!(pid, listener = %name, "http server reloaded listening on [{addr}]");
