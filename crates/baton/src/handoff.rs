@@ -289,10 +289,15 @@ impl Spawned {
         });
     }
 
-    /// The new generation is on its own now; it outlives this process (tokio reaps it
-    /// should it exit first).
+    /// The new generation is on its own now. It normally outlives this process; should
+    /// it exit first (restarted again, or stopped, while this one still drains), it is
+    /// reaped at once rather than left a zombie until this process exits.
     pub(crate) fn release(mut self) {
-        drop(self.child.take());
+        if let Some(mut child) = self.child.take() {
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+        }
     }
 }
 
