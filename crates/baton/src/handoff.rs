@@ -12,9 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::activation::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_AT, LISTEN_PID};
-use crate::notify::{
-    self, DRAINING, GENERATION, Generation, HANDOVER, NOTIFY_SOCKET, NOTIFY_UPSTREAM,
-};
+use crate::notify::{self, DRAINING, GENERATION, Generation, NOTIFY_SOCKET, READY_SOCKET};
 
 /// Why a restart did not happen. The running generation serves on in every case.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,15 +160,14 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 9] = [
+    const OURS: [&str; 8] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
         LISTEN_FDS_AT,
         NOTIFY_SOCKET,
-        NOTIFY_UPSTREAM,
+        READY_SOCKET,
         GENERATION,
-        HANDOVER,
         DRAINING,
     ];
     std::env::vars_os()
@@ -211,14 +208,14 @@ pub(crate) fn spawn(
     let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
     let notify = notify::Listener::bind().map_err(|e| spawn_err("private notify socket", e))?;
     let mut env = inherited_env();
-    let upstream = notify::origin().upstream.clone().unwrap_or_default();
+    if let Some(upstream) = &notify::origin().upstream {
+        env.push((NOTIFY_SOCKET.into(), upstream.clone()));
+    }
     env.extend([
         (LISTEN_FDS.into(), listeners.len().to_string().into()),
         (LISTEN_FDNAMES.into(), names(listeners)),
-        (NOTIFY_SOCKET.into(), notify.path().as_os_str().to_owned()),
-        (NOTIFY_UPSTREAM.into(), upstream),
+        (READY_SOCKET.into(), notify.path().as_os_str().to_owned()),
         (GENERATION.into(), generation.to_string().into()),
-        (HANDOVER.into(), "1".into()),
         (DRAINING.into(), notify::format_generations(draining).into()),
     ]);
     let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
@@ -230,9 +227,15 @@ pub(crate) fn spawn(
     // stdin, stdout and stderr are inherited: the new generation logs where we do.
     plan.install(&mut cmd);
     let started = Instant::now();
-    let child = cmd
-        .spawn()
-        .map_err(|e| spawn_err(&format!("{}", program.exe.display()), e))?;
+    // Keep std's error-report pipe out of 3..3+n: the child's dup2 would close it.
+    let placeholders = std::fs::File::open("/dev/null")
+        .map(|null| {
+            crate::sys::occupy_free(null.as_fd(), 3..3 + listeners.len() as std::os::fd::RawFd)
+        })
+        .unwrap_or_default();
+    let spawned = cmd.spawn();
+    drop(placeholders);
+    let child = spawned.map_err(|e| spawn_err(&format!("{}", program.exe.display()), e))?;
     let pid = child.id().unwrap_or_default();
     Ok(Spawned {
         pid,
@@ -333,6 +336,7 @@ pub(crate) fn exec_in_place(
     program: &Program,
     listeners: &[Passed],
     generation: u32,
+    ignored_at_exec: &[crate::Signal],
 ) -> std::io::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
@@ -355,8 +359,20 @@ pub(crate) fn exec_in_place(
         .env(LISTEN_PID, std::process::id().to_string())
         .env(LISTEN_FDS_AT, at.join(","))
         .env(GENERATION, generation.to_string());
+    let draining: Vec<Generation> = notify::origin()
+        .draining
+        .iter()
+        .copied()
+        .filter(Generation::alive)
+        .collect();
+    if !draining.is_empty() {
+        cmd.env(DRAINING, notify::format_generations(&draining));
+    }
     if let Some(upstream) = &notify::origin().upstream {
         cmd.env(NOTIFY_SOCKET, upstream);
+    }
+    for sig in ignored_at_exec {
+        let _ = crate::sys::ignore_signal(sig.as_raw());
     }
     let err = cmd.exec();
     // Still here: the sockets must not leak into anything started later.

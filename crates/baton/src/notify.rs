@@ -2,12 +2,12 @@
 //! stands (`READY=1`, `RELOADING=1`, `MAINPID=`, `STOPPING=1`), and listening on a
 //! private socket for the next generation's `READY=1`.
 //!
-//! Who is told what. A process started by systemd (or anything that sets
-//! `NOTIFY_SOCKET`) tells it. A generation started by a previous one at a restart gets
-//! the previous one's private socket in `NOTIFY_SOCKET` and systemd's (if any) in
-//! `BATON_NOTIFY_UPSTREAM`: it says `READY=1` to the previous generation, which then
-//! tells systemd `MAINPID=<new>` and `READY=1`; from then on the new generation talks to
-//! systemd itself.
+//! Who is told what. `NOTIFY_SOCKET` always names the service manager (systemd), as it
+//! would for any program, so the app's own messages (`WATCHDOG=1`, `STATUS=`) keep
+//! working after a restart. A generation started by a previous one also gets the
+//! previous one's private socket in `BATON_READY_SOCKET`: it says `READY=1` there, and
+//! the previous generation tells systemd `MAINPID=<new>` and `READY=1`; from then on the
+//! new generation talks to systemd itself.
 
 use std::ffi::OsString;
 use std::io;
@@ -19,13 +19,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use tracing::{debug, warn};
 
 pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
-/// Set by a restarting generation for its successor: systemd's socket ("" if none).
-pub(crate) const NOTIFY_UPSTREAM: &str = "BATON_NOTIFY_UPSTREAM";
+/// Set by a restarting generation for its successor: its private socket, where the
+/// successor says `READY=1`.
+pub(crate) const READY_SOCKET: &str = "BATON_READY_SOCKET";
 /// Set by a restarting generation for its successor: the successor's generation number.
 pub(crate) const GENERATION: &str = "BATON_GENERATION";
-/// Set for a successor started at a graceful restart: `NOTIFY_SOCKET` is the previous
-/// generation's, not systemd's.
-pub(crate) const HANDOVER: &str = "BATON_HANDOVER";
 /// Sent with `READY=1` to the previous generation: the signal that restarts the new one
 /// (so that a follow-up restart is asked with the new generation's own map).
 pub(crate) const RESTART_SIGNAL: &str = "BATON_RESTART_SIGNAL";
@@ -118,20 +116,11 @@ pub(crate) fn origin() -> &'static Origin {
         let draining = std::env::var(DRAINING)
             .map(|s| parse_generations(&s))
             .unwrap_or_default();
-        if std::env::var_os(HANDOVER).is_some() {
-            Origin {
-                parent: var(NOTIFY_SOCKET),
-                upstream: var(NOTIFY_UPSTREAM),
-                generation,
-                draining,
-            }
-        } else {
-            Origin {
-                parent: None,
-                upstream: var(NOTIFY_SOCKET),
-                generation,
-                draining,
-            }
+        Origin {
+            parent: var(READY_SOCKET),
+            upstream: var(NOTIFY_SOCKET),
+            generation,
+            draining,
         }
     })
 }

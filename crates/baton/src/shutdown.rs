@@ -617,7 +617,21 @@ impl Shutdown {
                 "full restart: drained; executing the program anew with {} listening sockets",
                 listeners.len()
             );
-            let e = handoff::exec_in_place(&self.inner.program, &listeners, self.generation() + 1);
+            // Restart and user-hook signals would end the process (their default action)
+            // between the exec and the new image's handlers: ignore them across it.
+            let ignored: Vec<Signal> = self
+                .inner
+                .signals
+                .iter()
+                .filter(|(_, a)| matches!(a, Action::Restart | Action::FullRestart | Action::User))
+                .map(|(s, _)| s)
+                .collect();
+            let e = handoff::exec_in_place(
+                &self.inner.program,
+                &listeners,
+                self.generation() + 1,
+                &ignored,
+            );
             warn!(pid = std::process::id(), error = %e, "full restart: cannot execute the program; exiting");
             report.restart_failed = Some(e.to_string());
         }
@@ -960,7 +974,16 @@ impl Shutdown {
                     hammered,
                 } => {
                     info!(pid, %reason, "shutting down");
-                    notify::upstream("STOPPING=1");
+                    // A generation whose predecessor still runs may be one that the
+                    // predecessor gave up on (ready too late): it must not tell systemd
+                    // that the service stops. (A confirmed one stopped while its
+                    // predecessor drains skips this informational message too.)
+                    let origin = notify::origin();
+                    let predecessor_runs = origin.parent.is_some()
+                        && origin.draining.last().is_some_and(Generation::alive);
+                    if !predecessor_runs {
+                        notify::upstream("STOPPING=1");
+                    }
                     (reason, timeout, skip_delay, hammered, false, None)
                 }
                 End::HandedOver { restarted } => (

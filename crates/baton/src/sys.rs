@@ -86,6 +86,35 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     }
 }
 
+/// Ignores `signal` (`SIG_IGN`). Used just before a full restart's `exec`: an ignored
+/// signal stays ignored across it, so a restart signal that arrives before the new image
+/// installs its handlers is dropped instead of ending the only process (its default
+/// action).
+pub(crate) fn ignore_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: setting a disposition to SIG_IGN installs no code of ours and touches no
+    // memory; tokio's handler for this signal simply stops being called, which is what
+    // we want right before the exec.
+    if unsafe { libc::signal(signal, libc::SIG_IGN) } == libc::SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Occupies every free descriptor number in `range` with a close-on-exec duplicate of
+/// `fd`, until the returned descriptors are dropped. While a child is forked, this keeps
+/// std's own error-report pipe (which takes the lowest free numbers) out of the range
+/// the child moves the sockets to. Numbers taken meanwhile by other threads are left
+/// alone: `F_DUPFD` never replaces an open descriptor.
+pub(crate) fn occupy_free(fd: BorrowedFd<'_>, range: std::ops::Range<RawFd>) -> Vec<OwnedFd> {
+    range
+        .filter_map(|target| {
+            let d = dup_at_least(fd, target).ok()?;
+            (d.as_raw_fd() == target).then_some(d)
+        })
+        .collect()
+}
+
 /// Sends `signal` to process `pid`.
 pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid)

@@ -317,6 +317,8 @@ async fn every_listener_is_handed_over_together() {
         support::between(&demo.wait_log("listener=http-2"), "listening on [", "]").to_owned();
     demo.signal("HUP");
     let new = demo.wait_ready(2);
+    // Every listener of the old generation stopped accepting: each answer is the new one.
+    demo.wait_log_nth("http server stopped accepting on", 3);
     for listener in ["http", "http-2", "http-3"] {
         let line = demo.wait_log(&format!("pid={new} listener={listener}"));
         assert!(line.contains("reloaded listening on"), "{line}");

@@ -358,7 +358,10 @@ async fn the_drain_delay_keeps_serving_while_readiness_answers_503() {
     let hello = get(&demo.addr, "/").await.expect("still serving");
     assert_eq!(hello.status, 200);
     assert!(!hello.closes(), "not draining yet: keep-alive as usual");
-    demo.wait_log("draining: listeners closed");
+    // The accept loop's own line: the coordinator's "draining" line comes first, and
+    // under load the loop may still take a connection from its queue in between (a
+    // flake seen with both cores busy).
+    demo.wait_log("http server stopped listening on");
     assert!(
         get(&demo.addr, "/").await.is_err(),
         "closed after the delay"

@@ -41,6 +41,17 @@ async fn notify_messages_are_those_systemd_expects_in_order() {
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     let new = demo.wait_ready(2);
     assert_eq!(recv(&sock), format!("MAINPID={new}\nREADY=1"));
+    // The new generation's NOTIFY_SOCKET still names the manager's socket, so that the
+    // app's own messages (WATCHDOG=1, STATUS=) reach it after a restart too.
+    let environ = std::fs::read(format!("/proc/{new}/environ")).unwrap();
+    let expected = format!("NOTIFY_SOCKET={}", path.display());
+    assert!(
+        environ
+            .split(|b| *b == 0)
+            .any(|kv| kv == expected.as_bytes()),
+        "{}",
+        String::from_utf8_lossy(&environ)
+    );
     assert!(demo.wait_exit().success());
     // The new generation talks to systemd itself from now on.
     signal_pid(new, "TERM");
