@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::{UnixListener as StdUnixListener, UnixStream as StdUnixStream};
+use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -251,11 +251,10 @@ impl Listener {
         &self.local
     }
 
-    pub(crate) fn into_std(self) -> StdListener {
-        match self.local {
-            ListenAddr::Tcp(_) => StdListener::Tcp(self.socket.into()),
-            ListenAddr::Unix(_) => StdListener::Unix(self.socket.into()),
-        }
+    /// The socket, for a server to register with its runtime (its kind follows from
+    /// [`local_addr`](Listener::local_addr)).
+    pub(crate) fn into_socket(self) -> Socket {
+        self.socket
     }
 }
 
@@ -263,13 +262,6 @@ impl AsFd for Listener {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
-}
-
-/// A listener converted to its standard-library type, ready for tokio.
-#[derive(Debug)]
-pub(crate) enum StdListener {
-    Tcp(std::net::TcpListener),
-    Unix(StdUnixListener),
 }
 
 /// Names travel in `LISTEN_FDNAMES`, separated by `:`.

@@ -23,7 +23,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
-use crate::listener::StdListener;
 use crate::tracker::{Phase, conn_reached};
 use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
@@ -221,14 +220,16 @@ impl Server {
             let inherited = listener.is_inherited();
             let register = |e| Error::io(format!("register listener {addr} with tokio"), e);
             dups.push((name.clone(), listener.duplicate().map_err(register)?));
-            let accept = match listener.into_std() {
-                StdListener::Tcp(l) => AnyListener::Tcp(
-                    tokio::net::TcpListener::from_std(l).map_err(register)?,
-                    self.nodelay,
-                ),
-                StdListener::Unix(l) => {
-                    AnyListener::Unix(tokio::net::UnixListener::from_std(l).map_err(register)?)
-                }
+            let socket = listener.into_socket();
+            let accept = match addr {
+                ListenAddr::Tcp(_) => Registered::Tcp(Tcp {
+                    listener: tokio::net::TcpListener::from_std(socket.into()).map_err(register)?,
+                    nodelay: self.nodelay,
+                }),
+                ListenAddr::Unix(_) => Registered::Unix(Unix {
+                    listener: tokio::net::UnixListener::from_std(socket.into())
+                        .map_err(register)?,
+                }),
             };
             ready.push((name, addr, accept, inherited));
         }
@@ -245,10 +246,8 @@ impl Server {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move {
                 match accept {
-                    AnyListener::Tcp(l, nodelay) => {
-                        accept_loop(Tcp(l, nodelay), &addr, &ctx).await;
-                    }
-                    AnyListener::Unix(l) => accept_loop(Unix(l), &addr, &ctx).await,
+                    Registered::Tcp(l) => accept_loop(l, &addr, &ctx).await,
+                    Registered::Unix(l) => accept_loop(l, &addr, &ctx).await,
                 }
                 drop(guard);
             });
@@ -279,9 +278,11 @@ struct Ctx<S> {
     idle_grace: Duration,
 }
 
-enum AnyListener {
-    Tcp(tokio::net::TcpListener, bool),
-    Unix(tokio::net::UnixListener),
+/// A listener registered with tokio, of either kind: what `serve` holds between
+/// registering every listener and starting any.
+enum Registered {
+    Tcp(Tcp),
+    Unix(Unix),
 }
 
 /// A listener kind. Accept loops are generic over it so the connection type is known
@@ -294,15 +295,22 @@ trait Accept: Send + 'static {
     fn sweep(self) -> io::Result<Vec<Self::Io>>;
 }
 
-struct Tcp(tokio::net::TcpListener, bool);
-struct Unix(tokio::net::UnixListener);
+struct Tcp {
+    listener: tokio::net::TcpListener,
+    /// Set `TCP_NODELAY` on accepted connections.
+    nodelay: bool,
+}
+
+struct Unix {
+    listener: tokio::net::UnixListener,
+}
 
 impl Accept for Tcp {
     type Io = tokio::net::TcpStream;
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        self.0.poll_accept(cx).map_ok(|(stream, _)| {
-            if self.1 {
+        self.listener.poll_accept(cx).map_ok(|(stream, _)| {
+            if self.nodelay {
                 // Best effort: a connection reset meanwhile fails here and is seen later.
                 let _ = stream.set_nodelay(true);
             }
@@ -311,11 +319,11 @@ impl Accept for Tcp {
     }
 
     fn sweep(self) -> io::Result<Vec<Self::Io>> {
-        let std = self.0.into_std()?;
+        let std = self.listener.into_std()?;
         sweep(|| {
             let (s, _) = std.accept()?;
             s.set_nonblocking(true)?;
-            if self.1 {
+            if self.nodelay {
                 let _ = s.set_nodelay(true);
             }
             tokio::net::TcpStream::from_std(s)
@@ -327,11 +335,11 @@ impl Accept for Unix {
     type Io = tokio::net::UnixStream;
 
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
-        self.0.poll_accept(cx).map_ok(|(stream, _)| stream)
+        self.listener.poll_accept(cx).map_ok(|(stream, _)| stream)
     }
 
     fn sweep(self) -> io::Result<Vec<Self::Io>> {
-        let std = self.0.into_std()?;
+        let std = self.listener.into_std()?;
         sweep(|| {
             let (s, _) = std.accept()?;
             s.set_nonblocking(true)?;
