@@ -135,6 +135,10 @@ pub enum Error {
     #[error("restart failed: {0}")]
     Restart(#[from] crate::RestartFailure),
 
+    /// A supervised worker could not be started or did not become ready.
+    #[error("worker: {0}")]
+    Worker(crate::RestartFailure),
+
     /// A pidfile could not be written.
     #[error("pidfile {path}: {source}")]
     Pidfile {

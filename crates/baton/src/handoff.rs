@@ -205,26 +205,55 @@ pub(crate) fn spawn(
     draining: &[Generation],
 ) -> Result<Spawned, RestartFailure> {
     program.check()?;
-    let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
-    let notify = notify::Listener::bind().map_err(|e| spawn_err("private notify socket", e))?;
-    let mut env = inherited_env();
+    let notify = notify::Listener::bind()
+        .map_err(|e| RestartFailure::Spawn(format!("private notify socket: {e}")))?;
+    let mut env = Vec::new();
     if let Some(upstream) = &notify::origin().upstream {
         env.push((NOTIFY_SOCKET.into(), upstream.clone()));
     }
     env.extend([
-        (LISTEN_FDS.into(), listeners.len().to_string().into()),
-        (LISTEN_FDNAMES.into(), names(listeners)),
         (READY_SOCKET.into(), notify.path().as_os_str().to_owned()),
         (GENERATION.into(), generation.to_string().into()),
         (DRAINING.into(), notify::format_generations(draining).into()),
     ]);
-    let env_refs: Vec<(&OsStr, &OsStr)> = env.iter().map(|(k, v)| (&**k, &**v)).collect();
-    let argv: Vec<&OsStr> = program.args.iter().map(|a| &**a).collect();
-    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd.as_fd()).collect();
-    let plan = crate::sys::ExecPlan::new(program.exe.as_os_str(), &argv, &env_refs, &fds)
+    let fds: Vec<(&str, BorrowedFd<'_>)> = listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l.fd.as_fd()))
+        .collect();
+    launch(&program.exe, &program.args, &fds, env, notify)
+}
+
+/// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
+/// baton's and the socket-activation variables, plus `env`, and `listeners` at
+/// descriptors 3, 4, ... (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` written by
+/// the child itself).
+pub(crate) fn launch(
+    exe: &std::path::Path,
+    argv: &[OsString],
+    listeners: &[(&str, BorrowedFd<'_>)],
+    env: Vec<(OsString, OsString)>,
+    notify: notify::Listener,
+) -> Result<Spawned, RestartFailure> {
+    let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
+    let mut full = inherited_env();
+    full.extend(env);
+    let names: OsString = listeners
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(":")
+        .into();
+    full.extend([
+        (LISTEN_FDS.into(), listeners.len().to_string().into()),
+        (LISTEN_FDNAMES.into(), names),
+    ]);
+    let env_refs: Vec<(&OsStr, &OsStr)> = full.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let argv: Vec<&OsStr> = argv.iter().map(|a| &**a).collect();
+    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
+    let plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
-    let mut cmd = tokio::process::Command::new(&program.exe);
-    // stdin, stdout and stderr are inherited: the new generation logs where we do.
+    let mut cmd = tokio::process::Command::new(exe);
+    // stdin, stdout and stderr are inherited: the new process logs where we do.
     plan.install(&mut cmd);
     let started = Instant::now();
     // Keep std's error-report pipe out of 3..3+n: the child's dup2 would close it.
@@ -235,7 +264,7 @@ pub(crate) fn spawn(
         .unwrap_or_default();
     let spawned = cmd.spawn();
     drop(placeholders);
-    let child = spawned.map_err(|e| spawn_err(&format!("{}", program.exe.display()), e))?;
+    let child = spawned.map_err(|e| spawn_err(&format!("{}", exe.display()), e))?;
     let pid = child.id().unwrap_or_default();
     Ok(Spawned {
         pid,
@@ -265,6 +294,27 @@ impl Spawned {
             () = tokio::time::sleep_until(self.started + deadline) => {
                 Err(RestartFailure::NotReady { pid, deadline })
             }
+        }
+    }
+
+    /// Waits for the process to exit (and reaps it).
+    pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match self.child.as_mut() {
+            Some(child) => child.wait().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Sends `signal` to the process, unless it was reaped already.
+    pub(crate) fn signal(&mut self, signal: i32) -> std::io::Result<()> {
+        let running = self
+            .child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        if running {
+            crate::sys::kill(self.pid, signal)
+        } else {
+            Ok(())
         }
     }
 
@@ -306,10 +356,12 @@ impl Spawned {
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.child.take()
+            && let Ok(None) = child.try_wait()
+        {
             tracing::warn!(
                 pid = self.pid,
-                "the restart was dropped while the new generation started: killing it"
+                "a started process was dropped while it still ran: killing it"
             );
             let _ = child.start_kill();
         }

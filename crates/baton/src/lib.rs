@@ -71,6 +71,7 @@ mod notify;
 mod report;
 mod shutdown;
 mod signal;
+pub mod supervisor;
 mod sys;
 mod tracker;
 

@@ -1,0 +1,215 @@
+//! `baton run` with real processes: a Python server that is not a baton app, and the
+//! baton demo, reloaded under real clients.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../baton/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use support::{Load, alive, get, signal_pid, wait_until};
+
+/// A running `baton run` master with its log.
+struct Master {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    pid: u32,
+    addr: String,
+}
+
+impl Master {
+    fn start(ready: &str, command: &[&str]) -> Master {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args([
+                "run",
+                "--listen",
+                &addr,
+                "--ready",
+                ready,
+                "--drain-timeout",
+                "10s",
+                "--",
+            ])
+            .args(command)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[baton] {line}");
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                sink.1.notify_all();
+            }
+        });
+        let pid = child.id();
+        let master = Master {
+            child,
+            log,
+            pid,
+            addr,
+        };
+        master.wait_log("worker ready", 1);
+        master
+    }
+
+    /// Waits (bounded) until `n` lines contain `pat`; returns the n-th.
+    fn wait_log(&self, pat: &str, n: usize) -> String {
+        let (m, cv) = &*self.log;
+        let deadline = Instant::now() + support::WAIT;
+        let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(l) = log.iter().filter(|l| l.contains(pat)).nth(n - 1) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(
+                now < deadline,
+                "no line #{n} with {pat:?}:\n{}",
+                log.join("\n")
+            );
+            log = cv
+                .wait_timeout(log, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    fn wait_log_off_runtime(&self, pat: &str, n: usize) -> String {
+        tokio::task::block_in_place(|| self.wait_log(pat, n))
+    }
+
+    fn worker_pids(&self) -> Vec<u32> {
+        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .filter(|l| l.contains("worker ready"))
+            .filter_map(|l| {
+                let digits: String = l
+                    .split("worker=")
+                    .nth(1)?
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        let workers = self.worker_pids();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for w in workers {
+            if alive(w) {
+                signal_pid(w, "KILL");
+            }
+        }
+    }
+}
+
+/// A Python server from the standard library, not a baton app (it takes its socket
+/// from LISTEN_FDS and checks LISTEN_PID), reloaded 20 times under a client opening a
+/// new connection per request: 0 failed, the master's PID never changes, and every
+/// old worker is gone after its drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_server_reloads_twenty_times_without_a_failed_request() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
+    let master = Master::start("delay=300ms", &["python3", script]);
+    let load = Load::start(&master.addr, 3, false);
+    for n in 1..=20 {
+        signal_pid(master.pid, "HUP");
+        master.wait_log_off_runtime("reloaded: the new worker serves", n);
+    }
+    master.wait_log_off_runtime("drained worker exited", 20);
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(tally.ok > 100, "{}", tally.ok);
+    assert!(
+        tally.pids.len() >= 5,
+        "the clients saw the workers change: {:?}",
+        tally.pids
+    );
+    assert!(
+        !tally.pids.contains(&master.pid),
+        "workers answer, not the master"
+    );
+    let workers = master.worker_pids();
+    assert_eq!(workers.len(), 21);
+    for old in &workers[..20] {
+        wait_until("an old worker is gone after its drain", || !alive(*old));
+    }
+    assert!(alive(master.pid), "the master keeps its PID");
+    let resp = get(&master.addr, "/").await.unwrap();
+    assert_eq!(resp.body.trim(), workers[20].to_string());
+}
+
+/// The baton demo as a worker (it says READY=1 itself), reloaded under keep-alive and
+/// new-connection clients: 0 failed; SIGTERM to the master drains the worker and the
+/// master exits with the worker's status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_under_baton_run_reloads_with_keep_alive_clients() {
+    let hello = support::hello_exe();
+    let mut master = Master::start(
+        "notify",
+        &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    let keep_alive = Load::start(&master.addr, 3, true);
+    let new_conn = Load::start(&master.addr, 2, false);
+    for n in 1..=10 {
+        signal_pid(master.pid, "HUP");
+        master.wait_log_off_runtime("reloaded: the new worker serves", n);
+    }
+    let (a, b) = (keep_alive.stop().await, new_conn.stop().await);
+    assert!(a.failures.is_empty(), "keep-alive: {:?}", a.failures);
+    assert!(b.failures.is_empty(), "new connections: {:?}", b.failures);
+    assert!(a.ok > 0 && b.ok > 0);
+    signal_pid(master.pid, "TERM");
+    let status = tokio::task::block_in_place(|| master.child.wait()).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the worker's clean exit passes through"
+    );
+    master.wait_log_off_runtime("stopped", 1);
+}
+
+/// A reload whose new worker fails (here: a broken deploy that exits at start) leaves
+/// the old one serving, with 0 failed requests; the master says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_leaves_the_old_worker_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("broken");
+    let script = format!(
+        "if [ -e {flag} ]; then echo 'broken deploy' >&2; exit 3; fi; exec python3 {py}",
+        flag = flag.display(),
+        py = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"),
+    );
+    let master = Master::start("delay=300ms", &["sh", "-c", &script]);
+    let first = get(&master.addr, "/").await.unwrap().body;
+    std::fs::write(&flag, b"").unwrap();
+    let load = Load::start(&master.addr, 2, false);
+    signal_pid(master.pid, "HUP");
+    let line = master.wait_log_off_runtime("reload failed, the old worker serves on", 1);
+    assert!(line.contains("exited before it was ready"), "{line}");
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(tally.ok > 0);
+    assert_eq!(get(&master.addr, "/").await.unwrap().body, first);
+}

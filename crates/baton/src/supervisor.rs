@@ -1,0 +1,158 @@
+//! A worker process that takes its listening sockets by systemd's socket-activation
+//! protocol and reports readiness by its notify protocol: the building block of
+//! `baton run`, for servers in any language. Knows nothing of HTTP.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::handoff::{self, Spawned};
+use crate::notify::{self, NOTIFY_SOCKET};
+use crate::{Error, Listener, RestartFailure, Signal};
+
+/// How a worker tells that it is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Readiness {
+    /// It sends `READY=1` to `NOTIFY_SOCKET` (systemd's notify protocol; baton apps do).
+    Notify,
+    /// It knows no protocol: ready once it ran this long without exiting.
+    Delay(Duration),
+}
+
+/// A running worker: started with the listeners at descriptors 3, 4, ...
+/// (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set by the worker's process itself
+/// before it executes the program) and a private `NOTIFY_SOCKET`; stdin, stdout and
+/// stderr inherited. Dropping a `Worker` that was not [`wait`](Worker::wait)ed to its
+/// end kills it: nothing would supervise it any more.
+#[derive(Debug)]
+pub struct Worker {
+    spawned: Spawned,
+}
+
+impl Worker {
+    /// Starts `command[0]` (a path, or a name looked up in `PATH`) with the rest as its
+    /// arguments.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Worker`] when the command is empty, not found, not executable, or
+    /// cannot be started.
+    pub fn spawn(command: &[OsString], listeners: &[Listener]) -> Result<Worker, Error> {
+        let Some(program) = command.first() else {
+            return Err(Error::Worker(RestartFailure::Spawn(
+                "no command given".into(),
+            )));
+        };
+        let exe = resolve(program).map_err(Error::Worker)?;
+        let notify = notify::Listener::bind().map_err(|e| {
+            Error::Worker(RestartFailure::Spawn(format!("private notify socket: {e}")))
+        })?;
+        let env = vec![(
+            OsString::from(NOTIFY_SOCKET),
+            notify.path().as_os_str().to_owned(),
+        )];
+        let fds: Vec<(&str, BorrowedFd<'_>)> =
+            listeners.iter().map(|l| (l.name(), l.as_fd())).collect();
+        let spawned = handoff::launch(&exe, command, &fds, env, notify).map_err(Error::Worker)?;
+        Ok(Worker { spawned })
+    }
+
+    /// The worker's PID.
+    pub fn pid(&self) -> u32 {
+        self.spawned.pid
+    }
+
+    /// Waits until the worker is ready: `READY=1` or the delay passed, within
+    /// `timeout` of its start.
+    ///
+    /// # Errors
+    ///
+    /// [`RestartFailure::Exited`] if it exited first, [`RestartFailure::NotReady`] past
+    /// the timeout (the worker is left running: stop it).
+    pub async fn ready(
+        &mut self,
+        readiness: Readiness,
+        timeout: Duration,
+    ) -> Result<(), RestartFailure> {
+        match readiness {
+            Readiness::Notify => self.spawned.ready(timeout).await.map(|_| ()),
+            Readiness::Delay(delay) => {
+                let pid = self.pid();
+                tokio::select! {
+                    status = self.spawned.wait() => Err(RestartFailure::Exited {
+                        pid,
+                        status: match status {
+                            Ok(s) => s.to_string(),
+                            Err(e) => e.to_string(),
+                        },
+                    }),
+                    () = tokio::time::sleep(delay.min(timeout)) => {
+                        if delay > timeout {
+                            Err(RestartFailure::NotReady { pid, deadline: timeout })
+                        } else {
+                            Ok(())
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `signal` to the worker (nothing if it was reaped already).
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `kill(2)`.
+    pub fn signal(&mut self, signal: Signal) -> std::io::Result<()> {
+        self.spawned.signal(signal.as_raw())
+    }
+
+    /// Sends `SIGKILL`.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `kill(2)`.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        self.spawned.signal(libc::SIGKILL)
+    }
+
+    /// Waits for the worker to exit and reaps it.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of waiting.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        self.spawned.wait().await
+    }
+}
+
+/// `program` as a path to an executable: as given if it contains a `/`, else the first
+/// match in `PATH`.
+fn resolve(program: &OsString) -> Result<PathBuf, RestartFailure> {
+    let given = Path::new(program);
+    let candidates: Vec<PathBuf> = if program.as_encoded_bytes().contains(&b'/') {
+        vec![given.to_owned()]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(given)).collect())
+            .unwrap_or_default()
+    };
+    let mut last = None;
+    for path in candidates {
+        let program = handoff::Program {
+            exe: path,
+            args: Vec::new(),
+        };
+        match program.check() {
+            Ok(()) => return Ok(program.exe),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| RestartFailure::Executable {
+        path: given.to_owned(),
+        reason: "not found in PATH".into(),
+    }))
+}
