@@ -245,7 +245,10 @@ async fn run(args: RunArgs) -> Result<u8, String> {
 
 /// Starts a worker and waits until it is ready; on failure it is killed and reaped.
 async fn start(args: &RunArgs, listeners: &[Listener]) -> Result<Worker, String> {
-    let mut worker = Worker::spawn(&args.command, listeners).map_err(|e| e.to_string())?;
+    // Should the master die (even by SIGKILL), the worker drains instead of running on
+    // unsupervised.
+    let mut worker = Worker::spawn(&args.command, listeners, Some(args.drain_signal))
+        .map_err(|e| e.to_string())?;
     let pid = worker.pid();
     match worker.ready(args.ready, args.ready_timeout).await {
         Ok(()) => {

@@ -213,3 +213,17 @@ async fn a_failed_reload_leaves_the_old_worker_serving() {
     assert!(tally.ok > 0);
     assert_eq!(get(&master.addr, "/").await.unwrap().body, first);
 }
+
+/// SIGKILL of the master: its worker is told to drain (the parent-death signal) and
+/// does not outlive its drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_leaves_no_worker_behind() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
+    let master = Master::start("delay=300ms", &["python3", script]);
+    let worker = master.worker_pids()[0];
+    assert!(alive(worker));
+    signal_pid(master.pid, "KILL");
+    tokio::task::block_in_place(|| {
+        wait_until("the worker of the killed master exits", || !alive(worker));
+    });
+}

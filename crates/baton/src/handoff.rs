@@ -220,7 +220,8 @@ pub(crate) fn spawn(
         .iter()
         .map(|l| (l.name.as_str(), l.fd.as_fd()))
         .collect();
-    launch(&program.exe, &program.args, &fds, env, notify)
+    // No parent-death signal: a successor must outlive its predecessor.
+    launch(&program.exe, &program.args, &fds, env, notify, None)
 }
 
 /// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
@@ -233,6 +234,7 @@ pub(crate) fn launch(
     listeners: &[(&str, BorrowedFd<'_>)],
     env: Vec<(OsString, OsString)>,
     notify: notify::Listener,
+    parent_death_signal: Option<i32>,
 ) -> Result<Spawned, RestartFailure> {
     let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
     let mut full = inherited_env();
@@ -250,8 +252,11 @@ pub(crate) fn launch(
     let env_refs: Vec<(&OsStr, &OsStr)> = full.iter().map(|(k, v)| (&**k, &**v)).collect();
     let argv: Vec<&OsStr> = argv.iter().map(|a| &**a).collect();
     let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
-    let plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
+    let mut plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
+    if let Some(signal) = parent_death_signal {
+        plan.on_parent_death(signal);
+    }
     let mut cmd = tokio::process::Command::new(exe);
     // stdin, stdout and stderr are inherited: the new process logs where we do.
     plan.install(&mut cmd);

@@ -34,13 +34,24 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `command[0]` (a path, or a name looked up in `PATH`) with the rest as its
-    /// arguments.
+    /// arguments. With `on_master_death`, the worker gets that signal should this
+    /// process die (a SIGKILLed master): it drains instead of running unsupervised.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// `on_master_death` uses Linux's parent-death signal, which the kernel sends when
+    /// the *thread* that started the worker exits: call `spawn` from a thread that lives
+    /// as long as the process (a current-thread runtime on the main thread).
     ///
     /// # Errors
     ///
     /// [`Error::Worker`] when the command is empty, not found, not executable, or
     /// cannot be started.
-    pub fn spawn(command: &[OsString], listeners: &[Listener]) -> Result<Worker, Error> {
+    pub fn spawn(
+        command: &[OsString],
+        listeners: &[Listener],
+        on_master_death: Option<Signal>,
+    ) -> Result<Worker, Error> {
         let Some(program) = command.first() else {
             return Err(Error::Worker(RestartFailure::Spawn(
                 "no command given".into(),
@@ -56,7 +67,15 @@ impl Worker {
         )];
         let fds: Vec<(&str, BorrowedFd<'_>)> =
             listeners.iter().map(|l| (l.name(), l.as_fd())).collect();
-        let spawned = handoff::launch(&exe, command, &fds, env, notify).map_err(Error::Worker)?;
+        let spawned = handoff::launch(
+            &exe,
+            command,
+            &fds,
+            env,
+            notify,
+            on_master_death.map(Signal::as_raw),
+        )
+        .map_err(Error::Worker)?;
         Ok(Worker { spawned })
     }
 

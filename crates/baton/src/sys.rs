@@ -161,6 +161,9 @@ pub(crate) struct ExecPlan {
     /// Sources (numbered at or above `3 + fds.len()`, so that no target clobbers a
     /// source) moved to 3, 4, ... in the child.
     fds: Vec<OwnedFd>,
+    /// Sent to the child when this process dies (`PR_SET_PDEATHSIG`), with this
+    /// process's PID to detect a death before the setting took effect.
+    death_signal: Option<(i32, libc::pid_t)>,
 }
 
 // SAFETY: the raw pointers point into heap storage owned by the same struct (`_argv`,
@@ -225,7 +228,20 @@ impl ExecPlan {
             envp_ptrs,
             pid_slot,
             fds,
+            death_signal: None,
         })
+    }
+
+    /// The child gets `signal` when this process dies (Linux's parent-death signal):
+    /// a worker of a master that was killed drains instead of running unsupervised.
+    ///
+    /// The kernel sends it when the *thread* that forked exits, so only a process that
+    /// forks from a thread living as long as itself may ask for it (`baton run`'s
+    /// master runs a single-threaded runtime).
+    pub(crate) fn on_parent_death(&mut self, signal: i32) {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        self.death_signal = Some((signal, me));
     }
 
     /// Runs in the forked child (from `pre_exec`): only async-signal-safe calls, no
@@ -237,6 +253,19 @@ impl ExecPlan {
             // socket survives the exec; the source (close-on-exec) does not.
             if unsafe { libc::dup2(fd.as_raw_fd(), 3 + i as RawFd) } < 0 {
                 return io::Error::last_os_error();
+            }
+        }
+        if let Some((signal, parent)) = self.death_signal {
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers and touches no memory;
+            // getppid has no preconditions. Both are async-signal-safe.
+            unsafe {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                    return io::Error::last_os_error();
+                }
+                // The parent died before the setting took effect: do not start.
+                if libc::getppid() != parent {
+                    return io::Error::from_raw_os_error(libc::ESRCH);
+                }
             }
         }
         // SAFETY: getpid has no preconditions.
