@@ -85,7 +85,7 @@ struct Args {
     finalizers: Vec<(String, Duration)>,
 
     /// Time limit of each finalizer.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limit)]
     finalizer_timeout: Duration,
 }
 
@@ -93,38 +93,15 @@ fn parse_finalizer(s: &str) -> Result<(String, Duration), String> {
     let (name, dur) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=DURATION (e.g. db=2s)"))?;
-    Ok((name.to_owned(), limit(dur)?))
+    Ok((name.to_owned(), limit(dur).map_err(|e| e.to_string())?))
 }
 
-/// One message shape for every bad duration: the value, what would be right, an
-/// example; clap exits 2 for all of them.
-fn duration(s: &str, min: Duration) -> Result<Duration, String> {
-    const MAX: Duration = Duration::from_secs(86_400);
-    let wrong = |why: &str| {
-        format!(
-            "`{s}` {why}; expected a duration from {} to 24h with a unit, e.g. 500ms, 30s, 2m",
-            if min.is_zero() { "0s" } else { "1ms" }
-        )
-    };
-    let d = humantime::parse_duration(s.trim()).map_err(|_| {
-        if s.trim().bytes().all(|b| b.is_ascii_digit()) && !s.trim().is_empty() {
-            wrong("has no unit")
-        } else {
-            wrong("is not a duration")
-        }
-    })?;
-    if d < min || d > MAX {
-        return Err(wrong("is out of range"));
-    }
-    Ok(d)
+fn limit(s: &str) -> Result<Duration, baton::Error> {
+    baton::parse_duration(s, Duration::from_millis(1))
 }
 
-fn limit(s: &str) -> Result<Duration, String> {
-    duration(s, Duration::from_millis(1))
-}
-
-fn delay(s: &str) -> Result<Duration, String> {
-    duration(s, Duration::ZERO)
+fn delay(s: &str) -> Result<Duration, baton::Error> {
+    baton::parse_duration(s, Duration::ZERO)
 }
 
 fn main() -> ExitCode {

@@ -91,7 +91,9 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
     match s {
         "notify" => Ok(Readiness::Notify),
         _ => match s.strip_prefix("delay=") {
-            Some(d) => duration(d, Duration::ZERO).map(Readiness::Delay),
+            Some(d) => baton::parse_duration(d, Duration::ZERO)
+                .map(Readiness::Delay)
+                .map_err(|e| e.to_string()),
             None => Err(format!(
                 "`{s}`: expected `notify` or `delay=DURATION`, e.g. delay=500ms"
             )),
@@ -99,31 +101,8 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
     }
 }
 
-/// One message shape for every bad duration: the value, what would be right, an example.
-fn duration(s: &str, min: Duration) -> Result<Duration, String> {
-    const MAX: Duration = Duration::from_secs(86_400);
-    let wrong = |why: &str| {
-        format!(
-            "`{s}` {why}; expected a duration from {} to 24h with a unit, e.g. 500ms, 30s, 2m",
-            if min.is_zero() { "0s" } else { "1ms" }
-        )
-    };
-    let t = s.trim();
-    let d = humantime::parse_duration(t).map_err(|_| {
-        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-            wrong("has no unit")
-        } else {
-            wrong("is not a duration")
-        }
-    })?;
-    if d < min || d > MAX {
-        return Err(wrong("is out of range"));
-    }
-    Ok(d)
-}
-
-fn limit(s: &str) -> Result<Duration, String> {
-    duration(s, Duration::from_millis(1))
+fn limit(s: &str) -> Result<Duration, baton::Error> {
+    baton::parse_duration(s, Duration::from_millis(1))
 }
 
 fn main() -> ExitCode {

@@ -227,3 +227,68 @@ async fn a_killed_master_leaves_no_worker_behind() {
         wait_until("the worker of the killed master exits", || !alive(worker));
     });
 }
+
+/// Bad input: a command that does not exist is named (exit 1, nothing keeps running); a
+/// bad duration or readiness gets the shared message shape (exit 2).
+#[test]
+fn bad_input_is_named_with_the_right_exit_status() {
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "/nonexistent/server",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot start /nonexistent/server: No such file or directory"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--",
+        "no-such-command-here",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not found in PATH"), "{err}");
+    let (code, err) = run(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--drain-timeout",
+        "5",
+        "--",
+        "x",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`5` has no unit"), "{err}");
+    let (code, err) = run(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "soon",
+        "--",
+        "x",
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("expected `notify` or `delay=DURATION`"),
+        "{err}"
+    );
+    let (code, err) = run(&["run", "--listen", "nowhere", "--", "x"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("invalid listen address `nowhere`"), "{err}");
+}

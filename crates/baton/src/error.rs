@@ -53,6 +53,19 @@ pub enum Error {
         max: Duration,
     },
 
+    /// A duration given as text (a command-line value) is malformed or out of range.
+    #[error(
+        "`{input}` {why}; expected a duration from {min} to 24h with a unit, e.g. 500ms, 30s, 2m"
+    )]
+    BadDuration {
+        /// The text as given.
+        input: String,
+        /// What is wrong: "is not a duration", "has no unit", "is out of range".
+        why: &'static str,
+        /// The smallest accepted value, as text ("0s" or "1ms").
+        min: &'static str,
+    },
+
     /// A signal name or number was not recognised.
     #[error(
         "unknown signal `{input}`: expected one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM (the SIG prefix and lower case are accepted) or its number"
@@ -198,6 +211,43 @@ pub(crate) fn check_limit(what: &'static str, value: Duration) -> Result<Duratio
             max: MAX_LIMIT,
         })
     }
+}
+
+/// Parses a duration given on a command line (`500ms`, `30s`, `2m`, `1h 30m`): at
+/// least `min` (pass [`Duration::ZERO`] for a delay that may be none, or 1 ms for a
+/// deadline), at most 24 h, and always with a unit. Every bad value gets one message
+/// shape: the value, what is wrong, what would be right, an example. The demo and
+/// `baton run` use it for all their duration options.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(baton::parse_duration("1m 30s", Duration::ZERO)?, Duration::from_secs(90));
+/// let err = baton::parse_duration("5", Duration::ZERO).unwrap_err().to_string();
+/// assert_eq!(err, "`5` has no unit; expected a duration from 0s to 24h with a unit, e.g. 500ms, 30s, 2m");
+/// # Ok::<(), baton::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// [`Error::BadDuration`].
+pub fn parse_duration(s: &str, min: Duration) -> Result<Duration, Error> {
+    let t = s.trim();
+    let bad = |why| Error::BadDuration {
+        input: s.to_owned(),
+        why,
+        min: if min.is_zero() { "0s" } else { "1ms" },
+    };
+    let d = humantime::parse_duration(t).map_err(|_| {
+        if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+            bad("has no unit")
+        } else {
+            bad("is not a duration")
+        }
+    })?;
+    if d < min || d > MAX_LIMIT {
+        return Err(bad("is out of range"));
+    }
+    Ok(d)
 }
 
 /// Checks a delay, which may be zero (meaning "none").

@@ -78,7 +78,7 @@ mod tracker;
 #[cfg(feature = "http")]
 pub mod http;
 
-pub use error::Error;
+pub use error::{Error, parse_duration};
 pub use handoff::{RestartFailure, Restarted};
 pub use hook::{HookOutcome, HookReport};
 pub use listener::{IntoListenAddr, ListenAddr, Listener};

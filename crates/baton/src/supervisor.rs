@@ -159,19 +159,25 @@ fn resolve(program: &OsString) -> Result<PathBuf, RestartFailure> {
             .map(|p| std::env::split_paths(&p).map(|d| d.join(given)).collect())
             .unwrap_or_default()
     };
-    let mut last = None;
+    let searched = !program.as_encoded_bytes().contains(&b'/');
+    let mut found_unusable = None;
     for path in candidates {
+        let exists = path.exists();
         let program = handoff::Program {
             exe: path,
             args: Vec::new(),
         };
         match program.check() {
             Ok(()) => return Ok(program.exe),
-            Err(e) => last = Some(e),
+            // A file that exists but cannot run says more than "not found".
+            Err(e) if exists || !searched => found_unusable = found_unusable.or(Some(e)),
+            Err(_) => {}
         }
     }
-    Err(last.unwrap_or_else(|| RestartFailure::Executable {
-        path: given.to_owned(),
-        reason: "not found in PATH".into(),
-    }))
+    Err(
+        found_unusable.unwrap_or_else(|| RestartFailure::Executable {
+            path: given.to_owned(),
+            reason: "not found in PATH".into(),
+        }),
+    )
 }

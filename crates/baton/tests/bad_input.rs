@@ -60,6 +60,7 @@ fn every_bad_duration_gets_one_message_shape_and_exit_2() {
         ("--idle-grace", "1x", "is not a duration"),
         ("--ready-timeout", "0ms", "is out of range"),
         ("--finalizer", "db=0s", "is out of range"),
+        ("--finalizer-timeout", "0s", "is out of range"),
     ] {
         let (code, err) = run(&["--listen", "127.0.0.1:0", flag, value]);
         assert_eq!(code, Some(2), "{flag} {value}: {err}");
