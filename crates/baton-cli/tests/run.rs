@@ -22,11 +22,7 @@ struct Master {
 
 impl Master {
     fn start(ready: &str, command: &[&str]) -> Master {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
             .args([

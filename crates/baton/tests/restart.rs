@@ -99,8 +99,8 @@ async fn twenty_restarts_under_load_lose_nothing() {
     for generation in 2..=21 {
         signal_pid(pid, "HUP");
         pid = demo.wait_ready(generation);
-        // Let the clients reach the new generation before the next restart.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The new generation answers before the next restart.
+        support::wait_answered_by(&demo.addr, pid).await;
     }
     let (a, b) = (new_conn.stop().await, keep_alive.stop().await);
     assert!(a.failures.is_empty(), "new connections: {:?}", a.failures);
@@ -226,8 +226,8 @@ async fn full_restart_keeps_the_pid_and_refuses_no_connection() {
     assert_eq!(demo.wait_ready(2), demo.pid, "same PID");
     let slept = sleeping.await.unwrap().unwrap();
     assert_eq!(slept.status, 200, "the request in flight finished first");
-    // Serve a while after the exec, then check.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The program executed anew answers, with the clients still running.
+    support::wait_answered_by(&demo.addr, demo.pid).await;
     let tally = load.stop().await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
     assert_eq!(tally.pids.into_iter().collect::<Vec<_>>(), [demo.pid]);

@@ -71,11 +71,7 @@ async fn systemd_socket_activate_hands_the_demo_its_socket() {
         Command::new(tool).arg("--help").output().is_ok(),
         "{tool} is missing: install Debian's `systemd` package (.ci/run does)"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let mut cmd = Command::new(tool);
     cmd.args(["-l", &addr, "--fdname=http"])

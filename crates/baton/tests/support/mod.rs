@@ -223,6 +223,29 @@ pub fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// A port the kernel just handed out on loopback, for a program that binds it itself.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until `GET /pid` on a new connection is answered by `pid`.
+pub async fn wait_answered_by(addr: &str, pid: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(resp) = get(addr, "/pid").await
+            && resp.body.trim() == pid.to_string()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} never answered on {addr}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits (bounded) until `cond` holds.
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
