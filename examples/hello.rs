@@ -84,6 +84,14 @@ struct Args {
     #[arg(long = "finalizer", value_name = "NAME=DURATION", value_parser = parse_finalizer)]
     finalizers: Vec<(String, Duration)>,
 
+    /// Be your own master (GoFrame's model): this process keeps its PID, holds the
+    /// sockets and runs the program again as its worker; SIGHUP reloads the worker
+    /// (a new one, then the old drains), SIGTERM stops. --pidfile then names the
+    /// master (locked), and the control socket is beside it (.sock) for
+    /// `baton reload --pidfile PATH`.
+    #[arg(long)]
+    master: bool,
+
     /// Time limit of each finalizer.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limit)]
     finalizer_timeout: Duration,
@@ -105,7 +113,7 @@ fn delay(s: &str) -> Result<Duration, baton::Error> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -113,6 +121,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if args.master {
+        if !baton::supervisor::is_worker() {
+            return be_the_master(&args);
+        }
+        // The worker of our own master: the pidfile is the master's.
+        args.pidfile = None;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,6 +148,51 @@ fn main() -> ExitCode {
                 eprintln!("  caused by: {cause}");
                 source = cause.source();
             }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// GoFrame's model: the master of this same program, with the same arguments.
+fn be_the_master(args: &Args) -> ExitCode {
+    let build = || -> Result<baton::supervisor::Master, baton::Error> {
+        let mut master = baton::supervisor::Master::this_program()?
+            .ready_timeout(args.ready_timeout)
+            .drain_timeout(args.drain_timeout);
+        if let Some(path) = &args.pidfile {
+            master = master
+                .pidfile(path)
+                .control_socket(path.with_extension("sock"));
+        }
+        // Named as `Server::bind` names them in the worker: http, http-2, ...
+        for (i, addr) in args.listen.iter().enumerate() {
+            let name = match i {
+                0 => "http".to_owned(),
+                _ => format!("http-{}", i + 1),
+            };
+            master = master.listener(baton::Listener::bind(name, addr)?);
+        }
+        master.build()
+    };
+    // One thread: workers are forked from it, and their parent-death signal is tied
+    // to it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match (build(), runtime) {
+        (Ok(master), Ok(rt)) => match rt.block_on(master.run()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            }
+        },
+        (Err(e), _) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+        (_, Err(e)) => {
+            eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::from(1)
         }
     }

@@ -20,7 +20,16 @@ server.socket = socket.socket(fileno=3)
 server.daemon_threads = False
 def drain(*_):
     threading.Thread(target=server.shutdown).start()
-signal.signal(signal.SIGTERM, drain)
+if os.environ.get("PYWORKER_IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, drain)
+if os.environ.get("PYWORKER_NOTIFY"):
+    # Garbage first, as a broken library might send it; then the real READY=1.
+    n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    n.sendto(b"\xff\xfe not key=value", os.environ["NOTIFY_SOCKET"])
+    n.sendto(b"STATUS=warming up", os.environ["NOTIFY_SOCKET"])
+    n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 print("python worker %d serving" % os.getpid(), file=sys.stderr, flush=True)
 server.serve_forever()
 server.server_close()

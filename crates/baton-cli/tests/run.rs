@@ -60,7 +60,7 @@ impl Master {
             pid,
             addr,
         };
-        master.wait_log("worker ready", 1);
+        master.wait_log(" ready in ", 1);
         master
     }
 
@@ -93,7 +93,7 @@ impl Master {
     fn worker_pids(&self) -> Vec<u32> {
         let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
         log.iter()
-            .filter(|l| l.contains("worker ready"))
+            .filter(|l| l.contains(" ready in "))
             .filter_map(|l| {
                 let digits: String = l
                     .split("worker=")
@@ -131,9 +131,9 @@ async fn a_python_server_reloads_twenty_times_without_a_failed_request() {
     let load = Load::start(&master.addr, 3, false);
     for n in 1..=20 {
         signal_pid(master.pid, "HUP");
-        master.wait_log_off_runtime("reloaded: the new worker serves", n);
+        master.wait_log_off_runtime("reloaded: gen", n);
     }
-    master.wait_log_off_runtime("drained worker exited", 20);
+    master.wait_log_off_runtime(") after ", 20);
     let tally = load.stop().await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
     assert!(tally.ok > 100, "{}", tally.ok);
@@ -170,7 +170,7 @@ async fn the_demo_under_baton_run_reloads_with_keep_alive_clients() {
     let new_conn = Load::start(&master.addr, 2, false);
     for n in 1..=10 {
         signal_pid(master.pid, "HUP");
-        master.wait_log_off_runtime("reloaded: the new worker serves", n);
+        master.wait_log_off_runtime("reloaded: gen", n);
     }
     let (a, b) = (keep_alive.stop().await, new_conn.stop().await);
     assert!(a.failures.is_empty(), "keep-alive: {:?}", a.failures);
@@ -202,7 +202,7 @@ async fn a_failed_reload_leaves_the_old_worker_serving() {
     std::fs::write(&flag, b"").unwrap();
     let load = Load::start(&master.addr, 2, false);
     signal_pid(master.pid, "HUP");
-    let line = master.wait_log_off_runtime("reload failed, the old worker serves on", 1);
+    let line = master.wait_log_off_runtime("reload failed, the serving worker serves on", 1);
     assert!(line.contains("exited before it was ready"), "{line}");
     let tally = load.stop().await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);

@@ -162,6 +162,20 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// Another master holds the pidfile (two masters of one name cannot run).
+    #[error("{} is locked by a running master{}; stop it first, or choose another name or pidfile", path.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    MasterRunning {
+        /// The pidfile's path.
+        path: std::path::PathBuf,
+        /// The PID it names.
+        pid: Option<u32>,
+    },
+
+    /// A master setting is unusable (an empty command, a signal both mapped and
+    /// forwarded, ...).
+    #[error("{0}")]
+    Master(String),
+
     /// A signal was mapped to two actions.
     #[error(
         "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"

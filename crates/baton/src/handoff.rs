@@ -160,7 +160,7 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 8] = [
+    const OURS: [&str; 9] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
@@ -169,6 +169,7 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         READY_SOCKET,
         GENERATION,
         DRAINING,
+        notify::MASTER_PID,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))

@@ -29,6 +29,9 @@ pub(crate) const GENERATION: &str = "BATON_GENERATION";
 pub(crate) const RESTART_SIGNAL: &str = "BATON_RESTART_SIGNAL";
 /// Older generations still draining, `pid:starttime,...`: the cap on generations alive.
 pub(crate) const DRAINING: &str = "BATON_DRAINING";
+/// Set by a master (`baton run`, or an app that is its own master) for its workers: the
+/// master's PID.
+pub(crate) const MASTER_PID: &str = "BATON_MASTER_PID";
 
 /// What this process learned from its environment at start.
 #[derive(Debug)]

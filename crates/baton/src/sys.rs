@@ -321,6 +321,74 @@ fn write_decimal(out: &mut [u8], mut n: u32) {
     out[len] = 0;
 }
 
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` if this open file now holds the lock,
+/// `Ok(false)` if another open file (another process) holds it. The lock lives as long
+/// as the descriptor (and its duplicates).
+pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock(2) takes a descriptor, borrowed and so open for the call, and flags.
+    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
+}
+
+/// Makes this process a child subreaper (Linux): orphans among its descendants are
+/// re-parented to it instead of to init, so that it can reap them.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reaps exited children that are not in `keep` (processes someone else waits for):
+/// each exited child is looked at without being reaped (`WNOWAIT`); one in `keep`
+/// ends the pass, the others are reaped. Returns the PIDs reaped. Bounded: at most
+/// `max` children per call.
+pub(crate) fn reap_orphans(keep: &[u32], max: usize) -> Vec<u32> {
+    let mut reaped = Vec::new();
+    for _ in 0..max {
+        // SAFETY: siginfo_t is plain data; all-zero is a valid value, and waitid
+        // writes into it only for the duration of the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one siginfo_t into memory we own; WNOWAIT leaves the
+        // child waitable, WNOHANG makes the call return at once.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid for a siginfo_t filled in for an exited child, and
+        // zero (from the zeroed value) when there was none.
+        let pid = unsafe { info.si_pid() };
+        if r != 0 || pid <= 0 {
+            break;
+        }
+        if keep.iter().any(|k| i64::from(*k) == i64::from(pid)) {
+            break;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes one int into memory we own; `pid` is positive and
+        // names the exited child just seen, which no one else waits for.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped.push(pid.unsigned_abs());
+        } else {
+            break;
+        }
+    }
+    reaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

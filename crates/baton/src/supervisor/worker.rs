@@ -1,6 +1,4 @@
-//! A worker process that takes its listening sockets by systemd's socket-activation
-//! protocol and reports readiness by its notify protocol: the building block of
-//! `baton run`, for servers in any language. Knows nothing of HTTP.
+//! One worker process.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -52,6 +50,16 @@ impl Worker {
         listeners: &[Listener],
         on_master_death: Option<Signal>,
     ) -> Result<Worker, Error> {
+        Worker::spawn_with(command, listeners, on_master_death, Vec::new())
+    }
+
+    /// [`spawn`](Worker::spawn) with `env` added to the worker's environment.
+    pub(crate) fn spawn_with(
+        command: &[OsString],
+        listeners: &[Listener],
+        on_master_death: Option<Signal>,
+        extra_env: Vec<(OsString, OsString)>,
+    ) -> Result<Worker, Error> {
         let Some(program) = command.first() else {
             return Err(Error::Worker(RestartFailure::Spawn(
                 "no command given".into(),
@@ -61,10 +69,11 @@ impl Worker {
         let notify = notify::Listener::bind().map_err(|e| {
             Error::Worker(RestartFailure::Spawn(format!("private notify socket: {e}")))
         })?;
-        let env = vec![(
+        let mut env = vec![(
             OsString::from(NOTIFY_SOCKET),
             notify.path().as_os_str().to_owned(),
         )];
+        env.extend(extra_env);
         let fds: Vec<(&str, BorrowedFd<'_>)> =
             listeners.iter().map(|l| (l.name(), l.as_fd())).collect();
         let spawned = handoff::launch(
@@ -85,7 +94,8 @@ impl Worker {
     }
 
     /// Waits until the worker is ready: `READY=1` or the delay passed, within
-    /// `timeout` of its start.
+    /// `timeout` of its start. Both are counted from the start, so the future can be
+    /// dropped and called again (in a `select!` loop) without moving the deadline.
     ///
     /// # Errors
     ///
@@ -100,6 +110,7 @@ impl Worker {
             Readiness::Notify => self.spawned.ready(timeout).await.map(|_| ()),
             Readiness::Delay(delay) => {
                 let pid = self.pid();
+                let until = self.spawned.started + delay.min(timeout);
                 tokio::select! {
                     status = self.spawned.wait() => Err(RestartFailure::Exited {
                         pid,
@@ -108,7 +119,7 @@ impl Worker {
                             Err(e) => e.to_string(),
                         },
                     }),
-                    () = tokio::time::sleep(delay.min(timeout)) => {
+                    () = tokio::time::sleep_until(until) => {
                         if delay > timeout {
                             Err(RestartFailure::NotReady { pid, deadline: timeout })
                         } else {
@@ -150,7 +161,7 @@ impl Worker {
 
 /// `program` as a path to an executable: as given if it contains a `/`, else the first
 /// match in `PATH`.
-fn resolve(program: &OsString) -> Result<PathBuf, RestartFailure> {
+pub(crate) fn resolve(program: &OsString) -> Result<PathBuf, RestartFailure> {
     let given = Path::new(program);
     let candidates: Vec<PathBuf> = if program.as_encoded_bytes().contains(&b'/') {
         vec![given.to_owned()]

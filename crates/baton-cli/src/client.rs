@@ -1,0 +1,535 @@
+//! `baton stop`, `reload`, `restart` and `status`: clients of a master's control
+//! socket, with a fallback to signals when the socket is gone.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use baton::supervisor::{Holder, pidfile_holder};
+
+/// Exit status: done.
+const OK: u8 = 0;
+/// Exit status: the command failed (the reason is printed).
+const FAILED: u8 = 1;
+/// Exit status: nothing of that name runs.
+const NOT_RUNNING: u8 = 3;
+
+/// Which master a command is for.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The master's name (as given to `baton start --name` or `baton run --name`).
+    #[arg(long, value_name = "NAME", value_parser = parse_name, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+    name: Option<String>,
+
+    /// The master's pidfile instead of a name (its control socket is beside it, with
+    /// the extension .sock).
+    #[arg(long, value_name = "PATH")]
+    pidfile: Option<PathBuf>,
+
+    /// The run directory the master was started with.
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+
+    /// How long to wait for the outcome.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = crate::limit)]
+    timeout: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    target: Target,
+
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A master's files.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub(crate) pidfile: PathBuf,
+    pub(crate) socket: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) label: String,
+}
+
+impl Paths {
+    pub(crate) fn named(dir: &Path, name: &str) -> Paths {
+        Paths {
+            pidfile: dir.join(format!("{name}.pid")),
+            socket: dir.join(format!("{name}.sock")),
+            log: dir.join(format!("{name}.log")),
+            label: name.to_owned(),
+        }
+    }
+
+    fn of(t: &Target) -> Result<Paths, String> {
+        match (&t.name, &t.pidfile) {
+            (Some(name), _) => Ok(Paths::named(&run_dir(t.run_dir.as_deref(), false)?, name)),
+            (None, Some(p)) => Ok(Paths {
+                pidfile: p.clone(),
+                socket: p.with_extension("sock"),
+                log: p.with_extension("log"),
+                label: p.display().to_string(),
+            }),
+            (None, None) => Err("give --name or --pidfile".into()),
+        }
+    }
+}
+
+/// A master name: used in file names, so letters, digits, `.`, `_`, `-`.
+pub(crate) fn parse_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}`: a name is 1 to 64 letters, digits, `.`, `_` or `-`, not starting with `.`"
+        ))
+    }
+}
+
+/// The run directory: as given, else `$XDG_RUNTIME_DIR/baton`, else `/tmp/baton-UID`.
+/// With `create`, it is made (mode 0700) if missing and must be writable.
+pub(crate) fn run_dir(given: Option<&Path>, create: bool) -> Result<PathBuf, String> {
+    let uid = rustix::process::geteuid().as_raw();
+    let dir = match given {
+        Some(d) => d.to_owned(),
+        None => match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+            Some(x) if x.is_dir() => x.join("baton"),
+            _ => std::env::temp_dir().join(format!("baton-{uid}")),
+        },
+    };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    if !create {
+        return Ok(dir);
+    }
+    let shown = dir.display();
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+    {
+        return Err(format!("cannot create the run directory {shown}: {e}"));
+    }
+    let meta = std::fs::metadata(&dir).map_err(|e| format!("run directory {shown}: {e}"))?;
+    if given.is_none() && (meta.uid() != uid || meta.permissions().mode() & 0o022 != 0) {
+        return Err(format!(
+            "the run directory {shown} belongs to another user or others can write to it; give --run-dir"
+        ));
+    }
+    // Writable? Try, rather than guess from the mode bits.
+    let probe = dir.join(format!(".probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .map_err(|e| format!("the run directory {shown} is not writable: {e}"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(dir)
+}
+
+/// What runs under `paths`: `Ok(pid)`, or the exit code and message for "nothing".
+fn running(paths: &Paths) -> Result<u32, (u8, String)> {
+    match pidfile_holder(&paths.pidfile) {
+        Ok(Holder::Running(pid)) => Ok(pid),
+        Ok(Holder::None) => Err((
+            NOT_RUNNING,
+            format!(
+                "nothing named {} runs (no pidfile at {})",
+                paths.label,
+                paths.pidfile.display()
+            ),
+        )),
+        Ok(Holder::Stale(pid)) => Err((
+            NOT_RUNNING,
+            format!(
+                "nothing named {} runs: {} is stale{}",
+                paths.label,
+                paths.pidfile.display(),
+                pid.map(|p| format!(" (process {p} is gone)"))
+                    .unwrap_or_default()
+            ),
+        )),
+        Err(e) => Err((FAILED, format!("{}: {e}", paths.pidfile.display()))),
+    }
+}
+
+/// The end of one control conversation.
+enum End {
+    Ok(String),
+    Error(String),
+}
+
+/// Sends `command` and passes every line to `on_line` until the final one.
+fn converse(
+    socket: &Path,
+    command: &str,
+    timeout: Duration,
+    mut on_line: impl FnMut(&str),
+) -> std::io::Result<End> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.write_all(format!("{command}\n").as_bytes())?;
+    let deadline = Instant::now() + timeout;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no outcome within {timeout:?}"),
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the master closed the connection without an outcome",
+            ));
+        }
+        let line = line.trim_end();
+        if let Some(rest) = line.strip_prefix("ok ") {
+            return Ok(End::Ok(rest.to_owned()));
+        }
+        if let Some(rest) = line.strip_prefix("error ") {
+            return Ok(End::Error(rest.to_owned()));
+        }
+        on_line(line);
+    }
+}
+
+fn socket_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+    )
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("baton: {msg}");
+    ExitCode::from(code)
+}
+
+/// A command with progress: the lines are shown as they come.
+fn act(t: &Target, command: &str, fallback: Option<rustix::process::Signal>) -> ExitCode {
+    let paths = match Paths::of(t) {
+        Ok(p) => p,
+        Err(e) => return fail(FAILED, e),
+    };
+    let pid = match running(&paths) {
+        Ok(pid) => pid,
+        Err((code, msg)) => return fail(code, msg),
+    };
+    let t0 = Instant::now();
+    let shown = |line: &str| {
+        let text = line.strip_prefix("progress ").unwrap_or(line);
+        println!("{} ... {text}", paths.label);
+    };
+    match converse(&paths.socket, command, t.timeout, shown) {
+        Ok(End::Ok(msg)) => {
+            println!(
+                "{}: {command} done in {:.2} s: {msg}",
+                paths.label,
+                t0.elapsed().as_secs_f64()
+            );
+            if command == "stop" {
+                return wait_gone(&paths, pid, t.timeout);
+            }
+            ExitCode::from(OK)
+        }
+        Ok(End::Error(msg)) => fail(FAILED, format!("{}: {command} failed: {msg}", paths.label)),
+        Err(e) if socket_gone(&e) => match fallback {
+            Some(sig) => {
+                let Some(p) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
+                else {
+                    return fail(FAILED, format!("bad pid {pid}"));
+                };
+                if let Err(e) = rustix::process::kill_process(p, sig) {
+                    return fail(FAILED, format!("cannot signal master pid {pid}: {e}"));
+                }
+                eprintln!(
+                    "baton: the control socket {} is gone ({e}); sent {sig:?} to master pid {pid} instead",
+                    paths.socket.display()
+                );
+                if command == "stop" {
+                    wait_gone(&paths, pid, t.timeout)
+                } else {
+                    eprintln!(
+                        "baton: the outcome is not known without the control socket; see the master's log"
+                    );
+                    ExitCode::from(OK)
+                }
+            }
+            None => fail(
+                FAILED,
+                format!(
+                    "the control socket {} is gone ({e}) and no signal does a {command}; master pid {pid} was left alone",
+                    paths.socket.display()
+                ),
+            ),
+        },
+        Err(e) => fail(FAILED, format!("{}: {command}: {e}", paths.label)),
+    }
+}
+
+/// Waits until the master is gone (its pidfile lock released).
+fn wait_gone(paths: &Paths, pid: u32, timeout: Duration) -> ExitCode {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !matches!(pidfile_holder(&paths.pidfile), Ok(Holder::Running(p)) if p == pid) {
+            println!("{}: master pid {pid} exited", paths.label);
+            return ExitCode::from(OK);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail(
+        FAILED,
+        format!("master pid {pid} still runs after {timeout:?}"),
+    )
+}
+
+pub(crate) fn stop(t: &Target) -> ExitCode {
+    act(t, "stop", Some(rustix::process::Signal::TERM))
+}
+
+pub(crate) fn reload(t: &Target) -> ExitCode {
+    act(t, "reload", Some(rustix::process::Signal::HUP))
+}
+
+pub(crate) fn restart(t: &Target) -> ExitCode {
+    act(t, "restart", None)
+}
+
+/// The status lines a master sends, parsed.
+#[derive(Debug, Default)]
+pub(crate) struct Status {
+    master_pid: u32,
+    uptime_ms: u64,
+    state: String,
+    generation: u32,
+    workers: Vec<(u32, u32, String, u64, Option<u64>)>,
+    listeners: Vec<(String, String)>,
+    reloads: (u64, u64),
+    last: Option<(String, String, u64, u64, String)>,
+}
+
+impl Status {
+    fn parse(lines: &[String]) -> Status {
+        let mut s = Status::default();
+        for line in lines {
+            let Some(rest) = line.strip_prefix("status ") else {
+                continue;
+            };
+            let mut f = rest.splitn(6, ' ');
+            let key = f.next().unwrap_or_default();
+            let v: Vec<&str> = f.collect();
+            let num = |i: usize| v.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+            let text = |i: usize| v.get(i).copied().unwrap_or_default().to_owned();
+            match key {
+                "master_pid" => s.master_pid = u32::try_from(num(0)).unwrap_or(0),
+                "uptime_ms" => s.uptime_ms = num(0),
+                "state" => s.state = text(0),
+                "generation" => s.generation = u32::try_from(num(0)).unwrap_or(0),
+                "worker" => s.workers.push((
+                    u32::try_from(num(0)).unwrap_or(0),
+                    u32::try_from(num(1)).unwrap_or(0),
+                    text(2),
+                    num(3),
+                    v.get(4).and_then(|x| x.parse().ok()),
+                )),
+                "listener" => s
+                    .listeners
+                    .push((text(0), v.get(1..).unwrap_or_default().join(" "))),
+                "reloads" => s.reloads = (num(0), num(1)),
+                "last" => {
+                    let detail = v.get(4..).unwrap_or_default().join(" ");
+                    s.last = Some((text(0), text(1), num(2), num(3), detail));
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn json(&self, name: &str) -> serde_json::Value {
+        serde_json::json!({
+            "name": name,
+            "master_pid": self.master_pid,
+            "uptime_ms": self.uptime_ms,
+            "state": self.state,
+            "generation": self.generation,
+            "workers": self.workers.iter().map(|(g, pid, role, age, socks)| serde_json::json!({
+                "generation": g, "pid": pid, "role": role, "age_ms": age,
+                // Sockets the worker holds besides the listeners (its connections,
+                // roughly), from /proc; null where unreadable.
+                "open_sockets": socks,
+            })).collect::<Vec<_>>(),
+            "listeners": self.listeners.iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a})).collect::<Vec<_>>(),
+            "reloads": {"ok": self.reloads.0, "failed": self.reloads.1},
+            "last_reload": self.last.as_ref().map(|(kind, outcome, took, ago, detail)| serde_json::json!({
+                "kind": kind, "outcome": outcome, "duration_ms": took, "ago_ms": ago, "detail": detail,
+            })),
+        })
+    }
+
+    fn table(&self, name: &str) -> String {
+        let mut out = format!(
+            "{name}: master pid {}, up {}, {}\n",
+            self.master_pid,
+            human(self.uptime_ms),
+            self.state
+        );
+        for (g, pid, role, age, socks) in &self.workers {
+            out.push_str(&format!(
+                "  gen {g:<4} pid {pid:<8} {role:<9} up {:<10} {}\n",
+                human(*age),
+                socks.map_or_else(|| "sockets: ?".to_owned(), |n| format!("{n} open sockets"))
+            ));
+        }
+        for (n, a) in &self.listeners {
+            out.push_str(&format!("  listen {n:<10} {a}\n"));
+        }
+        out.push_str(&format!(
+            "  reloads {} ok, {} failed",
+            self.reloads.0, self.reloads.1
+        ));
+        if let Some((kind, outcome, took, ago, detail)) = &self.last {
+            out.push_str(&format!(
+                "; last: {kind} {outcome} in {took} ms, {} ago ({detail})",
+                human(*ago)
+            ));
+        }
+        out
+    }
+}
+
+fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// Asks for the status; `Err` with the exit code and message if there is none.
+pub(crate) fn query(paths: &Paths, timeout: Duration) -> Result<Status, String> {
+    let mut lines = Vec::new();
+    match converse(&paths.socket, "status", timeout, |l| {
+        lines.push(l.to_owned())
+    }) {
+        Ok(End::Ok(_)) => Ok(Status::parse(&lines)),
+        Ok(End::Error(e)) => Err(e),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Status {
+    pub(crate) fn serving(&self) -> bool {
+        self.state == "serving"
+    }
+
+    pub(crate) fn summary(&self) -> String {
+        let worker = self
+            .workers
+            .iter()
+            .find(|w| w.2 == "serving")
+            .map(|w| format!("worker gen {} pid {}", w.0, w.1))
+            .unwrap_or_else(|| "no worker".into());
+        let listen: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|(n, a)| format!("{n} {a}"))
+            .collect();
+        format!(
+            "master pid {}, {worker}, listening on {}",
+            self.master_pid,
+            listen.join(", ")
+        )
+    }
+}
+
+pub(crate) fn status(a: &StatusArgs) -> ExitCode {
+    let paths = match Paths::of(&a.target) {
+        Ok(p) => p,
+        Err(e) => return fail(FAILED, e),
+    };
+    let pid = match running(&paths) {
+        Ok(pid) => pid,
+        Err((code, msg)) => {
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"name": paths.label, "running": false, "reason": msg})
+                );
+                return ExitCode::from(code);
+            }
+            return fail(code, msg);
+        }
+    };
+    match query(&paths, a.target.timeout) {
+        Ok(s) => {
+            if a.json {
+                let mut v = s.json(&paths.label);
+                v["running"] = serde_json::Value::Bool(true);
+                println!("{v}");
+            } else {
+                println!("{}", s.table(&paths.label));
+            }
+            ExitCode::from(OK)
+        }
+        Err(e) => fail(
+            FAILED,
+            format!(
+                "master pid {pid} runs, but its control socket {} does not answer: {e}",
+                paths.socket.display()
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_file_name_safe() {
+        assert!(parse_name("web-1.api_v2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            assert!(parse_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn status_lines_parse_into_json() {
+        let lines: Vec<String> = [
+            "status master_pid 10",
+            "status uptime_ms 61000",
+            "status state serving",
+            "status generation 3",
+            "status worker 3 12 serving 500 4",
+            "status worker 2 11 draining 900 -",
+            "status listener http 127.0.0.1:8080",
+            "status listener admin unix:/run/a b.sock",
+            "status reloads 2 1",
+            "status last reload ok 42 500 gen 3 pid 12",
+        ]
+        .map(String::from)
+        .to_vec();
+        let s = Status::parse(&lines);
+        let v = s.json("web");
+        assert_eq!(v["master_pid"], 10);
+        assert_eq!(v["workers"][0]["open_sockets"], 4);
+        assert!(v["workers"][1]["open_sockets"].is_null());
+        assert_eq!(v["listeners"][1]["addr"], "unix:/run/a b.sock");
+        assert_eq!(v["last_reload"]["duration_ms"], 42);
+        assert_eq!(v["last_reload"]["detail"], "gen 3 pid 12");
+        assert!(s.table("web").contains("last: reload ok in 42 ms"));
+    }
+}

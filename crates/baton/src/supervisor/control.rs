@@ -1,0 +1,376 @@
+//! The master's control socket: a Unix stream socket (mode 0600) that `baton stop`,
+//! `reload`, `restart` and `status` talk to.
+//!
+//! The protocol is lines of text. The client sends one command line within
+//! [`COMMAND_TIMEOUT`]: `status`, `reload`, `restart` or `stop`. The master answers with
+//! any number of `progress TEXT` lines (and, for `status`, `status KEY VALUE...` lines)
+//! and ends with exactly one `ok TEXT` or `error TEXT` line, then closes the connection.
+//! A client that sends anything else, or nothing, gets an `error` line and is closed;
+//! the master and its workers are not disturbed.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{debug, warn};
+
+/// How long a client has to send its command line.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest command line accepted.
+const MAX_LINE: usize = 128;
+/// Clients served at once; more are told the master is busy.
+const MAX_CLIENTS: usize = 64;
+
+/// A command from a control client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    Status,
+    Reload,
+    Restart,
+    Stop,
+}
+
+impl Command {
+    fn parse(line: &str) -> Option<Command> {
+        match line.trim() {
+            "status" => Some(Command::Status),
+            "reload" => Some(Command::Reload),
+            "restart" => Some(Command::Restart),
+            "stop" => Some(Command::Stop),
+            _ => None,
+        }
+    }
+}
+
+/// Where the answer to one request goes. Cloned for every party that reports on it; the
+/// connection closes when the last clone is dropped, so a final line must be sent
+/// first.
+#[derive(Debug, Clone)]
+pub(crate) struct Reply(mpsc::UnboundedSender<String>);
+
+impl Reply {
+    /// A reply that goes nowhere (a request that came by signal).
+    pub(crate) fn none() -> Reply {
+        Reply(mpsc::unbounded_channel().0)
+    }
+
+    pub(crate) fn line(&self, line: String) {
+        // A client that went away is no reason to do anything differently.
+        let _ = self.0.send(line);
+    }
+
+    pub(crate) fn progress(&self, text: impl std::fmt::Display) {
+        self.line(format!("progress {text}"));
+    }
+
+    pub(crate) fn ok(&self, text: impl std::fmt::Display) {
+        self.line(format!("ok {text}"));
+    }
+
+    pub(crate) fn error(&self, text: impl std::fmt::Display) {
+        self.line(format!("error {text}"));
+    }
+}
+
+/// A request for the master.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) command: Command,
+    pub(crate) reply: Reply,
+}
+
+/// The control socket, bound but not yet served (no async runtime needed); the file
+/// is removed on drop.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    listener: std::os::unix::net::UnixListener,
+    path: Option<PathBuf>,
+}
+
+impl Bound {
+    /// Binds `path` with mode 0600. A socket file that no one answers on (left by a
+    /// master that was killed) is replaced; one that answers is an error: another
+    /// master uses it.
+    pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    "another master answers on this control socket",
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                debug!(path = %path.display(), "replacing a stale control socket");
+                std::fs::remove_file(path)?;
+            }
+            Err(_) => {}
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        let bound = Bound {
+            listener,
+            path: Some(path.to_owned()),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        bound.listener.set_nonblocking(true)?;
+        Ok(bound)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// Starts serving; call within the async runtime.
+    pub(crate) fn serve(mut self) -> io::Result<Server> {
+        let listener = UnixListener::from_std(self.listener.try_clone()?)?;
+        let path = self.path.take().unwrap_or_default();
+        Ok(Server {
+            listener,
+            path,
+            clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+        })
+    }
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The control socket being served; the file is removed on drop.
+#[derive(Debug)]
+pub(crate) struct Server {
+    listener: UnixListener,
+    path: PathBuf,
+    clients: Arc<Semaphore>,
+}
+
+impl Server {
+    /// Binds and serves `path` (see [`Bound::bind`]).
+    #[cfg(test)]
+    pub(crate) fn bind(path: &Path) -> io::Result<Server> {
+        Bound::bind(path)?.serve()
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `limit` for the clients being served to get their last lines.
+    pub(crate) async fn flush(&self, limit: Duration) {
+        let all = u32::try_from(MAX_CLIENTS).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(limit, self.clients.acquire_many(all)).await;
+    }
+
+    /// Accepts the next client and serves it in a task of its own, which sends its
+    /// request to `requests`.
+    pub(crate) async fn accept(&self, requests: &mpsc::UnboundedSender<Request>) {
+        let stream = match self.listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                warn!(error = %e, "control socket: accept failed");
+                // EMFILE and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return;
+            }
+        };
+        let Ok(permit) = self.clients.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(
+                    COMMAND_TIMEOUT,
+                    stream.write_all(b"error busy: too many control clients at once\n"),
+                )
+                .await;
+            });
+            return;
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            serve(stream, requests).await;
+            drop(permit);
+        });
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Request>) {
+    let command = match tokio::time::timeout(COMMAND_TIMEOUT, read_line(&mut stream)).await {
+        Ok(Ok(line)) => match Command::parse(&line) {
+            Some(c) => c,
+            None => {
+                let shown: String = line.chars().take(40).collect();
+                let msg = format!(
+                    "error unknown command `{}`: expected status, reload, restart or stop\n",
+                    shown.escape_debug()
+                );
+                let _ = write(&mut stream, msg.as_bytes()).await;
+                return;
+            }
+        },
+        Ok(Err(e)) => {
+            let _ = write(&mut stream, format!("error {e}\n").as_bytes()).await;
+            return;
+        }
+        Err(_) => {
+            let msg = format!("error no command within {COMMAND_TIMEOUT:?}\n");
+            let _ = write(&mut stream, msg.as_bytes()).await;
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if requests
+        .send(Request {
+            command,
+            reply: Reply(tx),
+        })
+        .is_err()
+    {
+        let _ = write(&mut stream, b"error the master is exiting\n").await;
+        return;
+    }
+    while let Some(mut line) = rx.recv().await {
+        line.push('\n');
+        if write(&mut stream, line.as_bytes()).await.is_err() {
+            // The client left; the request carries on regardless.
+            return;
+        }
+    }
+}
+
+/// Writes with a bound, so that a client that never reads cannot hold a task forever.
+async fn write(stream: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(COMMAND_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client does not read"))?
+}
+
+/// Reads one line of at most [`MAX_LINE`] bytes.
+async fn read_line(stream: &mut UnixStream) -> io::Result<String> {
+    let mut buf = Vec::with_capacity(MAX_LINE);
+    let mut byte = [0u8; 64];
+    loop {
+        let n = stream.read(&mut byte).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&byte[..n]);
+        if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            buf.truncate(end);
+            break;
+        }
+        if buf.len() > MAX_LINE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("command line longer than {MAX_LINE} bytes"),
+            ));
+        }
+    }
+    String::from_utf8(buf)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "command is not UTF-8 text"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_exactly() {
+        assert_eq!(Command::parse("reload"), Some(Command::Reload));
+        assert_eq!(Command::parse(" stop \r"), Some(Command::Stop));
+        assert_eq!(Command::parse("status"), Some(Command::Status));
+        assert_eq!(Command::parse("restart"), Some(Command::Restart));
+        assert_eq!(Command::parse("RELOAD"), None);
+        assert_eq!(Command::parse("reload now"), None);
+        assert_eq!(Command::parse(""), None);
+    }
+
+    #[tokio::test]
+    async fn garbage_silence_and_long_lines_get_an_error_and_no_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let server = Server::bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let ask = |bytes: &'static [u8]| {
+            let path = path.clone();
+            async move {
+                let mut s = UnixStream::connect(&path).await.unwrap();
+                s.write_all(bytes).await.unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).await.unwrap();
+                out
+            }
+        };
+        for (input, expect) in [
+            (&b"hello\n"[..], "error unknown command `hello`"),
+            (&[0xff, 0xfe, b'\n'][..], "error command is not UTF-8"),
+            (&[b'x'; 300][..], "error command line longer than 128 bytes"),
+        ] {
+            let client = tokio::spawn(ask(input));
+            server.accept(&tx).await;
+            let out = client.await.unwrap();
+            assert!(out.starts_with(expect), "{input:?}: {out:?}");
+        }
+        assert!(rx.try_recv().is_err(), "no request reached the master");
+
+        // A real one reaches it, and the client sees what the master answers.
+        let client = tokio::spawn(ask(b"reload\n"));
+        server.accept(&tx).await;
+        let req = rx.recv().await.unwrap();
+        assert_eq!(req.command, Command::Reload);
+        req.reply.progress("spawned");
+        req.reply.ok("done");
+        drop(req);
+        assert_eq!(client.await.unwrap(), "progress spawned\nok done\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_closed_after_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        let server = Server::bind(&path).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut s = UnixStream::connect(&path).await.unwrap();
+        server.accept(&tx).await;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "error no command within 5s\n");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_and_a_live_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let first = Bound::bind(&path).unwrap();
+        let err = Bound::bind(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        rt.block_on(async {
+            let first = first.serve().unwrap();
+            let err = Server::bind(&path).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+            drop(first);
+            assert!(!path.exists());
+        });
+    }
+}
