@@ -217,7 +217,7 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
 }
 
 /// A command with progress: the lines are shown as they come.
-fn act(t: &Target, command: &str, fallback: Option<rustix::process::Signal>) -> ExitCode {
+fn act(t: &Target, command: &str, fallback: Option<(rustix::process::Signal, &str)>) -> ExitCode {
     let paths = match Paths::of(t) {
         Ok(p) => p,
         Err(e) => return fail(FAILED, e),
@@ -243,9 +243,9 @@ fn act(t: &Target, command: &str, fallback: Option<rustix::process::Signal>) -> 
             }
             ExitCode::from(OK)
         }
-        Ok(End::Error(msg)) => fail(FAILED, format!("{}: {command} failed: {msg}", paths.label)),
+        Ok(End::Error(msg)) => fail(FAILED, format!("{}: {msg}", paths.label)),
         Err(e) if socket_gone(&e) => match fallback {
-            Some(sig) => {
+            Some((sig, sig_name)) => {
                 let Some(p) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
                 else {
                     return fail(FAILED, format!("bad pid {pid}"));
@@ -254,7 +254,7 @@ fn act(t: &Target, command: &str, fallback: Option<rustix::process::Signal>) -> 
                     return fail(FAILED, format!("cannot signal master pid {pid}: {e}"));
                 }
                 eprintln!(
-                    "baton: the control socket {} is gone ({e}); sent {sig:?} to master pid {pid} instead",
+                    "baton: the control socket {} is gone ({e}); sent {sig_name} to master pid {pid} instead",
                     paths.socket.display()
                 );
                 if command == "stop" {
@@ -295,11 +295,11 @@ fn wait_gone(paths: &Paths, pid: u32, timeout: Duration) -> ExitCode {
 }
 
 pub(crate) fn stop(t: &Target) -> ExitCode {
-    act(t, "stop", Some(rustix::process::Signal::TERM))
+    act(t, "stop", Some((rustix::process::Signal::TERM, "TERM")))
 }
 
 pub(crate) fn reload(t: &Target) -> ExitCode {
-    act(t, "reload", Some(rustix::process::Signal::HUP))
+    act(t, "reload", Some((rustix::process::Signal::HUP, "HUP")))
 }
 
 pub(crate) fn restart(t: &Target) -> ExitCode {

@@ -22,20 +22,18 @@ struct Master {
 
 impl Master {
     fn start(ready: &str, command: &[&str]) -> Master {
+        Master::start_with(&["--drain-timeout", "10s"], &[], ready, command)
+    }
+
+    fn start_with(extra: &[&str], env: &[(&str, &str)], ready: &str, command: &[&str]) -> Master {
         let port = support::free_port();
         let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args([
-                "run",
-                "--listen",
-                &addr,
-                "--ready",
-                ready,
-                "--drain-timeout",
-                "10s",
-                "--",
-            ])
+            .args(["run", "--listen", &addr, "--ready", ready])
+            .args(extra)
+            .arg("--")
             .args(command)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -222,6 +220,129 @@ async fn a_killed_master_leaves_no_worker_behind() {
     tokio::task::block_in_place(|| {
         wait_until("the worker of the killed master exits", || !alive(worker));
     });
+}
+
+/// SIGKILL of the serving worker under load: the master starts a new one at once (the
+/// sockets stay open, so no connection is refused); only requests in flight on the
+/// killed worker may fail, at most one per client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_no_connection_is_refused() {
+    let hello = support::hello_exe();
+    let master = Master::start(
+        "notify",
+        &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    let first = master.worker_pids()[0];
+    let keep_alive = Load::start(&master.addr, 2, true);
+    let new_conn = Load::start(&master.addr, 2, false);
+    support::wait_answered_by(&master.addr, first).await;
+    signal_pid(first, "KILL");
+    master.wait_log_off_runtime("the worker exited unexpectedly", 1);
+    master.wait_log_off_runtime(" ready in ", 2);
+    let second = master.worker_pids()[1];
+    support::wait_answered_by(&master.addr, second).await;
+    let (a, b) = (keep_alive.stop().await, new_conn.stop().await);
+    let failures: Vec<&String> = a.failures.iter().chain(&b.failures).collect();
+    eprintln!(
+        "SIGKILL of the worker under 4 clients: {} ok, {} failed: {failures:?}",
+        a.ok + b.ok,
+        failures.len()
+    );
+    assert!(
+        failures.iter().all(|f| !f.contains("refused")),
+        "no connection is refused: {failures:?}"
+    );
+    assert!(failures.len() <= 4, "at most one per client: {failures:?}");
+    assert!(a.pids.contains(&second) && b.pids.contains(&second));
+    assert!(alive(master.pid));
+}
+
+/// A worker that writes garbage to its notify socket is still taken as ready on its
+/// READY=1 (the garbage is logged once); one that ignores its drain signal is killed
+/// at the drain timeout and the reload completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_garbage_and_a_worker_that_ignores_its_drain_signal() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
+    let master = Master::start_with(
+        &["--drain-timeout", "1s"],
+        &[("PYWORKER_NOTIFY", "1"), ("PYWORKER_IGNORE_TERM", "1")],
+        "notify",
+        &["python3", script],
+    );
+    master.wait_log("malformed notify message", 1);
+    let first = master.worker_pids()[0];
+    let load = Load::start(&master.addr, 2, false);
+    signal_pid(master.pid, "HUP");
+    master.wait_log_off_runtime("reloaded: gen 2", 1);
+    let line = master.wait_log_off_runtime("did not exit within 1s of SIGTERM: killing it", 1);
+    assert!(line.contains(&first.to_string()), "{line}");
+    master.wait_log_off_runtime("gen 1 killed after", 1);
+    tokio::task::block_in_place(|| wait_until("the stubborn worker is gone", || !alive(first)));
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(tally.pids.len() == 2, "{:?}", tally.pids);
+}
+
+/// With --subreaper, a process the worker leaves behind (a daemonizing helper) is
+/// re-parented to the master, which reaps it when it exits: no zombie piles up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_left_by_a_worker_are_reaped() {
+    let script = format!(
+        "(sleep 0.3 &); exec python3 {}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py")
+    );
+    let master = Master::start_with(&["--subreaper"], &[], "delay=200ms", &["sh", "-c", &script]);
+    let line = master.wait_log("reaped an orphaned process", 1);
+    let orphan: u32 = line
+        .split("orphan=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(!support::exists(orphan), "reaped, not a zombie");
+    // The worker itself is not taken for an orphan.
+    assert!(alive(master.worker_pids()[0]));
+    assert_eq!(get(&master.addr, "/").await.unwrap().status, 200);
+}
+
+/// Under systemd (NOTIFY_SOCKET set), the master speaks for itself: READY=1 once the
+/// first worker is ready, RELOADING=1 and READY=1 around a reload (no MAINPID: its PID
+/// stays the main one), STOPPING=1 at the stop. The worker's own messages go to the
+/// master's private socket, never to systemd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_speaks_the_notify_protocol_to_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(support::WAIT)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = tokio::task::block_in_place(|| sock.recv(&mut buf)).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let hello = support::hello_exe();
+    let mut master = Master::start_with(
+        &[],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap())],
+        "notify",
+        &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    assert_eq!(recv(), "READY=1");
+    signal_pid(master.pid, "HUP");
+    let reloading = recv();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    assert_eq!(recv(), "READY=1");
+    master.wait_log_off_runtime("gen 1 exited", 1);
+    signal_pid(master.pid, "TERM");
+    assert_eq!(recv(), "STOPPING=1");
+    let status = tokio::task::block_in_place(|| master.child.wait()).unwrap();
+    assert_eq!(status.code(), Some(0));
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 512];
+    assert!(sock.recv(&mut buf).is_err(), "nothing else was sent");
 }
 
 /// Bad input: a command that does not exist is named (exit 1, nothing keeps running); a

@@ -413,3 +413,58 @@ async fn a_shutdown_during_a_full_restart_stops_instead_of_restarting() {
         "no exec"
     );
 }
+
+/// GoFrame's model: the demo is its own master (`--master`). The master keeps its PID
+/// (and its locked pidfile) across reloads by SIGHUP and by its control socket, while
+/// workers of the same program serve under keep-alive and new-connection clients:
+/// 0 failed. SIGTERM drains the worker; the master exits 0 and removes its files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_can_be_its_own_master_with_a_stable_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("app.pid");
+    let mut demo = Demo::start(&["--master", "--pidfile", pidfile.to_str().unwrap()]);
+    let master = demo.pid;
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        master.to_string()
+    );
+    let keep_alive = Load::start(&demo.addr, 2, true);
+    let new_conn = Load::start(&demo.addr, 2, false);
+    for n in 2..=6 {
+        demo.signal("HUP");
+        demo.wait_log(&format!("reloaded: gen {n} serves"));
+    }
+    // The control socket beside the pidfile, as `baton reload --pidfile` uses it.
+    let answer = tokio::task::block_in_place(|| {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(dir.path().join("app.sock")).unwrap();
+        s.write_all(b"reload\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    });
+    assert!(answer.contains("progress spawned gen 7 pid"), "{answer}");
+    assert!(answer.ends_with(&"serving\n".to_string()), "{answer}");
+    assert!(
+        answer
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("ok reloaded: gen 7"),
+        "{answer}"
+    );
+    let (a, b) = (keep_alive.stop().await, new_conn.stop().await);
+    assert!(a.failures.is_empty(), "keep-alive: {:?}", a.failures);
+    assert!(b.failures.is_empty(), "new connections: {:?}", b.failures);
+    assert!(!a.pids.contains(&master) && !b.pids.contains(&master));
+    assert!(a.pids.len() + b.pids.len() >= 4, "{a:?} {b:?}");
+    assert!(alive(master));
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap().trim(),
+        master.to_string(),
+        "the workers leave the master's pidfile alone"
+    );
+    demo.signal("TERM");
+    assert_eq!(demo.wait_exit().code(), Some(0));
+    assert!(!pidfile.exists() && !dir.path().join("app.sock").exists());
+}
