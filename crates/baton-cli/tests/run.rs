@@ -259,7 +259,8 @@ async fn a_killed_worker_is_replaced_and_no_connection_is_refused() {
 
 /// A worker that writes garbage to its notify socket is still taken as ready on its
 /// READY=1 (the garbage is logged once); one that ignores its drain signal is killed
-/// at the drain timeout and the reload completes.
+/// at the drain timeout and the reload completes (the requests it held then are lost:
+/// nothing a master can do about a worker that will not stop accepting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_garbage_and_a_worker_that_ignores_its_drain_signal() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
@@ -279,7 +280,16 @@ async fn notify_garbage_and_a_worker_that_ignores_its_drain_signal() {
     master.wait_log_off_runtime("gen 1 killed after", 1);
     tokio::task::block_in_place(|| wait_until("the stubborn worker is gone", || !alive(first)));
     let tally = load.stop().await;
-    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    // It ignored SIGTERM, so it kept accepting from the shared socket until the kill:
+    // what it held then is lost (at most the one request in flight per client); the
+    // accept queue is the socket's, not the process's, so nothing queued is.
+    eprintln!(
+        "a worker ignoring its drain signal, killed at the drain timeout: {} ok, {} failed {:?}",
+        tally.ok,
+        tally.failures.len(),
+        tally.failures
+    );
+    assert!(tally.failures.len() <= 2, "{:?}", tally.failures);
     assert!(tally.pids.len() == 2, "{:?}", tally.pids);
 }
 

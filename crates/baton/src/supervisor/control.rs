@@ -182,14 +182,10 @@ impl Server {
             }
         };
         let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ = tokio::time::timeout(
-                    COMMAND_TIMEOUT,
-                    stream.write_all(b"error busy: too many control clients at once\n"),
-                )
-                .await;
-            });
+            tokio::spawn(refuse(
+                stream,
+                "error busy: too many control clients at once\n",
+            ));
             return;
         };
         let requests = requests.clone();
@@ -216,17 +212,20 @@ async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Request>)
                     "error unknown command `{}`: expected status, reload, restart or stop\n",
                     shown.escape_debug()
                 );
-                let _ = write(&mut stream, msg.as_bytes()).await;
+                refuse(stream, &msg).await;
                 return;
             }
         },
         Ok(Err(e)) => {
-            let _ = write(&mut stream, format!("error {e}\n").as_bytes()).await;
+            refuse(stream, &format!("error {e}\n")).await;
             return;
         }
         Err(_) => {
-            let msg = format!("error no command within {COMMAND_TIMEOUT:?}\n");
-            let _ = write(&mut stream, msg.as_bytes()).await;
+            refuse(
+                stream,
+                &format!("error no command within {COMMAND_TIMEOUT:?}\n"),
+            )
+            .await;
             return;
         }
     };
@@ -248,6 +247,26 @@ async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Request>)
             return;
         }
     }
+}
+
+/// Answers `msg` and closes. What the client sent beyond the command line is read and
+/// dropped first (bounded): closing a Unix socket with unread input resets it, and the
+/// client would lose the answer.
+async fn refuse(mut stream: UnixStream, msg: &str) {
+    if write(&mut stream, msg.as_bytes()).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        for _ in 0..16 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// Writes with a bound, so that a client that never reads cannot hold a task forever.

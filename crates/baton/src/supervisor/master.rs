@@ -373,6 +373,8 @@ struct State {
     drains: JoinSet<DrainEnd>,
     /// Replies waiting for the drain of each PID to end.
     drain_replies: Vec<(u32, Vec<Reply>)>,
+    /// Reloads asked for while a worker was starting: one more reload follows.
+    follow_up: Vec<Reply>,
     /// A full restart waits for this PID to exit, then starts a worker.
     restart_after: Option<(u32, Instant, Vec<Reply>)>,
     respawn_at: Option<Instant>,
@@ -477,6 +479,7 @@ impl Master {
             draining: Vec::new(),
             drains: JoinSet::new(),
             drain_replies: Vec::new(),
+            follow_up: Vec::new(),
             restart_after: None,
             respawn_at: None,
             backoff: Duration::from_millis(100),
@@ -517,7 +520,14 @@ impl Master {
                 Event::Request(req) => ctx.on_request(&mut st, req),
                 Event::Ready(res) => {
                     if let Err(e) = ctx.on_ready(&mut st, res) {
+                        for r in st.follow_up.drain(..) {
+                            r.error(format!("the first worker failed: {e}"));
+                        }
                         return Err(Error::Worker(e));
+                    }
+                    if !st.follow_up.is_empty() && st.starting.is_none() {
+                        let replies = std::mem::take(&mut st.follow_up);
+                        ctx.reload_for(&mut st, replies);
                     }
                 }
                 Event::Exited(status) => ctx.on_exit(&mut st, status),
@@ -686,25 +696,41 @@ impl Ctx<'_> {
     }
 
     fn reload(&self, st: &mut State, reply: Reply) {
+        self.reload_for(st, vec![reply]);
+    }
+
+    fn reload_for(&self, st: &mut State, mut replies: Vec<Reply>) {
         let me = std::process::id();
         if st.stopping.is_some() {
-            reply.error("the master is stopping");
+            for r in &replies {
+                r.error("the master is stopping");
+            }
             return;
         }
-        if let Some(s) = st.starting.as_mut() {
-            info!(pid = me, "reload coalesced with the one in progress");
-            reply.progress(format!(
-                "joined the {} in progress (gen {} pid {})",
-                s.kind.word(),
-                s.new.generation,
-                s.new.worker.pid()
-            ));
-            s.replies.push(reply);
+        if let Some(s) = &st.starting {
+            // The worker starting now may run what was on disk before this request:
+            // one more reload follows it, for every request that came meanwhile.
+            info!(
+                pid = me,
+                "reload asked during a {}: one more follows it",
+                s.kind.word()
+            );
+            for r in &replies {
+                r.progress(format!(
+                    "a reload follows the {} in progress (gen {} pid {})",
+                    s.kind.word(),
+                    s.new.generation,
+                    s.new.worker.pid()
+                ));
+            }
+            st.follow_up.append(&mut replies);
             return;
         }
-        if let Some((_, _, replies)) = st.restart_after.as_mut() {
-            reply.progress("joined the full restart in progress");
-            replies.push(reply);
+        if let Some((_, _, waiting)) = st.restart_after.as_mut() {
+            for r in replies {
+                r.progress("joined the full restart in progress");
+                waiting.push(r);
+            }
             return;
         }
         let kind = if st.current.is_some() {
@@ -717,7 +743,7 @@ impl Ctx<'_> {
             "RELOADING=1\nMONOTONIC_USEC={}",
             notify::monotonic_usec()
         ));
-        if let Err(e) = self.start(st, kind, vec![reply]) {
+        if let Err(e) = self.start(st, kind, replies) {
             warn!(pid = me, "reload failed, the serving worker serves on: {e}");
             st.record(kind, false, Duration::ZERO, e.to_string());
             notify::upstream("READY=1");
@@ -776,6 +802,9 @@ impl Ctx<'_> {
             for r in replies {
                 r.error("restart abandoned: the master is stopping");
             }
+        }
+        for r in st.follow_up.drain(..) {
+            r.error("reload abandoned: the master is stopping");
         }
         let pid = st.current.as_ref().map(|c| c.worker.pid());
         if let Some(cur) = st.current.take() {
