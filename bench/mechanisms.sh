@@ -20,12 +20,14 @@
 #   haproxy-legacy-x   HAProxy legacy daemon, `-x stats.sock -sf OLD`
 #   baton-restart      the demo server, graceful restart: `kill -HUP {pid}` (the pid file
 #                      is rewritten by each new generation once it is ready)
+#   baton-run          the demo as the worker of `baton run` (dist profile), `kill -HUP` to
+#                      the master (its pid file never changes)
 #   kill-restart       the demo server SIGKILLed and started again (bench/kill-restart.sh)
 #   steady             the demo server, no reloads (control: must lose nothing)
 # Also available, not run by default:
 #   nginx-hup          nginx 1.22, `kill -HUP master`
 
-MECHANISMS=(baton-restart nginx-reload nginx-upgrade haproxy-mw-expose haproxy-mw haproxy-legacy
+MECHANISMS=(baton-restart baton-run nginx-reload nginx-upgrade haproxy-mw-expose haproxy-mw haproxy-legacy
     haproxy-legacy-x kill-restart steady)
 MECHANISMS_EXTRA=(nginx-hup)
 
@@ -52,6 +54,7 @@ mech_start() {
     nginx-reload | nginx-hup | nginx-upgrade) start_nginx "$name" "$dir" "$port" ;;
     haproxy-*) start_haproxy "$name" "$dir" "$port" ;;
     kill-restart | steady | baton-restart) start_demo "$name" "$dir" "$port" ;;
+    baton-run) start_baton_run "$dir" "$port" ;;
     *) die "unknown mechanism: $name" ;;
     esac
     wait_port 127.0.0.1 "$port" 10 || die "$name: nothing answers on 127.0.0.1:$port (logs in $dir)"
@@ -145,6 +148,24 @@ start_demo() {
         MECH_RELOAD="kill -HUP {pid}"
         ;;
     esac
+}
+
+start_baton_run() {
+    local dir=$1 port=$2 demo baton
+    demo=$(demo_bin)
+    baton=$(target_dir)/dist/baton
+    if [[ ! -x $baton ]]; then
+        log "building baton (cargo build --profile dist -p baton-cli) ..." >&2
+        (cd "$REPO_ROOT" && cargo build --profile dist -p baton-cli) >&2
+    fi
+    # `baton start` returns once the first worker serves; the master's command line
+    # names $dir (--run-dir), so it is found and stopped at the end.
+    "$baton" start --name web --run-dir "$dir" --listen "127.0.0.1:$port" \
+        -- "$demo" --listen "127.0.0.1:$port" >"$dir/start.log" 2>&1 ||
+        die "baton start failed (see $dir/start.log)"
+    MECH_PIDFILE=$dir/web.pid
+    MECH_LABEL="baton run reload"
+    MECH_RELOAD="kill -HUP {pid}"
 }
 
 # The reload command with {pid} and {pidfile} filled in, as baton-bench does it

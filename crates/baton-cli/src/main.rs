@@ -178,13 +178,21 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // RUST_LOG as `LEVEL` or `TARGET=LEVEL,...` (no regular expressions: the master
+    // stays small).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing::level_filters::LevelFilter::INFO)
+        });
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(!args.detached && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(!args.detached && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry().with(fmt).with(filter).init();
     // One thread: the master does little, and a worker is forked from this thread
     // (a forked child inherits only the forking thread; the parent-death signal is
     // tied to it).

@@ -28,12 +28,20 @@ impl Master {
     fn start_with(extra: &[&str], env: &[(&str, &str)], ready: &str, command: &[&str]) -> Master {
         let port = support::free_port();
         let addr = format!("127.0.0.1:{port}");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["run", "--listen", &addr, "--ready", ready])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_baton"));
+        cmd.args(["run", "--listen", &addr, "--ready", ready])
             .args(extra)
             .arg("--")
             .args(command)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        let master = Master::spawn(cmd, addr);
+        master.wait_log(" ready in ", 1);
+        master
+    }
+
+    /// Runs `cmd` (which runs `baton run` on `addr`) and collects its log.
+    fn spawn(mut cmd: Command, addr: String) -> Master {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -52,14 +60,12 @@ impl Master {
             }
         });
         let pid = child.id();
-        let master = Master {
+        Master {
             child,
             log,
             pid,
             addr,
-        };
-        master.wait_log(" ready in ", 1);
-        master
+        }
     }
 
     /// Waits (bounded) until `n` lines contain `pat`; returns the n-th.
@@ -315,6 +321,67 @@ async fn orphans_left_by_a_worker_are_reaped() {
     assert_eq!(get(&master.addr, "/").await.unwrap().status, 200);
 }
 
+/// As PID 1 (a container's init: here in a new PID namespace made by `unshare`), the
+/// master reaps orphans without being asked to. (Not through the `Master` harness: the
+/// PIDs in its log are the namespace's, not ours, and must not be signalled.)
+#[test]
+fn as_pid_1_the_master_reaps_orphans() {
+    let script = format!(
+        "(sleep 0.3 &); exec python3 {}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py")
+    );
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    // --kill-child: when `unshare` is killed, so is the namespace's init, and with it
+    // every process in the namespace.
+    let mut child = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--map-root-user",
+            "--mount-proc",
+        ])
+        .arg(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--listen", &addr, "--ready", "delay=200ms"])
+        .args(["--", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[pid 1] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + support::WAIT;
+    let mut seen = Vec::new();
+    let mut wait_for = |pat: &str| -> String {
+        loop {
+            if let Some(l) = seen.iter().find(|l: &&String| l.contains(pat)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(e) => panic!("no line with {pat:?} ({e}):\n{}", seen.join("\n")),
+            }
+        }
+    };
+    let line = wait_for("master listening on [");
+    assert!(line.contains("pid=1 "), "the master is PID 1: {line}");
+    wait_for("reaped an orphaned process");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Under systemd (NOTIFY_SOCKET set), the master speaks for itself: READY=1 once the
 /// first worker is ready, RELOADING=1 and READY=1 around a reload (no MAINPID: its PID
 /// stays the main one), STOPPING=1 at the stop. The worker's own messages go to the
@@ -353,6 +420,58 @@ async fn the_master_speaks_the_notify_protocol_to_systemd() {
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 512];
     assert!(sock.recv(&mut buf).is_err(), "nothing else was sent");
+}
+
+/// Under systemd's socket activation (`systemd-socket-activate`, which executes the
+/// master on the first connection, in its own process) the master takes the socket it
+/// was given instead of binding, and passes it on to its workers across reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_takes_its_sockets_from_systemd() {
+    let tool = "systemd-socket-activate";
+    assert!(
+        Command::new(tool).arg("--help").output().is_ok(),
+        "{tool} is missing: install Debian's `systemd` package (.ci/run does)"
+    );
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let mut cmd = Command::new(tool);
+    cmd.args(["-l", &addr, "--fdname=http"])
+        .arg(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "run",
+            "--listen",
+            &format!("http={addr}"),
+            "--ready",
+            "delay=200ms",
+        ])
+        .args([
+            "--",
+            "python3",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"),
+        ]);
+    let master = Master::spawn(cmd, addr.clone());
+    // The tool starts the master on the first connection, which then waits in the
+    // socket's queue until the worker takes it.
+    let deadline = Instant::now() + support::WAIT;
+    let first = loop {
+        match get(&addr, "/").await {
+            Ok(resp) => break resp,
+            // Until the tool listens.
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never answered: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let line = master.wait_log_off_runtime("master listening on [", 1);
+    assert!(line.contains("(inherited)"), "{line}");
+    master.wait_log_off_runtime(" ready in ", 1);
+    let worker = master.worker_pids()[0];
+    assert_eq!(first.body.trim(), worker.to_string());
+    signal_pid(master.pid, "HUP");
+    master.wait_log_off_runtime("reloaded: gen 2", 1);
+    let second = master.worker_pids()[1];
+    support::wait_answered_by(&addr, second).await;
+    tokio::task::block_in_place(|| wait_until("the first worker is gone", || !alive(worker)));
 }
 
 /// Bad input: a command that does not exist is named (exit 1, nothing keeps running); a
@@ -415,6 +534,23 @@ fn bad_input_is_named_with_the_right_exit_status() {
         err.contains("expected `notify` or `delay=DURATION`"),
         "{err}"
     );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = run(&["run", "--listen", &taken_addr, "--", "sleep", "600"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("address already in use"), "{err}");
+    let (code, err) = run(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "500ms",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not report ready within 500ms"), "{err}");
     let (code, err) = run(&["run", "--listen", "nowhere", "--", "x"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("invalid listen address `nowhere`"), "{err}");

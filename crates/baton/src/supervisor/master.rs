@@ -24,8 +24,9 @@ use crate::{Action, Error, Listener, RestartFailure, Signal, SignalMap};
 const FORWARDED: [Signal; 4] = [Signal::Usr1, Signal::Winch, Signal::Tstp, Signal::Alrm];
 /// The longest pause before a crashed worker is started again.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// A worker that ran this long before it crashed resets the backoff.
-const HEALTHY_RUN: Duration = Duration::from_secs(10);
+/// A worker that served this long before it died resets the backoff: the backoff is
+/// for workers that die at start, not for one killed after it served.
+const HEALTHY_RUN: Duration = Duration::from_secs(1);
 
 /// Configures a [`Master`].
 #[derive(Debug)]
@@ -59,7 +60,7 @@ pub struct MasterBuilder {
 /// - **Stop** (`SIGTERM`, `SIGINT`, `SIGQUIT`, or `stop`): the worker drains; the
 ///   master exits with its status. The same signal again kills what still runs.
 /// - A worker that exits by itself is started again after a pause that doubles from
-///   100 ms to 10 s (reset once one ran 10 s).
+///   100 ms to 10 s (reset once one served for 1 s).
 /// - `SIGUSR1`, `SIGWINCH`, `SIGTSTP`, `SIGALRM` (those the signal map leaves free) are
 ///   passed on to the serving worker.
 /// - Should the master die, even by `SIGKILL`, its workers get their drain signal.
