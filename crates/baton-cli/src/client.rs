@@ -216,8 +216,35 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// The signal a master wrote for `what` (`reload`, `stop`) beside its pidfile.
+fn fallback_signal(paths: &Paths, what: &str) -> Option<baton::Signal> {
+    let text = std::fs::read_to_string(baton::supervisor::signals_path(&paths.pidfile)).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(what)?.strip_prefix('='))
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn send(pid: u32, sig: baton::Signal) -> Result<(), String> {
+    let p = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
+        .ok_or_else(|| format!("bad pid {pid}"))?;
+    let s = rustix::process::Signal::from_named_raw(sig.as_raw())
+        .ok_or_else(|| format!("{sig} has no number here"))?;
+    rustix::process::kill_process(p, s).map_err(|e| format!("cannot signal master pid {pid}: {e}"))
+}
+
+/// The master's children (its workers), from `/proc`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A command with progress: the lines are shown as they come.
-fn act(t: &Target, command: &str, fallback: Option<(rustix::process::Signal, &str)>) -> ExitCode {
+fn act(t: &Target, command: &str) -> ExitCode {
     let paths = match Paths::of(t) {
         Ok(p) => p,
         Err(e) => return fail(FAILED, e),
@@ -244,38 +271,100 @@ fn act(t: &Target, command: &str, fallback: Option<(rustix::process::Signal, &st
             ExitCode::from(OK)
         }
         Ok(End::Error(msg)) => fail(FAILED, format!("{}: {msg}", paths.label)),
-        Err(e) if socket_gone(&e) => match fallback {
-            Some((sig, sig_name)) => {
-                let Some(p) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
-                else {
-                    return fail(FAILED, format!("bad pid {pid}"));
-                };
-                if let Err(e) = rustix::process::kill_process(p, sig) {
-                    return fail(FAILED, format!("cannot signal master pid {pid}: {e}"));
-                }
-                eprintln!(
-                    "baton: the control socket {} is gone ({e}); sent {sig_name} to master pid {pid} instead",
-                    paths.socket.display()
-                );
-                if command == "stop" {
-                    wait_gone(&paths, pid, t.timeout)
-                } else {
-                    eprintln!(
-                        "baton: the outcome is not known without the control socket; see the master's log"
-                    );
-                    ExitCode::from(OK)
-                }
-            }
-            None => fail(
-                FAILED,
-                format!(
-                    "the control socket {} is gone ({e}) and no signal does a {command}; master pid {pid} was left alone",
-                    paths.socket.display()
-                ),
-            ),
-        },
+        Err(e) if socket_gone(&e) => fallback(&paths, pid, command, &e, t.timeout),
         Err(e) => fail(FAILED, format!("{}: {command}: {e}", paths.label)),
     }
+}
+
+/// The control socket is gone: the signal the master said does `command`, and the
+/// outcome as far as the process table shows it.
+fn fallback(
+    paths: &Paths,
+    pid: u32,
+    command: &str,
+    e: &std::io::Error,
+    timeout: Duration,
+) -> ExitCode {
+    let socket = paths.socket.display();
+    let what = if command == "stop" { "stop" } else { "reload" };
+    let sig = match (command, fallback_signal(paths, what)) {
+        ("stop" | "reload", Some(sig)) => sig,
+        _ => {
+            return fail(
+                FAILED,
+                format!(
+                    "the control socket {socket} is gone ({e}) and no signal is known to do a {command}; master pid {pid} was left alone"
+                ),
+            );
+        }
+    };
+    let before = children(pid);
+    if let Err(msg) = send(pid, sig) {
+        return fail(FAILED, msg);
+    }
+    eprintln!(
+        "baton: the control socket {socket} is gone ({e}); sent {} to master pid {pid} instead",
+        sig.short_name()
+    );
+    if command == "stop" {
+        return wait_gone(paths, pid, timeout);
+    }
+    // A reload, seen from the process table: done once a new worker runs and the ones
+    // that ran before are gone; failed if the new one is gone while the old serve on.
+    let deadline = Instant::now() + timeout;
+    let mut seen_new = Vec::new();
+    while Instant::now() < deadline {
+        let now = children(pid);
+        let new: Vec<u32> = now
+            .iter()
+            .copied()
+            .filter(|c| !before.contains(c))
+            .collect();
+        for n in &new {
+            if !seen_new.contains(n) {
+                println!("{} ... new worker pid {n}", paths.label);
+                seen_new.push(*n);
+            }
+        }
+        let old_left = before.iter().any(|b| now.contains(b));
+        if !new.is_empty() && !old_left {
+            println!(
+                "{}: reload done (seen from the process table: worker pid {} runs, the old ones are gone; see the master's log for more)",
+                paths.label,
+                new.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return ExitCode::from(OK);
+        }
+        if !seen_new.is_empty() && new.is_empty() && old_left {
+            return fail(
+                FAILED,
+                format!(
+                    "{}: reload failed: the new worker (pid {}) is gone and the old one serves on; see the master's log",
+                    paths.label,
+                    seen_new
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+        if !crate::client::alive(pid) {
+            return fail(FAILED, format!("master pid {pid} is gone"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail(
+        FAILED,
+        format!("no outcome of the reload within {timeout:?}"),
+    )
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Waits until the master is gone (its pidfile lock released).
@@ -295,15 +384,15 @@ fn wait_gone(paths: &Paths, pid: u32, timeout: Duration) -> ExitCode {
 }
 
 pub(crate) fn stop(t: &Target) -> ExitCode {
-    act(t, "stop", Some((rustix::process::Signal::TERM, "TERM")))
+    act(t, "stop")
 }
 
 pub(crate) fn reload(t: &Target) -> ExitCode {
-    act(t, "reload", Some((rustix::process::Signal::HUP, "HUP")))
+    act(t, "reload")
 }
 
 pub(crate) fn restart(t: &Target) -> ExitCode {
-    act(t, "restart", None)
+    act(t, "restart")
 }
 
 /// The status lines a master sends, parsed.

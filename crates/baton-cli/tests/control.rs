@@ -197,6 +197,7 @@ async fn start_status_reload_restart_stop_as_a_user_types_them() {
     assert!(!alive(master) && !alive(gen3));
     assert!(!run_dir.join("web.pid").exists());
     assert!(!run_dir.join("web.sock").exists());
+    assert!(!run_dir.join("web.signals").exists());
     assert!(
         get(&addr, "/pid").await.is_err(),
         "nothing listens any more"
@@ -286,10 +287,19 @@ async fn a_failed_reload_exits_non_zero_with_the_reason() {
 
     // The control socket gone (deleted by a careless cleanup, say): reload falls back
     // to SIGHUP, and says that the outcome is unknown; stop to SIGTERM, and waits.
+    assert_eq!(
+        std::fs::read_to_string(run_dir.join("py.signals")).unwrap(),
+        "reload=HUP\nstop=TERM\n",
+        "the master wrote which signals reload and stop it"
+    );
     std::fs::remove_file(&hang).unwrap();
     std::fs::remove_file(run_dir.join("py.sock")).unwrap();
-    let (code, _, err) = text(&baton(&["reload", "--name", "py", "--run-dir", rd]));
+    let (code, out, err) = text(&baton(&["reload", "--name", "py", "--run-dir", rd]));
     assert_eq!(code, Some(0));
+    assert!(
+        out.contains("reload done (seen from the process table"),
+        "{out}"
+    );
     assert!(err.contains("is gone"), "{err}");
     assert!(err.contains("sent HUP to master pid"), "{err}");
     let start = std::time::Instant::now();

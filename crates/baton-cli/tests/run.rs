@@ -299,6 +299,43 @@ async fn notify_garbage_and_a_worker_that_ignores_its_drain_signal() {
     assert!(tally.pids.len() == 2, "{:?}", tally.pids);
 }
 
+/// A worker that runs the server as its own child (`sh -c 'server & wait'`, `npm
+/// start`) and exits on the drain signal: what it started is killed with it (the
+/// worker leads a process group of its own), instead of serving on with the sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_worker_started_does_not_outlive_it() {
+    let script = format!(
+        "PYWORKER_CHILD=1 python3 {} & wait",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py")
+    );
+    let master = Master::start("delay=300ms", &["sh", "-c", &script]);
+    let server: u32 = get(&master.addr, "/")
+        .await
+        .unwrap()
+        .body
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !master.worker_pids().contains(&server),
+        "the server is the worker's child"
+    );
+    signal_pid(master.pid, "HUP");
+    master.wait_log_off_runtime("reloaded: gen 2", 1);
+    master.wait_log_off_runtime("gen 1 exited", 1);
+    tokio::task::block_in_place(|| {
+        wait_until("the old worker's child is gone", || !alive(server));
+    });
+    let now: u32 = get(&master.addr, "/")
+        .await
+        .unwrap()
+        .body
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(now, server);
+}
+
 /// With --subreaper, a process the worker leaves behind (a daemonizing helper) is
 /// re-parented to the master, which reaps it when it exits: no zombie piles up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -192,7 +192,8 @@ pub(crate) struct Spawned {
     /// `None` once released or abandoned; dropping a `Spawned` that still holds it
     /// (a `run` future dropped mid-restart) kills the process: nothing would manage it.
     child: Option<tokio::process::Child>,
-    notify: notify::Listener,
+    /// `None` once closed ([`Spawned::close_notify`]).
+    notify: Option<notify::Listener>,
     pub(crate) started: Instant,
 }
 
@@ -221,8 +222,9 @@ pub(crate) fn spawn(
         .iter()
         .map(|l| (l.name.as_str(), l.fd.as_fd()))
         .collect();
-    // No parent-death signal: a successor must outlive its predecessor.
-    launch(&program.exe, &program.args, &fds, env, notify, None)
+    // No parent-death signal: a successor must outlive its predecessor; and it stays
+    // in our process group, as a service's processes do.
+    launch(&program.exe, &program.args, &fds, env, notify, None, false)
 }
 
 /// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
@@ -236,6 +238,7 @@ pub(crate) fn launch(
     env: Vec<(OsString, OsString)>,
     notify: notify::Listener,
     parent_death_signal: Option<i32>,
+    own_process_group: bool,
 ) -> Result<Spawned, RestartFailure> {
     let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
     let mut full = inherited_env();
@@ -259,6 +262,11 @@ pub(crate) fn launch(
         plan.on_parent_death(signal);
     }
     let mut cmd = tokio::process::Command::new(exe);
+    if own_process_group {
+        // The child leads a group of its own (set before `pre_exec` runs), so that
+        // what it starts can be found and stopped with it.
+        cmd.process_group(0);
+    }
     // stdin, stdout and stderr are inherited: the new process logs where we do.
     plan.install(&mut cmd);
     let started = Instant::now();
@@ -275,7 +283,7 @@ pub(crate) fn launch(
     Ok(Spawned {
         pid,
         child: Some(child),
-        notify,
+        notify: Some(notify),
         started,
     })
 }
@@ -292,7 +300,7 @@ impl Spawned {
             return Err(RestartFailure::Spawn("the process was released".into()));
         };
         tokio::select! {
-            res = self.notify.ready() => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
+            res = notify_ready(self.notify.as_ref()) => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
             status = child.wait() => Err(RestartFailure::Exited {
                 pid,
                 status: describe(status),
@@ -301,6 +309,12 @@ impl Spawned {
                 Err(RestartFailure::NotReady { pid, deadline })
             }
         }
+    }
+
+    /// Closes the private notify socket: messages sent after `READY=1` are not read,
+    /// and a sender gets an error at once instead of blocking on a full queue.
+    pub(crate) fn close_notify(&mut self) {
+        self.notify = None;
     }
 
     /// Waits for the process to exit (and reaps it).
@@ -371,6 +385,13 @@ impl Drop for Spawned {
             );
             let _ = child.start_kill();
         }
+    }
+}
+
+async fn notify_ready(notify: Option<&notify::Listener>) -> std::io::Result<Option<String>> {
+    match notify {
+        Some(n) => n.ready().await,
+        None => std::future::pending().await,
     }
 }
 

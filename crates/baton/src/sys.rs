@@ -321,19 +321,59 @@ fn write_decimal(out: &mut [u8], mut n: u32) {
     out[len] = 0;
 }
 
-/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` if this open file now holds the lock,
-/// `Ok(false)` if another open file (another process) holds it. The lock lives as long
-/// as the descriptor (and its duplicates).
+/// An open-file-description write lock on the whole file (`F_OFD_SETLK`): `Ok(true)`
+/// if this open file now holds it, `Ok(false)` if another open file holds it. The lock
+/// lives as long as the open file (the descriptor and its duplicates). Unlike `flock`,
+/// it can be tested without being taken ([`is_locked`]), so a status query never gets
+/// in the way of a master that starts.
 pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    // SAFETY: flock(2) takes a descriptor, borrowed and so open for the call, and flags.
-    if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+    let mut lock = whole_file_lock();
+    // SAFETY: fcntl(F_OFD_SETLK) reads one flock struct we own; the descriptor is
+    // borrowed, so open for the call.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) } == 0 {
         return Ok(true);
     }
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether another open file holds a lock taken by [`try_lock`] on this file
+/// (`F_OFD_GETLK`: nothing is taken). Works on a read-only descriptor.
+pub(crate) fn is_locked(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file_lock();
+    // SAFETY: fcntl(F_OFD_GETLK) reads and writes one flock struct we own; the
+    // descriptor is borrowed, so open for the call.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+fn whole_file_lock() -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value (l_pid must be 0 for OFD
+    // locks).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// Sends `signal` to the process group `pgid` (a worker started as the leader of a
+/// group of its own, and what it started).
+pub(crate) fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid)
+        .ok()
+        .filter(|p| *p > 1)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill(2) takes two integers and touches no memory; `-pgid` is below -1,
+    // so it names exactly one process group.
+    if unsafe { libc::kill(-pgid, signal) } == 0 {
+        Ok(())
     } else {
-        Err(e)
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -341,7 +381,7 @@ pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
 /// re-parented to it instead of to init, so that it can reap them.
 pub(crate) fn become_subreaper() -> io::Result<()> {
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0 {
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

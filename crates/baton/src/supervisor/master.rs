@@ -267,11 +267,17 @@ impl MasterBuilder {
                     .map(|(s, _)| s),
             )
             .collect();
-        let pidfile = self
+        let mut pidfile = self
             .pidfile
             .as_deref()
             .map(pidfile::Locked::acquire)
             .transpose()?;
+        if let Some(p) = pidfile.as_mut() {
+            let stop = [Action::Shutdown, Action::ShutdownNow]
+                .into_iter()
+                .find_map(|a| self.signals.signal_for(a));
+            p.write_signals(self.signals.signal_for(Action::Restart), stop);
+        }
         let control = self
             .control
             .as_deref()
@@ -535,6 +541,10 @@ impl Master {
                 Event::Drained(end) => ctx.on_drained(&mut st, end),
                 Event::Respawn => {
                     st.respawn_at = None;
+                    // A reload or restart got there first.
+                    if st.current.is_some() || st.starting.is_some() {
+                        continue;
+                    }
                     if let Err(e) = ctx.start(&mut st, Kind::Respawn, Vec::new()) {
                         warn!(pid = me, "the new worker failed to start: {e}");
                         ctx.schedule_respawn(&mut st);
@@ -546,6 +556,14 @@ impl Master {
                         info!(pid = me, orphan = pid, "reaped an orphaned process");
                     }
                 }
+            }
+        }
+        // Requests that came too late: the master is gone once they could be served.
+        req_rx.close();
+        while let Ok(req) = req_rx.try_recv() {
+            match req.command {
+                Command::Stop => req.reply.ok("stopped (by an earlier request)"),
+                _ => req.reply.error("the master stopped"),
             }
         }
         let stopping = st.stopping.take().unwrap_or(Stopping {
@@ -745,9 +763,14 @@ impl Ctx<'_> {
             notify::monotonic_usec()
         ));
         if let Err(e) = self.start(st, kind, replies) {
-            warn!(pid = me, "reload failed, the serving worker serves on: {e}");
             st.record(kind, false, Duration::ZERO, e.to_string());
             notify::upstream("READY=1");
+            if st.current.is_some() {
+                warn!(pid = me, "reload failed, the serving worker serves on: {e}");
+            } else {
+                warn!(pid = me, "reload failed, and no worker serves: {e}");
+                self.schedule_respawn(st);
+            }
         }
     }
 
@@ -757,6 +780,10 @@ impl Ctx<'_> {
             return;
         }
         if st.starting.is_some() || st.restart_after.is_some() {
+            warn!(
+                pid = std::process::id(),
+                "full restart refused: a reload or restart is in progress"
+            );
             reply.error("a reload or restart is in progress; try again when it ended");
             return;
         }
@@ -779,6 +806,7 @@ impl Ctx<'_> {
                 st.respawn_at = None;
                 if let Err(e) = self.start(st, Kind::Restart, vec![reply]) {
                     st.record(Kind::Restart, false, Duration::ZERO, e.to_string());
+                    notify::upstream("READY=1");
                     self.schedule_respawn(st);
                 }
             }
@@ -788,16 +816,22 @@ impl Ctx<'_> {
     fn stop(&self, st: &mut State, reply: Reply) {
         notify::upstream("STOPPING=1");
         st.respawn_at = None;
+        // The worker of a full restart in progress is draining: its status is ours.
+        let pid = st
+            .current
+            .as_ref()
+            .map(|c| c.worker.pid())
+            .or(st.restart_after.as_ref().map(|(p, _, _)| *p));
         if let Some(s) = st.starting.take() {
-            let mut worker = s.new.worker;
-            let _ = worker.kill();
             for r in &s.replies {
                 r.error(format!(
                     "{} abandoned: the master is stopping",
                     s.kind.word()
                 ));
             }
-            st.reap_killed(worker, s.new.generation);
+            // It may have accepted connections already (a delay readiness): it drains
+            // like any other.
+            self.drain(st, s.new);
         }
         if let Some((_, _, replies)) = st.restart_after.take() {
             for r in replies {
@@ -807,7 +841,6 @@ impl Ctx<'_> {
         for r in st.follow_up.drain(..) {
             r.error("reload abandoned: the master is stopping");
         }
-        let pid = st.current.as_ref().map(|c| c.worker.pid());
         if let Some(cur) = st.current.take() {
             reply.progress(format!(
                 "draining gen {} pid {}{}",
@@ -859,6 +892,8 @@ impl Ctx<'_> {
                     g.worker.wait().await
                 }
             };
+            // What it started and left behind would go on holding the sockets.
+            g.worker.kill_leftovers();
             DrainEnd {
                 pid,
                 generation: g.generation,
@@ -893,6 +928,8 @@ impl Ctx<'_> {
                     r.progress(format!("gen {generation} pid {pid} ready in {}", ms(took)));
                 }
                 notify::upstream("READY=1");
+                st.respawn_at = None;
+                st.last_exit = None;
                 let old = st.current.replace(Gen {
                     since: Instant::now(),
                     ..s.new
@@ -950,13 +987,16 @@ impl Ctx<'_> {
                         }
                     ));
                 }
-                let mut worker = s.new.worker;
-                let _ = worker.kill();
-                st.reap_killed(worker, generation);
+                // One that missed its deadline may have accepted connections: it
+                // drains like any other (one that exited is reaped at once).
+                self.drain(st, s.new);
                 match s.kind {
                     Kind::First => return Err(e),
-                    Kind::Reload => notify::upstream("READY=1"),
-                    Kind::Restart | Kind::Respawn => self.schedule_respawn(st),
+                    Kind::Reload | Kind::Restart => notify::upstream("READY=1"),
+                    Kind::Respawn => {}
+                }
+                if st.current.is_none() {
+                    self.schedule_respawn(st);
                 }
                 if s.kind != Kind::Respawn {
                     st.record(s.kind, false, took, e.to_string());
@@ -970,18 +1010,32 @@ impl Ctx<'_> {
         let Some(cur) = st.current.take() else {
             return;
         };
+        cur.worker.kill_leftovers();
         let ran = cur.since.elapsed();
         if ran > HEALTHY_RUN {
             st.backoff = Duration::from_millis(100);
         }
+        st.last_exit = Some(status);
+        let status = st.last_exit.as_ref().map_or_else(String::new, describe);
+        if let Some(s) = &st.starting {
+            // A reload under way: its worker takes over once ready (or a respawn
+            // follows its failure).
+            warn!(
+                pid = std::process::id(),
+                worker = cur.worker.pid(),
+                status,
+                "the worker exited unexpectedly; gen {} (starting) takes over",
+                s.new.generation
+            );
+            return;
+        }
         warn!(
             pid = std::process::id(),
             worker = cur.worker.pid(),
-            status = %describe(&status),
+            status,
             "the worker exited unexpectedly; starting a new one in {:?}",
             st.backoff
         );
-        st.last_exit = Some(status);
         self.schedule_respawn(st);
     }
 
@@ -1008,11 +1062,10 @@ impl Ctx<'_> {
         info!(pid = me, worker = end.pid, "gen {} {how}", end.generation);
         if let Some(i) = st.drain_replies.iter().position(|(p, _)| *p == end.pid) {
             let (_, replies) = st.drain_replies.swap_remove(i);
-            let serving = st
-                .current
-                .as_ref()
-                .map(|c| format!("gen {} pid {} serving", c.generation, c.worker.pid()))
-                .unwrap_or_default();
+            let serving = st.current.as_ref().map_or_else(
+                || "no worker serves now (the master is stopping, or the new one died)".to_owned(),
+                |c| format!("gen {} pid {} serving", c.generation, c.worker.pid()),
+            );
             for r in replies {
                 r.progress(format!("gen {} {how}", end.generation));
                 r.ok(format!("reloaded: {serving}"));
@@ -1042,6 +1095,7 @@ impl Ctx<'_> {
             if let Err(e) = self.start(st, Kind::Restart, replies) {
                 warn!(pid = me, "restart: the new worker failed to start: {e}");
                 st.record(Kind::Restart, false, t0.elapsed(), e.to_string());
+                notify::upstream("READY=1");
                 self.schedule_respawn(st);
             } else if let Some(s) = st.starting.as_mut() {
                 s.asked = t0;
@@ -1051,27 +1105,6 @@ impl Ctx<'_> {
 }
 
 impl State {
-    /// Waits for a killed worker in a task (listed as draining until it is reaped).
-    fn reap_killed(&mut self, mut worker: Worker, generation: u32) {
-        let pid = worker.pid();
-        self.draining.push(Draining {
-            pid,
-            generation,
-            since: Instant::now(),
-        });
-        self.drains.spawn(async move {
-            let t0 = Instant::now();
-            let status = worker.wait().await;
-            DrainEnd {
-                pid,
-                generation,
-                status,
-                killed: true,
-                took: t0.elapsed(),
-            }
-        });
-    }
-
     fn record(&mut self, kind: Kind, ok: bool, took: Duration, detail: String) {
         if ok {
             self.reloads_ok += 1;

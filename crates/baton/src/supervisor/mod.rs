@@ -18,5 +18,5 @@ mod pidfile;
 mod worker;
 
 pub use master::{Master, MasterBuilder, is_worker};
-pub use pidfile::{Holder, holder as pidfile_holder};
+pub use pidfile::{Holder, holder as pidfile_holder, signals_path};
 pub use worker::{Readiness, Worker};

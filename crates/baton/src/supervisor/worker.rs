@@ -20,7 +20,8 @@ pub enum Readiness {
     Delay(Duration),
 }
 
-/// A running worker: started with the listeners at descriptors 3, 4, ...
+/// A running worker, the leader of a process group of its own: started with the
+/// listeners at descriptors 3, 4, ...
 /// (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` set by the worker's process itself
 /// before it executes the program) and a private `NOTIFY_SOCKET`; stdin, stdout and
 /// stderr inherited. Dropping a `Worker` that was not [`wait`](Worker::wait)ed to its
@@ -83,6 +84,7 @@ impl Worker {
             env,
             notify,
             on_master_death.map(Signal::as_raw),
+            true,
         )
         .map_err(Error::Worker)?;
         Ok(Worker { spawned })
@@ -107,7 +109,13 @@ impl Worker {
         timeout: Duration,
     ) -> Result<(), RestartFailure> {
         match readiness {
-            Readiness::Notify => self.spawned.ready(timeout).await.map(|_| ()),
+            Readiness::Notify => {
+                self.spawned.ready(timeout).await?;
+                // Nothing reads what it sends later: make such sends fail at once rather
+                // than block on a full queue.
+                self.spawned.close_notify();
+                Ok(())
+            }
             Readiness::Delay(delay) => {
                 let pid = self.pid();
                 let until = self.spawned.started + delay.min(timeout);
@@ -123,6 +131,7 @@ impl Worker {
                         if delay > timeout {
                             Err(RestartFailure::NotReady { pid, deadline: timeout })
                         } else {
+                            self.spawned.close_notify();
                             Ok(())
                         }
                     }
@@ -140,13 +149,29 @@ impl Worker {
         self.spawned.signal(signal.as_raw())
     }
 
-    /// Sends `SIGKILL`.
+    /// Sends `SIGKILL` to the worker and to every process of its group: what it
+    /// started (a shell's or `npm start`'s child that serves, say) would otherwise go
+    /// on holding the listening sockets and accepting.
     ///
     /// # Errors
     ///
     /// The OS error of `kill(2)`.
     pub fn kill(&mut self) -> std::io::Result<()> {
-        self.spawned.signal(libc::SIGKILL)
+        self.spawned.signal(libc::SIGKILL)?;
+        self.kill_leftovers();
+        Ok(())
+    }
+
+    /// `SIGKILL` to what is left of the worker's process group; call it once the
+    /// worker was waited for. Processes that left the group (`setsid`) are not touched.
+    pub fn kill_leftovers(&self) {
+        match crate::sys::kill_group(self.pid(), libc::SIGKILL) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                tracing::debug!(worker = self.pid(), error = %e, "cannot kill the worker's group")
+            }
+        }
     }
 
     /// Waits for the worker to exit and reaps it.
