@@ -352,7 +352,7 @@ fn fallback(
                 ),
             );
         }
-        if !crate::client::alive(pid) {
+        if !alive(pid) {
             return fail(FAILED, format!("master pid {pid} is gone"));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -363,15 +363,25 @@ fn fallback(
     )
 }
 
+/// Exists and is not a zombie.
 fn alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
 }
 
 /// Waits until the master is gone (its pidfile lock released).
 fn wait_gone(paths: &Paths, pid: u32, timeout: Duration) -> ExitCode {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        if !matches!(pidfile_holder(&paths.pidfile), Ok(Holder::Running(p)) if p == pid) {
+        // The lock goes first, then the process: wait for both (a zombie has exited).
+        let released =
+            !matches!(pidfile_holder(&paths.pidfile), Ok(Holder::Running(p)) if p == pid);
+        if released && !alive(pid) {
             println!("{}: master pid {pid} exited", paths.label);
             return ExitCode::from(OK);
         }
@@ -522,6 +532,14 @@ pub(crate) fn query(paths: &Paths, timeout: Duration) -> Result<Status, String> 
 impl Status {
     pub(crate) fn serving(&self) -> bool {
         self.state == "serving"
+    }
+
+    pub(crate) fn state(&self) -> &str {
+        &self.state
+    }
+
+    pub(crate) fn master_pid(&self) -> u32 {
+        self.master_pid
     }
 
     pub(crate) fn summary(&self) -> String {

@@ -83,6 +83,11 @@ pub(crate) fn start(args: StartArgs) -> ExitCode {
             return ExitCode::from(1);
         }
         match client::query(&paths, Duration::from_secs(5)) {
+            // Another master of the name (a `start` racing this one) answers on the
+            // socket: ours will fail on the pidfile lock and exit, seen above.
+            Ok(s) if s.master_pid() != child.id() => {
+                last_error = format!("master pid {} answers, not ours", s.master_pid());
+            }
             Ok(s) if s.serving() => {
                 println!("started {name}: {}", s.summary());
                 println!(
@@ -92,7 +97,7 @@ pub(crate) fn start(args: StartArgs) -> ExitCode {
                 );
                 return ExitCode::from(0);
             }
-            Ok(s) => last_error = format!("state {}", s.summary()),
+            Ok(s) => last_error = format!("{}, state {}", s.summary(), s.state()),
             Err(e) => last_error = e,
         }
         std::thread::sleep(Duration::from_millis(20));

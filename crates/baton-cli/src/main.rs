@@ -33,7 +33,7 @@ Examples:
   baton stop --name web
 
 Signals to the master (--signals baton, the default): HUP and USR2 reload (a new
-worker, then the old one drains); TERM, INT and QUIT stop (the worker drains; the same
+worker, then the old one drains); TERM, INT and QUIT stop (the worker drains; a stop
 signal again kills it); USR1, WINCH, TSTP and ALRM are passed on to the worker.
 
 Exit status: run: the worker's own status when it stops (128 + signal if a signal
@@ -58,7 +58,8 @@ enum Command {
     Start(StartArgs),
     /// Stop a master started by `start` (or `run --name`): its worker drains first.
     Stop(client::Target),
-    /// Reload: a new worker, then the old one drains. Exits 0 once the new one serves.
+    /// Reload: a new worker, then the old one drains. Exits 0 once the new one serves
+    /// and the old one has exited; 1 with the reason if the new one failed.
     Reload(client::Target),
     /// Full restart: the worker drains and exits, then a new one starts.
     Restart(client::Target),

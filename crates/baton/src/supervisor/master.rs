@@ -58,7 +58,7 @@ pub struct MasterBuilder {
 ///   drains and exits first, then a new one starts; the sockets stay open, so clients
 ///   wait in the accept queue.
 /// - **Stop** (`SIGTERM`, `SIGINT`, `SIGQUIT`, or `stop`): the worker drains; the
-///   master exits with its status. The same signal again kills what still runs.
+///   master exits with its status. A stop signal again kills what still runs.
 /// - A worker that exits by itself is started again after a pause that doubles from
 ///   100 ms to 10 s (reset once one served for 1 s).
 /// - `SIGUSR1`, `SIGWINCH`, `SIGTSTP`, `SIGALRM` (those the signal map leaves free) are
@@ -220,7 +220,9 @@ impl MasterBuilder {
 
     /// Reaps every orphaned process that is re-parented to the master (it becomes a
     /// child subreaper). On by default when the master is PID 1 (in a container), where
-    /// orphans are re-parented to it anyway.
+    /// orphans are re-parented to it anyway. It reaps every exited child that is not one
+    /// of its workers: a program that is its own master and starts other children
+    /// itself should leave this off (or wait for them before they can exit unseen).
     pub fn reap_orphans(mut self, on: bool) -> Self {
         self.reap_orphans = on;
         self
