@@ -92,13 +92,24 @@ impl Demo {
     }
 
     pub fn spawn_in(dir: tempfile::TempDir, mut cmd: Command) -> Demo {
-        let mut child = cmd
-            .env("RUST_LOG", "info")
+        cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the demo");
+            .stderr(Stdio::piped());
+        // A freshly written copy of the demo can be "busy" for a moment: another test
+        // thread forked while the copy's file was open for writing, and its child holds
+        // that descriptor until it execs. Bounded retries.
+        let mut attempts = 0;
+        let mut child = loop {
+            match cmd.spawn() {
+                Ok(child) => break child,
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("spawn the demo: {e}"),
+            }
+        };
         let log = Arc::new((Mutex::new(Log::default()), Condvar::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
