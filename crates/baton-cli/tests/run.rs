@@ -125,21 +125,27 @@ impl Drop for Master {
 }
 
 /// A Python server from the standard library, not a baton app (it takes its socket
-/// from LISTEN_FDS and checks LISTEN_PID), reloaded 20 times under a client opening a
-/// new connection per request: 0 failed, the master's PID never changes, and every
-/// old worker is gone after its drain.
+/// from LISTEN_FDS and checks LISTEN_PID), reloaded 20 times under clients opening a
+/// new connection per request and keep-alive clients: 0 failed, the master's PID never
+/// changes, and every old worker is gone after its drain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_server_reloads_twenty_times_without_a_failed_request() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
     let master = Master::start("delay=300ms", &["python3", script]);
     let load = Load::start(&master.addr, 3, false);
+    // The Python server answers `Connection: close`: a keep-alive client reconnects
+    // after each response, to whichever worker accepts.
+    let keep_alive = Load::start(&master.addr, 2, true);
     for n in 1..=20 {
         signal_pid(master.pid, "HUP");
         master.wait_log_off_runtime("reloaded: gen", n);
     }
     master.wait_log_off_runtime(") after ", 20);
     let tally = load.stop().await;
+    let ka = keep_alive.stop().await;
     assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(ka.failures.is_empty(), "keep-alive: {:?}", ka.failures);
+    assert!(ka.ok > 50, "{}", ka.ok);
     assert!(tally.ok > 100, "{}", tally.ok);
     assert!(
         tally.pids.len() >= 5,
