@@ -84,6 +84,27 @@ struct Args {
     #[arg(long = "finalizer", value_name = "NAME=DURATION", value_parser = parse_finalizer)]
     finalizers: Vec<(String, Duration)>,
 
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key. SIGUSR1 reloads
+    /// the files for new handshakes without a restart; a restart reads them anew too.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// How long a TLS handshake may take.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limit)]
+    handshake_timeout: Duration,
+
+    /// How long an HTTP/1 client may take to send a request's headers.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
+    header_read_timeout: Duration,
+
+    /// Serve at most N connections at once; more wait in the accept queue.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    max_connections: Option<usize>,
+
     /// Be your own master (GoFrame's model): this process keeps its PID, holds the
     /// sockets and runs the program again as its worker; SIGHUP reloads the worker
     /// (a new one, then the old drains), SIGTERM stops. --pidfile then names the
@@ -211,6 +232,14 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     // endless's SIGUSR1 hook (nginx reopens its logs on it): a user function that runs
     // without disturbing serving, where the convention leaves SIGUSR1 free.
     let usr1_free = signals.action(Signal::Usr1).is_none();
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(baton::http::Tls::with_handshake_timeout(
+            cert,
+            key,
+            args.handshake_timeout,
+        )?),
+        _ => None,
+    };
     let mut shutdown = Shutdown::builder()
         .drain_timeout(args.drain_timeout)
         .drain_delay(args.drain_delay)
@@ -218,12 +247,20 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         .max_generations(args.max_generations)
         .signals(signals);
     if usr1_free {
-        shutdown = shutdown.on_signal(Signal::Usr1, "reopen-logs", || async {
-            info!(
-                pid = std::process::id(),
-                "SIGUSR1: reopening the log files (the demo logs to stderr: nothing to reopen)"
-            );
-            Ok::<_, std::convert::Infallible>(())
+        let tls = tls.clone();
+        shutdown = shutdown.on_signal(Signal::Usr1, "reopen-logs", move || {
+            let tls = tls.clone();
+            async move {
+                info!(
+                    pid = std::process::id(),
+                    "SIGUSR1: reopening the log files (the demo logs to stderr: nothing to reopen)"
+                );
+                // A renewed certificate, for new handshakes; a broken one changes nothing.
+                match tls {
+                    Some(tls) => tls.reload(),
+                    None => Ok(()),
+                }
+            }
         });
     }
     if let Some(path) = args.pidfile {
@@ -239,7 +276,15 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         });
     }
     let shutdown = shutdown.build()?;
-    let server = Server::bind(&args.listen)?.idle_grace(args.idle_grace)?;
+    let mut server = Server::bind(&args.listen)?
+        .idle_grace(args.idle_grace)?
+        .header_read_timeout(args.header_read_timeout)?;
+    if let Some(n) = args.max_connections {
+        server = server.max_connections(n)?;
+    }
+    if let Some(tls) = tls {
+        server = server.tls(tls);
+    }
     server.serve(app(shutdown.clone()), &shutdown)?;
     let report = shutdown.run().await?;
     Ok(report.exit_code())

@@ -152,6 +152,15 @@ pub enum Error {
     #[error("worker: {0}")]
     Worker(crate::RestartFailure),
 
+    /// A TLS certificate or key file is unusable.
+    #[error("TLS: {}: {reason}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A pidfile could not be written.
     #[error("pidfile {path}: {source}")]
     Pidfile {

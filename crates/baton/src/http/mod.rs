@@ -7,6 +7,8 @@
 
 mod conn;
 mod service;
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::fmt;
 use std::io;
@@ -27,6 +29,8 @@ use crate::tracker::{Phase, conn_reached};
 use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
 pub use service::TrackedBody;
+#[cfg(feature = "tls")]
+pub use tls::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -67,6 +71,8 @@ impl<B> HttpBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send +
 
 /// How long a connection may stay idle after the drain started before it is closed.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
+/// How long an HTTP/1 client may take to send a request's headers by default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// After an accept error caused by a resource limit (too many open files, no memory),
 /// how long to wait before accepting again. The connection that could not be accepted
 /// stays in the queue, so retrying at once would fail again at once: a busy loop.
@@ -92,6 +98,10 @@ pub struct Server {
     listeners: Vec<Listener>,
     idle_grace: Duration,
     nodelay: bool,
+    header_read_timeout: Duration,
+    max_connections: Option<usize>,
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
 }
 
 impl fmt::Debug for Server {
@@ -100,7 +110,9 @@ impl fmt::Debug for Server {
             .field("listeners", &self.listeners)
             .field("idle_grace", &self.idle_grace)
             .field("nodelay", &self.nodelay)
-            .finish()
+            .field("header_read_timeout", &self.header_read_timeout)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,6 +123,10 @@ impl Server {
             listeners: listeners.into_iter().collect(),
             idle_grace: DEFAULT_IDLE_GRACE,
             nodelay: true,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            max_connections: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -160,6 +176,45 @@ impl Server {
         Ok(self)
     }
 
+    /// An HTTP/1 client that has not sent a request's complete headers this long after
+    /// it began (or after the connection opened) is disconnected: slow clients
+    /// ("slowloris") cannot hold connections open. Default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`] (30 s).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidDuration`] outside 1 ms..=24 h.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
+        self.header_read_timeout = crate::error::check_limit("header read timeout", timeout)?;
+        Ok(self)
+    }
+
+    /// Serves at most `n` connections at once (across this server's listeners);
+    /// further clients wait in the kernel's accept queue, not refused, until one ends.
+    /// Default: no limit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Master`]-style message for 0.
+    pub fn max_connections(mut self, n: usize) -> Result<Self, Error> {
+        if n == 0 {
+            return Err(Error::Master("max_connections must be at least 1".into()));
+        }
+        self.max_connections = Some(n);
+        Ok(self)
+    }
+
+    /// Serves HTTPS on every listener of this server: TLS with ALPN `h2` and
+    /// `http/1.1`, the handshake in the connection's own task within the
+    /// [`Tls`]'s handshake timeout (a slow handshake never holds up accepting). A
+    /// connection in its handshake counts in the drain like any other; one closed by
+    /// the drain ends with TLS `close_notify`.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Sets `TCP_NODELAY` on accepted TCP connections (default `true`).
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = nodelay;
@@ -202,11 +257,21 @@ impl Server {
                 io::Error::other(format!("{e}; call `serve` inside a tokio runtime")),
             )
         })?;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
         let ctx = Arc::new(Ctx {
-            builder: auto::Builder::new(TokioExecutor::new()),
+            builder,
             service,
             shutdown: shutdown.clone(),
             idle_grace: self.idle_grace,
+            limit: self
+                .max_connections
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            #[cfg(feature = "tls")]
+            tls: self.tls,
         });
         shutdown.install_signal_handlers()?;
         let pid = std::process::id();
@@ -276,6 +341,10 @@ struct Ctx<S> {
     service: S,
     shutdown: Shutdown,
     idle_grace: Duration,
+    /// `max_connections`: a permit per connection, taken before accepting.
+    limit: Option<Arc<tokio::sync::Semaphore>>,
+    #[cfg(feature = "tls")]
+    tls: Option<Tls>,
 }
 
 /// A listener registered with tokio, of either kind: what `serve` holds between
@@ -389,13 +458,22 @@ where
         if tracker.phase() >= Phase::Draining {
             break;
         }
+        // At the connection limit, stop accepting: clients wait in the kernel's queue.
+        let permit = match &ctx.limit {
+            Some(limit) => tokio::select! {
+                biased;
+                permit = Arc::clone(limit).acquire_owned() => permit.ok(),
+                () = &mut draining => break,
+            },
+            None => None,
+        };
         let accepted = tokio::select! {
             biased;
             res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
             () = &mut draining => break,
         };
         match accepted {
-            Ok(io) => spawn_connection(io, ctx),
+            Ok(io) => spawn_connection(io, ctx, permit),
             Err(e) if is_connection_error(&e) => {
                 debug!(pid, error = %e, "accept on {addr}: connection failed early");
             }
@@ -426,7 +504,8 @@ where
         Ok(taken) => {
             let n = taken.len();
             for io in taken {
-                spawn_connection(io, ctx);
+                // Already accepted by the kernel: served past the limit rather than cut.
+                spawn_connection(io, ctx, None);
             }
             info!(pid, queued = n, "http server stopped listening on [{addr}]");
         }
@@ -434,8 +513,11 @@ where
     }
 }
 
-fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>)
-where
+fn spawn_connection<IO, S, B>(
+    io: IO,
+    ctx: &Arc<Ctx<S>>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
     IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
@@ -443,30 +525,69 @@ where
     let tracker = ctx.shutdown.tracker();
     let io = conn::TrackedIo::new(io, |fd| tracker.register(fd));
     let shared = Arc::clone(io.handle().shared());
-    let service = service::DrainService::new(ctx.service.clone(), Arc::clone(&shared));
     let tracker = Arc::clone(tracker.inner());
     let ctx = Arc::clone(ctx);
     tokio::spawn(async move {
-        let draining = conn_reached(&tracker, &shared, Phase::Draining);
-        let forced = conn_reached(&tracker, &shared, Phase::Forcing);
-        let ended = {
-            let conn = ctx
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            conn::drive(
-                conn,
-                |c| c.graceful_shutdown(),
-                &shared,
-                draining,
-                forced,
-                ctx.idle_grace,
-            )
-            .await
-        };
-        conn::note_upgrade(&shared, &ended);
-        if let conn::Ended::Done(Err(e)) = ended {
-            debug!(error = %e, "connection ended with an error");
+        let _permit = permit;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &ctx.tls {
+            // In this task, not the accept loop: a slow handshake holds up no one.
+            let forced = conn_reached(&tracker, &shared, Phase::Forcing);
+            let handshake =
+                tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(io));
+            let io = tokio::select! {
+                res = handshake => match res {
+                    Ok(Ok(io)) => io,
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!("TLS handshake timed out after {:?}", tls.handshake_timeout());
+                        return;
+                    }
+                },
+                () = forced => return,
+            };
+            serve_connection(io, &ctx, &tracker, &shared).await;
+            return;
         }
+        serve_connection(io, &ctx, &tracker, &shared).await;
     });
+}
+
+/// Serves HTTP on one connection (plain, or TLS once the handshake is done) until it
+/// ends, drains or is forced.
+async fn serve_connection<IO, S, B>(
+    io: IO,
+    ctx: &Ctx<S>,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let service = service::DrainService::new(ctx.service.clone(), Arc::clone(shared));
+    let draining = conn_reached(tracker, shared, Phase::Draining);
+    let forced = conn_reached(tracker, shared, Phase::Forcing);
+    let ended = {
+        let conn = ctx
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        conn::drive(
+            conn,
+            |c| c.graceful_shutdown(),
+            shared,
+            draining,
+            forced,
+            ctx.idle_grace,
+        )
+        .await
+    };
+    conn::note_upgrade(shared, &ended);
+    if let conn::Ended::Done(Err(e)) = ended {
+        debug!(error = %e, "connection ended with an error");
+    }
 }

@@ -1,0 +1,512 @@
+//! HTTPS with real TLS clients (rustls, certificates verified against a test CA): restarts
+//! under load, certificate renewal with and without a restart, bad certificate files,
+//! handshake timeouts, close_notify at the drain; and the slow-client limits.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use support::{Demo, get};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A test certificate authority and the leaf certificates it signs for 127.0.0.1.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "baton test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            der: cert.der().clone(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// Writes a certificate for 127.0.0.1 named `cn` and its key into `dir`; returns
+    /// the paths and the certificate's DER (to recognise it in a handshake).
+    fn leaf(&self, dir: &Path, cn: &str, expired: bool) -> (PathBuf, PathBuf, Vec<u8>) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (cert_path, key_path) = (dir.join(format!("{cn}.crt")), dir.join(format!("{cn}.key")));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        (cert_path, key_path, cert.der().to_vec())
+    }
+
+    fn client(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.der.clone()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+/// Installs certificate `cn` as `server.crt`/`server.key` (what the demo is told to
+/// read), as a renewal would: new files renamed over the old ones.
+fn install(dir: &Path, files: &(PathBuf, PathBuf, Vec<u8>)) {
+    for (from, to) in [(&files.0, "server.crt"), (&files.1, "server.key")] {
+        let tmp = dir.join(format!("{to}.new"));
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join(to)).unwrap();
+    }
+}
+
+fn demo_tls(dir: &Path, extra: &[&str]) -> Demo {
+    let cert = dir.join("server.crt");
+    let key = dir.join("server.key");
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Demo::start(&args)
+}
+
+/// One TLS connection: the handshake, then the negotiated protocol and the
+/// certificate the server presented.
+async fn connect(
+    tls: &TlsConnector,
+    addr: &str,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, bool, Vec<u8>), BoxError> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("127.0.0.1")?.to_owned();
+    let stream = tls.connect(name, tcp).await?;
+    let (_, conn) = stream.get_ref();
+    let h2 = conn.alpn_protocol() == Some(b"h2");
+    let cert = conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    Ok((stream, h2, cert))
+}
+
+/// `GET path` on a new TLS connection (HTTP/2 if negotiated): status, body, whether h2
+/// was used, and the server's certificate.
+async fn tls_get(
+    tls: &TlsConnector,
+    addr: &str,
+    path: &str,
+) -> Result<(u16, String, bool, Vec<u8>), BoxError> {
+    let (stream, h2, cert) = connect(tls, addr).await?;
+    let io = TokioIo::new(stream);
+    let req = Request::get(path)
+        .header("host", "127.0.0.1")
+        .body(Empty::<Bytes>::new())?;
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        send.send_request(req).await?
+    };
+    let status = resp.status().as_u16();
+    let body = String::from_utf8(resp.into_body().collect().await?.to_bytes().to_vec())?;
+    Ok((status, body, h2, cert))
+}
+
+/// Clients looping over HTTPS until stopped: `keep_alive` reuses an HTTP/1.1
+/// connection until the server says `Connection: close`; otherwise each request has
+/// its own connection (and its own handshake; HTTP/2 when `h2`). Nothing is retried.
+struct TlsLoad {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl TlsLoad {
+    fn start(tls: &TlsConnector, addr: &str, n: usize, keep_alive: bool) -> TlsLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..n)
+            .map(|_| {
+                let (tls, addr, stop) = (tls.clone(), addr.to_owned(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let (mut ok, mut failures) = (0u64, Vec::new());
+                    let mut conn: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> =
+                        None;
+                    let started = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < 4 * support::WAIT {
+                        let res: Result<bool, BoxError> =
+                            tokio::time::timeout(Duration::from_secs(10), async {
+                                if !keep_alive {
+                                    let (status, _, _, _) = tls_get(&tls, &addr, "/pid").await?;
+                                    return Ok(status == 200);
+                                }
+                                if conn.is_none() {
+                                    let (stream, _, _) = connect(&tls, &addr).await?;
+                                    let (send, c) =
+                                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                                            .await?;
+                                    tokio::spawn(c);
+                                    conn = Some(send);
+                                }
+                                let send = conn.as_mut().unwrap();
+                                let req = Request::get("/pid")
+                                    .header("host", "127.0.0.1")
+                                    .body(Empty::new())?;
+                                let resp = send.send_request(req).await?;
+                                let closes = resp
+                                    .headers()
+                                    .get("connection")
+                                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+                                let status = resp.status().as_u16();
+                                resp.into_body().collect().await?;
+                                if closes {
+                                    conn = None;
+                                }
+                                Ok(status == 200)
+                            })
+                            .await
+                            .unwrap_or_else(|_| Err("timed out after 10s".into()));
+                        match res {
+                            Ok(true) => ok += 1,
+                            Ok(false) => failures.push("non-200".to_owned()),
+                            Err(e) => {
+                                failures.push(e.to_string());
+                                conn = None;
+                            }
+                        }
+                    }
+                    (ok, failures)
+                })
+            })
+            .collect();
+        TlsLoad { stop, tasks }
+    }
+
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut ok, mut failures) = (0, Vec::new());
+        for t in self.tasks {
+            let (o, f) = t.await.unwrap();
+            ok += o;
+            failures.extend(f);
+        }
+        (ok, failures)
+    }
+}
+
+/// HTTPS across 8 restarts under keep-alive and new-connection HTTP/1.1 clients and
+/// HTTP/2 clients (ALPN): 0 failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_restarts_under_load_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf(dir.path(), "one", false));
+    let demo = demo_tls(dir.path(), &[]);
+    let h1 = ca.client(&[b"http/1.1"]);
+    let h2 = ca.client(&[b"h2", b"http/1.1"]);
+    let (_, _, used_h2, _) = tls_get(&h2, &demo.addr, "/").await.unwrap();
+    assert!(used_h2, "ALPN chose h2");
+    let (_, _, used_h2, _) = tls_get(&h1, &demo.addr, "/").await.unwrap();
+    assert!(!used_h2, "ALPN chose http/1.1");
+    let keep_alive = TlsLoad::start(&h1, &demo.addr, 2, true);
+    let new_conn = TlsLoad::start(&h1, &demo.addr, 2, false);
+    let h2_load = TlsLoad::start(&h2, &demo.addr, 2, false);
+    let mut serving = demo.pid;
+    for n in 2..=9 {
+        support::signal_pid(serving, "HUP");
+        serving = demo.wait_ready(n);
+        // Let the clients work against each generation for a while (load, not a
+        // wait for an event: nothing asserted depends on it).
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (a, b, c) = (
+        keep_alive.stop().await,
+        new_conn.stop().await,
+        h2_load.stop().await,
+    );
+    eprintln!("keep-alive {} ok, new-conn {} ok, h2 {} ok", a.0, b.0, c.0);
+    assert!(a.1.is_empty(), "keep-alive: {:?}", a.1);
+    assert!(b.1.is_empty(), "new connections: {:?}", b.1);
+    assert!(c.1.is_empty(), "h2: {:?}", c.1);
+    assert!(a.0 > 0 && b.0 > 0 && c.0 > 0);
+}
+
+/// A renewed certificate: swapped in for new handshakes by SIGUSR1 without a restart
+/// (an established connection keeps working); a broken one changes nothing (logged);
+/// after a restart the new generation reads the files anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_with_and_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let one = ca.leaf(dir.path(), "one", false);
+    install(dir.path(), &one);
+    let demo = demo_tls(dir.path(), &[]);
+    let tls = ca.client(&[b"http/1.1"]);
+    let (_, _, _, served) = tls_get(&tls, &demo.addr, "/").await.unwrap();
+    assert_eq!(served, one.2);
+    // An open keep-alive connection, from before the swap.
+    let (stream, _, _) = connect(&tls, &demo.addr).await.unwrap();
+    let (mut open, c) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(c);
+
+    let two = ca.leaf(dir.path(), "two", false);
+    install(dir.path(), &two);
+    demo.signal("USR1");
+    demo.wait_log("TLS certificate reloaded");
+    let (_, _, _, served) = tls_get(&tls, &demo.addr, "/").await.unwrap();
+    assert_eq!(served, two.2, "new handshakes get the renewed certificate");
+    let req = Request::get("/")
+        .header("host", "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(open.send_request(req).await.unwrap().status(), 200);
+
+    std::fs::write(
+        dir.path().join("server.crt"),
+        b"-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    demo.signal("USR1");
+    let line = demo.wait_log("TLS certificate reload failed");
+    assert!(line.contains("server.crt"), "{line}");
+    let (_, _, _, served) = tls_get(&tls, &demo.addr, "/").await.unwrap();
+    assert_eq!(
+        served, two.2,
+        "a broken renewal leaves the working certificate"
+    );
+
+    let three = ca.leaf(dir.path(), "three", false);
+    install(dir.path(), &three);
+    demo.signal("HUP");
+    demo.wait_ready(2);
+    let (_, _, _, served) = tls_get(&tls, &demo.addr, "/").await.unwrap();
+    assert_eq!(served, three.2, "the new generation read the files anew");
+}
+
+/// Bad certificate files: each is named with what is wrong (exit 1, nothing serves);
+/// an expired certificate is served, with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_certificate_files_are_named_and_an_expired_one_is_served_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let (cert, key, _) = ca.leaf(dir.path(), "good", false);
+    let (_, other_key, _) = ca.leaf(dir.path(), "other", false);
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, b"hello").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let run = |cert: &Path, key: &Path| {
+        let out = std::process::Command::new(support::hello_exe())
+            .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cases: [(&Path, &Path, &str); 4] = [
+        (&missing, &key, "missing.pem: cannot read it"),
+        (&garbage, &key, "garbage.pem: no certificate in it"),
+        (&cert, &garbage, "garbage.pem: no usable private key in it"),
+        (&cert, &other_key, "does not match this certificate"),
+    ];
+    for (c, k, expect) in cases {
+        let (code, err) = tokio::task::block_in_place(|| run(c, k));
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains(expect), "{expect:?} in {err}");
+    }
+
+    install(dir.path(), &ca.leaf(dir.path(), "expired", true));
+    let demo = demo_tls(dir.path(), &[]);
+    let line = demo.wait_log("EXPIRED");
+    assert!(line.contains("served anyway"), "{line}");
+    // A verifying client refuses it, as it should; the server did serve it.
+    let err = tls_get(&ca.client(&[b"http/1.1"]), &demo.addr, "/")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expired"), "{err}");
+}
+
+/// A client that connects and never completes its handshake is disconnected at the
+/// handshake timeout, and holds up no one meanwhile (the handshake is not in the
+/// accept loop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_times_out_and_blocks_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf(dir.path(), "one", false));
+    let demo = demo_tls(dir.path(), &["--handshake-timeout", "1s"]);
+    let mut stalled: Vec<TcpStream> = Vec::new();
+    for _ in 0..20 {
+        stalled.push(TcpStream::connect(&demo.addr).await.unwrap());
+    }
+    let tls = ca.client(&[b"http/1.1"]);
+    let t0 = Instant::now();
+    let (status, _, _, _) = tls_get(&tls, &demo.addr, "/").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        t0.elapsed() < Duration::from_millis(900),
+        "served at once: {:?}",
+        t0.elapsed()
+    );
+    let mut buf = [0u8; 16];
+    for s in &mut stalled {
+        let n = tokio::time::timeout(support::WAIT, s.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "closed by the server: {n:?}");
+    }
+}
+
+/// An idle HTTPS keep-alive connection closed by the drain ends with TLS close_notify
+/// (the client reads a clean end, not a truncation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_tls_connections_with_close_notify() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf(dir.path(), "one", false));
+    let mut demo = demo_tls(dir.path(), &["--idle-grace", "200ms"]);
+    let (mut stream, _, _) = connect(&ca.client(&[b"http/1.1"]), &demo.addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("hello from baton") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    demo.signal("TERM");
+    // rustls reports a peer that closed without close_notify as UnexpectedEof.
+    let end = tokio::time::timeout(support::WAIT, stream.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(end, Ok(0)), "a clean TLS end: {end:?}");
+    assert_eq!(demo.wait_exit().code(), Some(0));
+}
+
+/// `n` slowloris clients: a header byte every 500 ms (30 s for all of them), then a
+/// read until the server closes; each returns how long it lasted.
+fn slowloris(addr: &str, n: usize) -> Vec<tokio::task::JoinHandle<Duration>> {
+    (0..n)
+        .map(|_| {
+            let addr = addr.to_owned();
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let Ok(mut s) = TcpStream::connect(&addr).await else {
+                    return t0.elapsed();
+                };
+                for b in b"GET / HTTP/1.1\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                {
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                // Cut by the server: the read ends (a 408, or a plain close).
+                let mut buf = [0u8; 256];
+                let _ = tokio::time::timeout(support::WAIT, s.read(&mut buf)).await;
+                t0.elapsed()
+            })
+        })
+        .collect()
+}
+
+/// Slow clients ("slowloris") are disconnected at the header-read timeout, not after
+/// the 30 s they would take, and do not stop others from being served; a restart during
+/// an attack loses nothing for the well-behaved clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_at_the_header_timeout_and_block_no_one() {
+    let demo = Demo::start(&["--header-read-timeout", "2s"]);
+    let load = support::Load::start(&demo.addr, 2, false);
+    let mut lasted = Vec::new();
+    for t in slowloris(&demo.addr, 200) {
+        lasted.push(t.await.unwrap());
+    }
+    let (shortest, longest) = (lasted.iter().min().unwrap(), lasted.iter().max().unwrap());
+    assert!(
+        *shortest >= Duration::from_millis(1500) && *longest < Duration::from_secs(10),
+        "cut near the 2 s timeout: {shortest:?}..{longest:?}"
+    );
+    // Again, with a restart in the middle of the attack.
+    let attack = slowloris(&demo.addr, 100);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    demo.signal("HUP");
+    demo.wait_ready(2);
+    for t in attack {
+        t.await.unwrap();
+    }
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(tally.ok > 50, "others were served: {}", tally.ok);
+}
+
+/// With --max-connections 2, a third client waits in the accept queue (not refused)
+/// and is served once a connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_limit_clients_wait_instead_of_being_refused() {
+    let demo = Demo::start(&["--max-connections", "2"]);
+    let mut a = support::Http1::connect(&demo.addr).await.unwrap();
+    let mut b = support::Http1::connect(&demo.addr).await.unwrap();
+    assert_eq!(a.get("/").await.unwrap().status, 200);
+    assert_eq!(b.get("/").await.unwrap().status, 200);
+    let addr = demo.addr.clone();
+    let third = tokio::spawn(async move { get(&addr, "/pid").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "the third client waits while two are open"
+    );
+    drop(a);
+    let resp = tokio::time::timeout(support::WAIT, third)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status, 200);
+    drop(b);
+}
