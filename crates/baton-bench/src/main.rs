@@ -115,6 +115,12 @@ struct Args {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     window: Duration,
 
+    /// For https:// URLs: the certificate(s) to trust, PEM (a CA, or the server's own
+    /// self-signed certificate). ALPN offers h2 with --http 2, http/1.1 otherwise;
+    /// every new connection does a full handshake (no session resumption).
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+
     /// Write the machine-readable report here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -190,30 +196,73 @@ fn main() -> ExitCode {
     }
 }
 
-async fn parse_target(url: &str) -> anyhow::Result<Target> {
+async fn parse_target(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Target> {
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("`{url}` is not a URL; expected e.g. http://127.0.0.1:8080/"))?;
-    if uri.scheme_str() != Some("http") {
-        bail!("`{url}`: only http:// URLs are supported (HTTPS comes with TLS support)");
-    }
+    let https = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => bail!("`{url}`: expected an http:// or https:// URL"),
+    };
     let authority = uri
         .authority()
         .ok_or_else(|| anyhow!("`{url}` has no host"))?
         .clone();
-    let port = authority.port_u16().unwrap_or(80);
+    let port = authority
+        .port_u16()
+        .unwrap_or(if https { 443 } else { 80 });
     let addr = tokio::net::lookup_host((authority.host(), port))
         .await
         .with_context(|| format!("cannot resolve {}", authority.host()))?
         .next()
         .ok_or_else(|| anyhow!("{} resolves to no address", authority.host()))?;
+    let tls = if https {
+        let connector = tls.ok_or_else(|| {
+            anyhow!("`{url}` is HTTPS: give --tls-ca FILE, the PEM certificate(s) to trust for it")
+        })?;
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
+            .with_context(|| format!("`{host}` is not a TLS server name"))?;
+        Some((connector.clone(), name))
+    } else {
+        None
+    };
     Ok(Target {
         addr,
         authority: authority.to_string(),
         path: uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+        tls,
     })
+}
+
+/// A TLS client trusting the certificates in `ca` (PEM), offering the ALPN protocol of
+/// the HTTP version asked for.
+fn tls_connector(ca: &std::path::Path, http2: bool) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use tokio_rustls::rustls::pki_types::CertificateDer;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.with_context(|| format!("{}: malformed PEM", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: not a usable certificate", ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{}: no certificate in it", ca.display());
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    // Every new connection pays for a full handshake, as a new client does.
+    config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
 }
 
 /// utime + stime of a process, in seconds.
@@ -227,9 +276,14 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
+    let tls = args
+        .tls_ca
+        .as_deref()
+        .map(|ca| tls_connector(ca, args.http == "2"))
+        .transpose()?;
     let mut targets = Vec::new();
     for url in &args.urls {
-        targets.push(parse_target(url).await?);
+        targets.push(parse_target(url, tls.as_ref()).await?);
     }
     let pid_from = match (&args.pid_header, args.pid_body) {
         (Some(name), _) => PidFrom::Header(
