@@ -105,6 +105,16 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_connections: Option<usize>,
 
+    /// Serve the admin endpoints (GoFrame's /debug/admin, and /metrics) on ADDR: a
+    /// Unix socket (unix:/path), or TCP with a token (--admin-token-file or the
+    /// BATON_ADMIN_TOKEN variable).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<ListenAddr>,
+
+    /// The file holding the admin token (16+ printable characters).
+    #[arg(long, value_name = "PATH", requires = "admin")]
+    admin_token_file: Option<std::path::PathBuf>,
+
     /// Be your own master (GoFrame's model): this process keeps its PID, holds the
     /// sockets and runs the program again as its worker; SIGHUP reloads the worker
     /// (a new one, then the old drains), SIGTERM stops. --pidfile then names the
@@ -286,6 +296,25 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         server = server.tls(tls);
     }
     server.serve(app(shutdown.clone()), &shutdown)?;
+    if let Some(addr) = &args.admin {
+        let token = match &args.admin_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| baton::Error::Io {
+                        op: format!("read the admin token from {}", path.display()),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => std::env::var("BATON_ADMIN_TOKEN").ok(),
+        };
+        let admin = match token {
+            Some(t) => baton::http::Admin::new(&shutdown, t)?,
+            None => baton::http::Admin::unix_only(&shutdown),
+        };
+        admin.serve(baton::Listener::bind("admin", addr)?)?;
+    }
     let report = shutdown.run().await?;
     Ok(report.exit_code())
 }

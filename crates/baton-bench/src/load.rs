@@ -73,7 +73,10 @@ pub(crate) struct Target {
     pub(crate) path: String,
     /// HTTPS: the connector (roots from `--tls-ca`, ALPN for the HTTP version) and the
     /// name the certificate must carry.
-    pub(crate) tls: Option<(tokio_rustls::TlsConnector, tokio_rustls::rustls::pki_types::ServerName<'static>)>,
+    pub(crate) tls: Option<(
+        tokio_rustls::TlsConnector,
+        tokio_rustls::rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 impl std::fmt::Debug for Target {
@@ -370,7 +373,11 @@ fn request(cfg: &LoadConfig, target: &Target) -> Request<Empty<Bytes>> {
         Http::One => target.path.clone(),
         Http::Two => format!(
             "{}://{}{}",
-            if target.tls.is_some() { "https" } else { "http" },
+            if target.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             target.authority,
             target.path
         ),

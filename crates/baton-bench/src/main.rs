@@ -196,7 +196,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn parse_target(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Target> {
+async fn parse_target(
+    url: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> anyhow::Result<Target> {
     let uri: hyper::Uri = url
         .parse()
         .with_context(|| format!("`{url}` is not a URL; expected e.g. http://127.0.0.1:8080/"))?;
@@ -209,9 +212,7 @@ async fn parse_target(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> an
         .authority()
         .ok_or_else(|| anyhow!("`{url}` has no host"))?
         .clone();
-    let port = authority
-        .port_u16()
-        .unwrap_or(if https { 443 } else { 80 });
+    let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addr = tokio::net::lookup_host((authority.host(), port))
         .await
         .with_context(|| format!("cannot resolve {}", authority.host()))?
@@ -221,7 +222,10 @@ async fn parse_target(url: &str, tls: Option<&tokio_rustls::TlsConnector>) -> an
         let connector = tls.ok_or_else(|| {
             anyhow!("`{url}` is HTTPS: give --tls-ca FILE, the PEM certificate(s) to trust for it")
         })?;
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
             .with_context(|| format!("`{host}` is not a TLS server name"))?;
         Some((connector.clone(), name))
@@ -259,10 +263,16 @@ fn tls_connector(ca: &std::path::Path, http2: bool) -> anyhow::Result<tokio_rust
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     // Every new connection pays for a full handshake, as a new client does.
     config.resumption = tokio_rustls::rustls::client::Resumption::disabled();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)))
+    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        config,
+    )))
 }
 
 /// utime + stime of a process, in seconds.

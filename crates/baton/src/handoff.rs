@@ -55,6 +55,21 @@ pub enum RestartFailure {
     Busy(&'static str),
 }
 
+impl RestartFailure {
+    /// A short name of the failure's kind, for counters and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RestartFailure::Executable { .. } => "executable",
+            RestartFailure::Spawn(_) => "spawn",
+            RestartFailure::Exited { .. } => "exited",
+            RestartFailure::NotReady { .. } => "not-ready",
+            RestartFailure::Aborted { .. } => "aborted",
+            RestartFailure::Busy(_) => "busy",
+            RestartFailure::Draining { .. } => "draining",
+        }
+    }
+}
+
 impl fmt::Display for RestartFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -85,7 +85,7 @@ pub use listener::{IntoListenAddr, ListenAddr, Listener};
 pub use report::{Forced, Report};
 pub use shutdown::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
-    RestartRequest, Shutdown, ShutdownBuilder,
+    RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
 };
 pub use signal::{Action, Preset, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};

@@ -126,6 +126,28 @@ struct Inner {
     /// A shutdown or hammer came while a full restart drained: stop instead of
     /// executing the program anew.
     stop_asked: std::sync::atomic::AtomicBool,
+    /// Restarts attempted by this generation (a lock per restart, never per request).
+    restarts: Mutex<RestartStats>,
+    started: std::time::Instant,
+}
+
+/// The graceful restarts this generation attempted ([`Shutdown::restart_stats`]). A
+/// generation that succeeds hands over and ends, so `ok` is 0 or 1; the new generation
+/// starts its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RestartStats {
+    /// Restarts that handed over to a ready new generation.
+    pub ok: u64,
+    /// Failed restarts, by reason (`exited`, `not-ready`, `spawn`, `executable`,
+    /// `aborted`, `busy`, `draining`).
+    pub failed: std::collections::BTreeMap<&'static str, u64>,
+    /// Restart requests folded into one in progress.
+    pub coalesced: u64,
+    /// Seconds from trigger to ready (or to failure), summed over the attempts.
+    pub seconds_total: f64,
+    /// The last attempt: succeeded, how long it took, and its outcome in words.
+    pub last: Option<(bool, Duration, String)>,
 }
 
 struct Pending {
@@ -320,6 +342,8 @@ impl ShutdownBuilder {
                 max_generations: self.max_generations.max(2),
                 pidfile: self.pidfile,
                 successor: AtomicU32::new(0),
+                restarts: Mutex::new(RestartStats::default()),
+                started: std::time::Instant::now(),
                 stop_asked: std::sync::atomic::AtomicBool::new(false),
             }),
         })
@@ -554,6 +578,35 @@ impl Shutdown {
         self.inner.tracker.stats()
     }
 
+    /// The graceful restarts this generation attempted.
+    pub fn restart_stats(&self) -> RestartStats {
+        lock(&self.inner.restarts).clone()
+    }
+
+    /// How long this generation has been running.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// The listening sockets handed to the next generation: name and local address.
+    pub fn listeners(&self) -> Vec<(String, String)> {
+        lock(&self.inner.listeners)
+            .iter()
+            .map(|p| {
+                let addr = socket2::SockRef::from(&p.fd)
+                    .local_addr()
+                    .ok()
+                    .map(|a| match (a.as_socket(), a.as_pathname()) {
+                        (Some(sa), _) => sa.to_string(),
+                        (None, Some(path)) => format!("unix:{}", path.display()),
+                        _ => "?".to_owned(),
+                    })
+                    .unwrap_or_else(|| "?".to_owned());
+                (p.name.clone(), addr)
+            })
+            .collect()
+    }
+
     /// Reports this generation ready, then serves until a trigger ends it: carries out
     /// graceful restarts (serving on when one fails), then the shutdown, the hand-over
     /// drain or the full restart; returns the report of the drain.
@@ -716,9 +769,30 @@ impl Shutdown {
                 },
                 Command::Restart { reason, reply } => {
                     let mut replies: Vec<RestartReply> = reply.into_iter().collect();
+                    let t0 = Instant::now();
                     let outcome = self
                         .carry_out_restart(&reason, &mut replies, commands)
                         .await;
+                    {
+                        let took = t0.elapsed();
+                        let mut stats = lock(&self.inner.restarts);
+                        stats.seconds_total += took.as_secs_f64();
+                        match &outcome {
+                            Ok(r) => {
+                                stats.ok += 1;
+                                stats.coalesced += u64::from(r.coalesced);
+                                stats.last = Some((
+                                    true,
+                                    took,
+                                    format!("generation {} pid {}", r.generation, r.pid),
+                                ));
+                            }
+                            Err((f, _)) => {
+                                *stats.failed.entry(f.kind()).or_default() += 1;
+                                stats.last = Some((false, took, f.to_string()));
+                            }
+                        }
+                    }
                     match outcome {
                         Ok(restarted) => {
                             for reply in replies {

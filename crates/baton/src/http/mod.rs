@@ -5,6 +5,8 @@
 //! HTTP/2 (prior knowledge, "h2c") on the same port. Every connection is registered
 //! with the [`Shutdown`] coordinator, which decides when the drain starts and ends.
 
+#[cfg(feature = "admin")]
+mod admin;
 mod conn;
 mod service;
 #[cfg(feature = "tls")]
@@ -28,6 +30,8 @@ use tracing::{debug, info, warn};
 use crate::tracker::{Phase, conn_reached};
 use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
+#[cfg(feature = "admin")]
+pub use admin::Admin;
 pub use service::TrackedBody;
 #[cfg(feature = "tls")]
 pub use tls::{DEFAULT_HANDSHAKE_TIMEOUT, Tls};
