@@ -525,11 +525,13 @@ const $ = (id) => document.getElementById(id);
 $("token").value = sessionStorage.getItem("baton-token") || "";
 function headers() { return { "Authorization": "Bearer " + $("token").value }; }
 function show(msg, ok) { $("outcome").textContent = msg; $("outcome").className = ok ? "" : "err"; }
+let last = null;
 async function refresh() {
   sessionStorage.setItem("baton-token", $("token").value);
   const r = await fetch("/debug/admin/status", { headers: headers() });
   if (!r.ok) { show("status: " + r.status + " " + (await r.text()), false); return; }
   const s = await r.json();
+  last = s;
   const rows = [["PID", s.pid], ["Generation", s.generation], ["Uptime (s)", s.uptime_s], ["Phase", s.phase],
     ["Listeners", s.listeners.map(l => l.name + " " + l.addr).join(", ")],
     ["Connections", Object.entries(s.connections).map(([k, v]) => k + " " + v).join(", ")],
@@ -547,7 +549,16 @@ for (const b of document.querySelectorAll("button[data-action]")) {
       const r = await fetch("/debug/admin/" + b.dataset.action, { method: "POST", headers: headers() });
       const body = await r.text();
       show(b.dataset.action + ": " + r.status + " " + body, r.ok);
-      if (r.ok && b.dataset.action == "restart") { setTimeout(refresh, 200); }
+      if (r.ok && b.dataset.action == "restart") {
+        // Until the new generation answers (a kept-alive connection may still reach
+        // the old one while it drains).
+        const want = JSON.parse(body).new_pid;
+        for (let i = 0; i < 40; i++) {
+          await refresh();
+          if (last && last.pid == want) break;
+          await new Promise(res => setTimeout(res, 250));
+        }
+      }
     } catch (e) { show(b.dataset.action + ": " + e, false); }
   });
 }
