@@ -9,6 +9,7 @@
 
 mod client;
 mod daemon;
+mod watch;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ enum Command {
     Restart(client::Target),
     /// Show the master, its workers, listeners and the last reload.
     Status(client::StatusArgs),
+    /// Like run, and on a change to the watched files: build, then reload (or, if the
+    /// build fails, show why and keep the running worker).
+    Watch(watch::WatchArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         Command::Reload(t) => client::reload(&t),
         Command::Restart(t) => client::restart(&t),
         Command::Status(a) => client::status(&a),
+        Command::Watch(a) => watch::watch(a),
     }
 }
 
@@ -179,21 +184,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    // RUST_LOG as `LEVEL` or `TARGET=LEVEL,...` (no regular expressions: the master
-    // stays small).
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
-        .unwrap_or_else(|| {
-            tracing_subscriber::filter::Targets::new()
-                .with_default(tracing::level_filters::LevelFilter::INFO)
-        });
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(!args.detached && std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    tracing_subscriber::registry().with(fmt).with(filter).init();
+    init_logging(args.detached);
     // One thread: the master does little, and a worker is forked from this thread
     // (a forked child inherits only the forking thread; the parent-death signal is
     // tied to it).
@@ -221,6 +212,25 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Logs to stderr; `RUST_LOG` as `LEVEL` or `TARGET=LEVEL,...`.
+fn init_logging(detached: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // RUST_LOG as `LEVEL` or `TARGET=LEVEL,...` (no regular expressions: the master
+    // stays small).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<tracing_subscriber::filter::Targets>().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new()
+                .with_default(tracing::level_filters::LevelFilter::INFO)
+        });
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(!detached && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    tracing_subscriber::registry().with(fmt).with(filter).init();
 }
 
 fn build_master(args: RunArgs) -> Result<Master, String> {

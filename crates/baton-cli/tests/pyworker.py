@@ -3,7 +3,10 @@ import http.server, os, signal, socket, sys, threading
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = ("%d\n" % os.getpid()).encode()
+        if self.path == "/version":
+            body = VERSION
+        else:
+            body = ("%d\n" % os.getpid()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Connection", "close")
@@ -11,6 +14,12 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
+
+# What this build serves at /version (read once, at start, like compiled-in code).
+VERSION = b""
+if os.environ.get("PYWORKER_BODY_FILE"):
+    with open(os.environ["PYWORKER_BODY_FILE"], "rb") as f:
+        VERSION = f.read()
 
 # As a child of the worker (PYWORKER_CHILD, like the server `npm start` runs), the
 # sockets were meant for the parent: LISTEN_PID names it.

@@ -54,6 +54,12 @@ impl Command {
 pub(crate) struct Reply(mpsc::UnboundedSender<String>);
 
 impl Reply {
+    /// A reply and the receiving end of its lines.
+    pub(crate) fn channel() -> (Reply, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reply(tx), rx)
+    }
+
     /// A reply that goes nowhere (a request that came by signal).
     pub(crate) fn none() -> Reply {
         Reply(mpsc::unbounded_channel().0)

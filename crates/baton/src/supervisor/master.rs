@@ -76,6 +76,81 @@ pub struct Master {
     listeners: Vec<Listener>,
     control: Option<control::Bound>,
     _pidfile: Option<pidfile::Locked>,
+    requests: (
+        mpsc::UnboundedSender<Request>,
+        mpsc::UnboundedReceiver<Request>,
+    ),
+}
+
+/// Asks a running [`Master`] for a reload, a full restart or a stop from code (what the
+/// control socket does for `baton reload`), and gets the outcome. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct MasterHandle {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+/// What a [`MasterHandle`] request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// The final line: what happened, or why it failed.
+    pub message: String,
+    /// The progress lines before it (`spawned gen 3 pid 1234`, `gen 3 pid 1234 ready in
+    /// 42 ms`, ...).
+    pub progress: Vec<String>,
+}
+
+impl MasterHandle {
+    /// A graceful reload; resolves once the new worker serves and the old one is gone
+    /// (or the reload failed and the old one serves on).
+    pub async fn reload(&self) -> Outcome {
+        self.ask(Command::Reload).await
+    }
+
+    /// A full restart: the worker drains, then a new one starts.
+    pub async fn restart(&self) -> Outcome {
+        self.ask(Command::Restart).await
+    }
+
+    /// Stops the master (its worker drains).
+    pub async fn stop(&self) -> Outcome {
+        self.ask(Command::Stop).await
+    }
+
+    async fn ask(&self, command: Command) -> Outcome {
+        let (reply, mut lines) = Reply::channel();
+        if self.requests.send(Request { command, reply }).is_err() {
+            return Outcome {
+                ok: false,
+                message: "the master is not running".into(),
+                progress: Vec::new(),
+            };
+        }
+        let mut progress = Vec::new();
+        while let Some(line) = lines.recv().await {
+            if let Some(p) = line.strip_prefix("progress ") {
+                progress.push(p.to_owned());
+            } else if let Some(m) = line.strip_prefix("ok ") {
+                return Outcome {
+                    ok: true,
+                    message: m.to_owned(),
+                    progress,
+                };
+            } else if let Some(m) = line.strip_prefix("error ") {
+                return Outcome {
+                    ok: false,
+                    message: m.to_owned(),
+                    progress,
+                };
+            }
+        }
+        Outcome {
+            ok: false,
+            message: "the master ended without an outcome".into(),
+            progress,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,6 +228,13 @@ impl Master {
         let mut command = vec![exe.into_os_string()];
         command.extend(std::env::args_os().skip(1));
         Ok(Master::builder(command))
+    }
+
+    /// A handle to ask the master, once running, for reloads, restarts and a stop.
+    pub fn handle(&self) -> MasterHandle {
+        MasterHandle {
+            requests: self.requests.0.clone(),
+        }
     }
 
     /// The control socket's path, if one was configured.
@@ -305,6 +387,7 @@ impl MasterBuilder {
             listeners: self.listeners,
             control,
             _pidfile: pidfile,
+            requests: mpsc::unbounded_channel(),
         })
     }
 }
@@ -363,7 +446,7 @@ struct DrainEnd {
 }
 
 #[derive(Debug)]
-struct Outcome {
+struct LastAttempt {
     kind: Kind,
     ok: bool,
     took: Duration,
@@ -389,7 +472,7 @@ struct State {
     respawn_at: Option<Instant>,
     backoff: Duration,
     stopping: Option<Stopping>,
-    last: Option<Outcome>,
+    last: Option<LastAttempt>,
     reloads_ok: u64,
     reloads_failed: u64,
     /// The status of the last worker that ended while it served (the exit code when
@@ -427,6 +510,7 @@ impl Master {
     /// [`Error::Io`] if the signal handlers cannot be installed.
     pub async fn run(self) -> Result<u8, Error> {
         let Master {
+            requests: (req_tx, mut req_rx),
             cfg,
             listeners,
             control,
@@ -466,7 +550,6 @@ impl Master {
         } else {
             None
         };
-        let (req_tx, mut req_rx) = mpsc::unbounded_channel::<Request>();
         for l in &listeners {
             info!(
                 pid = me,
@@ -1113,7 +1196,7 @@ impl State {
         } else {
             self.reloads_failed += 1;
         }
-        self.last = Some(Outcome {
+        self.last = Some(LastAttempt {
             kind,
             ok,
             took,

@@ -17,6 +17,6 @@ mod master;
 mod pidfile;
 mod worker;
 
-pub use master::{Master, MasterBuilder, is_worker};
+pub use master::{Master, MasterBuilder, MasterHandle, Outcome, is_worker};
 pub use pidfile::{Holder, holder as pidfile_holder, signals_path};
 pub use worker::{Readiness, Worker};

@@ -1,0 +1,268 @@
+//! `baton watch` with real files, a scripted build and a real server: a change is built
+//! and served with clients running throughout, a broken build changes nothing, a burst
+//! of saves is one build, ignored paths cause none.
+#![allow(clippy::unwrap_used)]
+
+#[path = "../../baton/tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{Load, get};
+
+/// The build: copies `src/version.txt` to `out/version.txt` (what the server serves),
+/// counting runs in `builds.log`; `BROKEN` in the source is a compile error.
+const BUILD: &str = r#"echo build >> builds.log
+if grep -q BROKEN src/version.txt; then echo "error: src/version.txt:1: expected a version" >&2; exit 1; fi
+mkdir -p out && cp src/version.txt out/version.txt
+"#;
+
+struct Watch {
+    child: Child,
+    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    addr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The master's workers get their drain signal when it dies.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Watch {
+    fn start(extra: &[&str]) -> Watch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/version.txt"), "v1\n").unwrap();
+        std::fs::write(dir.path().join("build.sh"), BUILD).unwrap();
+        // The build's own output, as a project's .gitignore names it.
+        std::fs::write(dir.path().join(".gitignore"), "out/\nbuilds.log\n").unwrap();
+        let addr = format!("127.0.0.1:{}", support::free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .current_dir(dir.path())
+            .args(["watch", "--build", "sh build.sh"])
+            .args(extra)
+            .args([
+                "--listen",
+                &addr,
+                "--ready",
+                "delay=200ms",
+                "--drain-timeout",
+                "10s",
+                "--",
+            ])
+            .args([
+                "python3",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"),
+            ])
+            .env("PYWORKER_BODY_FILE", dir.path().join("out/version.txt"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[watch] {line}");
+                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                sink.1.notify_all();
+            }
+        });
+        let w = Watch {
+            child,
+            log,
+            addr,
+            dir,
+        };
+        w.wait_log("[watch] watching", 1);
+        w.wait_log(" ready in ", 1);
+        w
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn wait_log(&self, pat: &str, n: usize) -> String {
+        let run = || {
+            let (m, cv) = &*self.log;
+            let deadline = Instant::now() + support::WAIT;
+            let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if let Some(l) = log.iter().filter(|l| l.contains(pat)).nth(n - 1) {
+                    return l.clone();
+                }
+                let now = Instant::now();
+                assert!(
+                    now < deadline,
+                    "no line #{n} with {pat:?}:\n{}",
+                    log.join("\n")
+                );
+                log = cv.wait_timeout(log, deadline - now).unwrap().0;
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(run),
+            Err(_) => run(),
+        }
+    }
+
+    fn count(&self, pat: &str) -> usize {
+        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().filter(|l| l.contains(pat)).count()
+    }
+
+    fn builds(&self) -> usize {
+        std::fs::read_to_string(self.path("builds.log")).map_or(0, |s| s.lines().count())
+    }
+
+    async fn version(&self) -> String {
+        get(&self.addr, "/version").await.unwrap().body
+    }
+
+    /// Waits (bounded) until /version answers `want`.
+    async fn serves(&self, want: &str) {
+        let deadline = Instant::now() + support::WAIT;
+        loop {
+            if self.version().await == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "never served {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn save(path: &Path, text: &str) {
+    // As editors do: a new file renamed over the old one.
+    let tmp = path.with_extension("tmp-save");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Edit, save: the new answer is served, with a client running throughout (0 failed);
+/// a change that breaks the build shows the error and keeps the old answer; fixing it
+/// reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_change_is_built_and_served_without_a_failed_request() {
+    let w = Watch::start(&["--path", "src"]);
+    assert_eq!(w.version().await, "v1\n");
+    let load = Load::start(&w.addr, 2, false);
+    let t0 = Instant::now();
+    save(&w.path("src/version.txt"), "v2\n");
+    w.serves("v2\n").await;
+    eprintln!("save -> v2 served in {:?} (a scripted build)", t0.elapsed());
+    let line = w.wait_log("reload: new worker ready in", 1);
+    assert!(
+        line.contains("changed src/version.txt") && line.contains("build ok in"),
+        "{line}"
+    );
+
+    save(&w.path("src/version.txt"), "BROKEN\n");
+    let line = w.wait_log("build FAILED", 1);
+    assert!(line.contains("the running worker serves on"), "{line}");
+    w.wait_log("error: src/version.txt:1: expected a version", 1);
+    assert_eq!(w.version().await, "v2\n");
+
+    save(&w.path("src/version.txt"), "v3\n");
+    w.serves("v3\n").await;
+    let tally = load.stop().await;
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+    assert!(tally.ok > 20, "{}", tally.ok);
+    w.wait_log("reload: new worker ready in", 2);
+    assert_eq!(
+        w.count("reload: new worker ready in"),
+        2,
+        "v2 and v3, not the broken one"
+    );
+}
+
+/// 50 saves within a second are one build; changes to ignored paths (an --ignore glob,
+/// the build's output named in `.gitignore`, `target/`, `.git/`, an editor's swap file,
+/// baton's own files) cause none; the next real change does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_one_build_and_ignored_paths_cause_none() {
+    // A debounce generous enough that a loaded machine's pauses between the saves
+    // below (15 ms apart) never split the burst.
+    let w = Watch::start(&[
+        "--ignore",
+        "notes/**",
+        "--name",
+        "app",
+        "--run-dir",
+        "run",
+        "--debounce",
+        "1s",
+    ]);
+    assert_eq!(w.builds(), 1, "the initial build");
+    for i in 0..50 {
+        save(&w.path("src/version.txt"), &format!("burst {i}\n"));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    w.serves("burst 49\n").await;
+    w.wait_log("reload: new worker ready in", 1);
+    assert_eq!(w.builds(), 2, "one build for the burst");
+
+    for dir in ["notes", "target/debug", ".git"] {
+        std::fs::create_dir_all(w.path(dir)).unwrap();
+    }
+    std::fs::write(w.path("notes/todo.md"), "x").unwrap();
+    std::fs::write(w.path("target/debug/app"), "x").unwrap();
+    std::fs::write(w.path(".git/index"), "x").unwrap();
+    std::fs::write(w.path("src/.version.txt.swp"), "x").unwrap();
+    std::fs::write(w.path("src/version.txt~"), "x").unwrap();
+    // A negative: nothing may happen. Wait well past the debounce (1 s) and a build.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert_eq!(w.builds(), 2, "ignored paths caused no build");
+    assert_eq!(w.count("· building ..."), 1, "one round: the burst");
+    // The watcher is alive: a real change is built.
+    save(&w.path("src/version.txt"), "after\n");
+    w.serves("after\n").await;
+    assert_eq!(w.builds(), 3);
+}
+
+/// Bad input: a path that does not exist, a build command not found, a build that hangs.
+#[test]
+fn bad_paths_missing_build_commands_and_hanging_builds_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+            .current_dir(dir.path())
+            .arg("watch")
+            .args(args)
+            .args(["--listen", "127.0.0.1:0", "--", "true"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--path", "no/such/dir"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--path") && err.contains("no such file or directory"),
+        "{err}"
+    );
+    let (code, err) = run(&["--build", "no-such-compiler --release"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("build FAILED") && err.contains("exit status: 127"),
+        "{err}"
+    );
+    let (code, err) = run(&["--build", "sleep 60", "--build-timeout", "500ms"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("took longer than --build-timeout"), "{err}");
+}
