@@ -17,6 +17,7 @@ use support::{Load, get};
 /// The build: copies `src/version.txt` to `out/version.txt` (what the server serves),
 /// counting runs in `builds.log`; `BROKEN` in the source is a compile error.
 const BUILD: &str = r#"echo build >> builds.log
+if grep -q SLOW src/version.txt; then sleep 1.5; fi
 if grep -q BROKEN src/version.txt; then echo "error: src/version.txt:1: expected a version" >&2; exit 1; fi
 mkdir -p out && cp src/version.txt out/version.txt
 "#;
@@ -223,6 +224,7 @@ async fn a_burst_is_one_build_and_ignored_paths_cause_none() {
     std::fs::write(w.path(".git/index"), "x").unwrap();
     std::fs::write(w.path("src/.version.txt.swp"), "x").unwrap();
     std::fs::write(w.path("src/version.txt~"), "x").unwrap();
+    std::fs::write(w.path("run/notes.txt"), "x").unwrap();
     // A negative: nothing may happen. Wait well past the debounce (1 s) and a build.
     tokio::time::sleep(Duration::from_millis(3000)).await;
     assert_eq!(w.builds(), 2, "ignored paths caused no build");
@@ -231,6 +233,31 @@ async fn a_burst_is_one_build_and_ignored_paths_cause_none() {
     save(&w.path("src/version.txt"), "after\n");
     w.serves("after\n").await;
     assert_eq!(w.builds(), 3);
+}
+
+/// Saves during a build queue exactly one more round after it (not one per save, not
+/// none), which builds what was saved last; `--restart` does full restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_a_build_queue_one_more_round_and_restart_mode_works() {
+    let w = Watch::start(&["--path", "src", "--restart"]);
+    save(&w.path("src/version.txt"), "SLOW 1\n");
+    w.wait_log("· building ...", 1);
+    // While that build sleeps: three more saves.
+    for v in ["v2\n", "v3\n", "v4\n"] {
+        save(&w.path("src/version.txt"), v);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.serves("v4\n").await;
+    let line = w.wait_log("restart: ready in", 2);
+    assert!(line.contains("restart: ready in"), "{line}");
+    // A negative: no third round. Wait past the debounce and a build.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(w.count("· building ..."), 2, "the slow build and one more");
+    assert_eq!(
+        w.builds(),
+        3,
+        "initial, slow, and one for the saves during it"
+    );
 }
 
 /// Bad input: a path that does not exist, a build command not found, a build that hangs.
