@@ -9,6 +9,7 @@
 
 mod client;
 mod daemon;
+#[cfg(feature = "watch")]
 mod watch;
 
 use std::ffi::OsString;
@@ -68,6 +69,7 @@ enum Command {
     Status(client::StatusArgs),
     /// Like run, and on a change to the watched files: build, then reload (or, if the
     /// build fails, show why and keep the running worker).
+    #[cfg(feature = "watch")]
     Watch(watch::WatchArgs),
 }
 
@@ -172,6 +174,7 @@ fn main() -> ExitCode {
         Command::Reload(t) => client::reload(&t),
         Command::Restart(t) => client::restart(&t),
         Command::Status(a) => client::status(&a),
+        #[cfg(feature = "watch")]
         Command::Watch(a) => watch::watch(a),
     }
 }

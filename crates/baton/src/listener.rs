@@ -235,6 +235,7 @@ impl Listener {
         self.inherited
     }
 
+    #[cfg(feature = "http")]
     /// A close-on-exec duplicate of the socket, kept by the coordinator to hand the
     /// listener to the next generation.
     pub(crate) fn duplicate(&self) -> io::Result<std::os::fd::OwnedFd> {
@@ -251,6 +252,7 @@ impl Listener {
         &self.local
     }
 
+    #[cfg(feature = "http")]
     /// The socket, for a server to register with its runtime (its kind follows from
     /// [`local_addr`](Listener::local_addr)).
     pub(crate) fn into_socket(self) -> Socket {

@@ -375,6 +375,7 @@ impl Shutdown {
         }
     }
 
+    #[cfg(feature = "http")]
     pub(crate) fn tracker(&self) -> &Tracker {
         &self.inner.tracker
     }
@@ -464,6 +465,7 @@ impl Shutdown {
         notify::origin().generation
     }
 
+    #[cfg(feature = "http")]
     /// Registers a server's listeners to be handed over at a restart, all or none.
     /// Called by servers.
     pub(crate) fn register_listeners(
