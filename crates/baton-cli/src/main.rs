@@ -188,18 +188,9 @@ fn run(args: RunArgs) -> ExitCode {
         }
     }
     init_logging(args.detached);
-    // One thread: the master does little, and a worker is forked from this thread
-    // (a forked child inherits only the forking thread; the parent-death signal is
-    // tied to it).
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let master = match build_master(args) {
         Ok(m) => m,
@@ -215,6 +206,19 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The master's runtime. One thread: the master does little, and a worker is forked
+/// from this thread (a forked child inherits only the forking thread; the parent-death
+/// signal is tied to it).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 /// Logs to stderr; `RUST_LOG` as `LEVEL` or `TARGET=LEVEL,...`.

@@ -152,15 +152,9 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
         }
     };
     crate::init_logging(false);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         // Build first: there is nothing to serve until one succeeds.

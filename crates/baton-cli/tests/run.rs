@@ -2,20 +2,20 @@
 //! baton demo, reloaded under real clients.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 #[path = "../../baton/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
+use common::Log;
 use support::{Load, alive, get, signal_pid, wait_until};
 
 /// A running `baton run` master with its log.
 struct Master {
     child: Child,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Log,
     pid: u32,
     addr: String,
 }
@@ -48,17 +48,7 @@ impl Master {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[baton] {line}");
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                sink.1.notify_all();
-            }
-        });
+        let log = Log::capture(&mut child, "baton");
         let pid = child.id();
         Master {
             child,
@@ -70,33 +60,17 @@ impl Master {
 
     /// Waits (bounded) until `n` lines contain `pat`; returns the n-th.
     fn wait_log(&self, pat: &str, n: usize) -> String {
-        let (m, cv) = &*self.log;
-        let deadline = Instant::now() + support::WAIT;
-        let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(l) = log.iter().filter(|l| l.contains(pat)).nth(n - 1) {
-                return l.clone();
-            }
-            let now = Instant::now();
-            assert!(
-                now < deadline,
-                "no line #{n} with {pat:?}:\n{}",
-                log.join("\n")
-            );
-            log = cv
-                .wait_timeout(log, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        self.log.wait(pat, n)
     }
 
     fn wait_log_off_runtime(&self, pat: &str, n: usize) -> String {
-        tokio::task::block_in_place(|| self.wait_log(pat, n))
+        self.log.wait(pat, n)
     }
 
     fn worker_pids(&self) -> Vec<u32> {
-        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter()
+        self.log
+            .lines()
+            .iter()
             .filter(|l| l.contains(" ready in "))
             .filter_map(|l| {
                 let digits: String = l
@@ -393,34 +367,10 @@ fn as_pid_1_the_master_reaps_orphans() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("unshare (util-linux) runs");
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[pid 1] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + support::WAIT;
-    let mut seen = Vec::new();
-    let mut wait_for = |pat: &str| -> String {
-        loop {
-            if let Some(l) = seen.iter().find(|l: &&String| l.contains(pat)) {
-                return l.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(l) => seen.push(l),
-                Err(e) => panic!("no line with {pat:?} ({e}):\n{}", seen.join("\n")),
-            }
-        }
-    };
-    let line = wait_for("master listening on [");
+    let log = Log::capture(&mut child, "pid 1");
+    let line = log.wait("master listening on [", 1);
     assert!(line.contains("pid=1 "), "the master is PID 1: {line}");
-    wait_for("reaped an orphaned process");
+    log.wait("reaped an orphaned process", 1);
     let _ = child.kill();
     let _ = child.wait();
 }

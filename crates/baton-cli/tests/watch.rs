@@ -3,15 +3,15 @@
 //! of saves is one build, ignored paths cause none.
 #![allow(clippy::unwrap_used)]
 
+mod common;
 #[path = "../../baton/tests/support/mod.rs"]
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Log;
 use support::{Load, get};
 
 /// The build: copies `src/version.txt` to `out/version.txt` (what the server serves),
@@ -24,7 +24,7 @@ mkdir -p out && cp src/version.txt out/version.txt
 
 struct Watch {
     child: Child,
-    log: Arc<(Mutex<Vec<String>>, Condvar)>,
+    log: Log,
     addr: String,
     dir: tempfile::TempDir,
 }
@@ -70,17 +70,7 @@ impl Watch {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
-        let sink = Arc::clone(&log);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[watch] {line}");
-                sink.0.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                sink.1.notify_all();
-            }
-        });
+        let log = Log::capture(&mut child, "watch");
         let w = Watch {
             child,
             log,
@@ -97,32 +87,11 @@ impl Watch {
     }
 
     fn wait_log(&self, pat: &str, n: usize) -> String {
-        let run = || {
-            let (m, cv) = &*self.log;
-            let deadline = Instant::now() + support::WAIT;
-            let mut log = m.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                if let Some(l) = log.iter().filter(|l| l.contains(pat)).nth(n - 1) {
-                    return l.clone();
-                }
-                let now = Instant::now();
-                assert!(
-                    now < deadline,
-                    "no line #{n} with {pat:?}:\n{}",
-                    log.join("\n")
-                );
-                log = cv.wait_timeout(log, deadline - now).unwrap().0;
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(_) => tokio::task::block_in_place(run),
-            Err(_) => run(),
-        }
+        self.log.wait(pat, n)
     }
 
     fn count(&self, pat: &str) -> usize {
-        let log = self.log.0.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter().filter(|l| l.contains(pat)).count()
+        self.log.count(pat)
     }
 
     fn builds(&self) -> usize {

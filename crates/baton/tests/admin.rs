@@ -64,26 +64,12 @@ async fn call(
 
 const BEARER: (&str, &str) = ("authorization", "Bearer s3cret-admin-token-0123456789");
 
-fn admin_demo() -> (Demo, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let demo = Demo::start(&[
-        "--admin",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let admin = between(&demo.wait_log("listener=admin"), "listening on [", "]").to_owned();
-    (demo, admin, dir)
-}
-
 /// Requests without the token, with a wrong one, with it in a query string or a
 /// cookie, a GET for an action, unknown actions, bad parameters and a huge body: each
 /// gets its status, and none changes anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_requests_get_their_status_and_change_nothing() {
-    let (demo, admin, _dir) = admin_demo();
+    let (demo, admin) = Demo::start_admin(TOKEN);
     let query_token = format!("/debug/admin/restart?token={TOKEN}");
     let cookie = format!("token={TOKEN}");
     // (method, path, headers, body, expected status)
@@ -220,7 +206,7 @@ async fn raw_status(addr: &str, method: &str, path: &str, headers: &[(&str, &str
 /// too: it was handed over with the others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_from_the_admin_endpoint_reports_its_outcome() {
-    let (demo, admin, _dir) = admin_demo();
+    let (demo, admin) = Demo::start_admin(TOKEN);
     let page = call(&admin, "GET", "/debug/admin", &[], &[]).await;
     assert_eq!(page.status, 200);
     assert!(
@@ -257,7 +243,7 @@ async fn a_restart_from_the_admin_endpoint_reports_its_outcome() {
 /// connections to the app, plus the admin's own connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_what_was_done() {
-    let (_demo, admin, _dir) = admin_demo();
+    let (_demo, admin) = Demo::start_admin(TOKEN);
     let n = 7u64;
     for _ in 0..n {
         assert_eq!(get(&_demo.addr, "/").await.unwrap().status, 200);

@@ -161,16 +161,7 @@ fn wait_for(cond: &str, value: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_works_in_a_real_browser() {
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let demo = Demo::start(&[
-        "--admin",
-        "127.0.0.1:0",
-        "--admin-token-file",
-        token.to_str().unwrap(),
-    ]);
-    let admin = between(&demo.wait_log("listener=admin"), "listening on [", "]").to_owned();
+    let (demo, admin) = Demo::start_admin(TOKEN);
     let url = format!("http://{admin}/debug/admin");
     let browser = tokio::task::block_in_place(|| Browser::open(&url));
     let mut page = browser.page(&url).await;

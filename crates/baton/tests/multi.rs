@@ -9,7 +9,6 @@ mod tls_support;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -84,8 +83,8 @@ async fn three_ports_two_servers_twenty_restarts_nothing_lost() {
     for n in 2..=21 {
         support::signal_pid(serving, "HUP");
         serving = demo.wait_ready(n);
-        // Load, not a wait for an event: let every port see each generation.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Each generation serves before the next restart.
+        support::wait_answered_by(&http, serving).await;
     }
     stop.store(true, Ordering::Relaxed);
     let (a, b) = (https_load.stop().await, h2_load.stop().await);

@@ -8,6 +8,8 @@ mod support;
 mod tls_support;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +35,18 @@ fn demo_tls(dir: &Path, extra: &[&str]) -> Demo {
     Demo::start(&args)
 }
 
+/// Waits (bounded) until `GET /pid` over a new TLS connection is answered by `pid`.
+async fn answered_by(tls: &tokio_rustls::TlsConnector, addr: &str, pid: u32) {
+    let deadline = Instant::now() + support::WAIT;
+    while tls_get(tls, addr, "/pid")
+        .await
+        .map_or(true, |(_, body, _, _)| body.trim() != pid.to_string())
+    {
+        assert!(Instant::now() < deadline, "{pid} never answered over TLS");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// HTTPS across 8 restarts under keep-alive and new-connection HTTP/1.1 clients and
 /// HTTP/2 clients (ALPN): 0 failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,9 +68,8 @@ async fn https_restarts_under_load_lose_nothing() {
     for n in 2..=9 {
         support::signal_pid(serving, "HUP");
         serving = demo.wait_ready(n);
-        // Let the clients work against each generation for a while (load, not a
-        // wait for an event: nothing asserted depends on it).
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Each generation serves HTTPS before the next restart.
+        answered_by(&h1, &demo.addr, serving).await;
     }
     let (a, b, c) = (
         keep_alive.stop().await,
@@ -235,10 +248,14 @@ async fn the_drain_closes_tls_connections_with_close_notify() {
 
 /// `n` slowloris clients: a header byte every 500 ms (30 s for all of them), then a
 /// read until the server closes; each returns how long it lasted.
-fn slowloris(addr: &str, n: usize) -> Vec<tokio::task::JoinHandle<Duration>> {
+fn slowloris(
+    addr: &str,
+    n: usize,
+    started: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Duration>> {
     (0..n)
         .map(|_| {
-            let addr = addr.to_owned();
+            let (addr, started) = (addr.to_owned(), Arc::clone(started));
             tokio::spawn(async move {
                 let t0 = Instant::now();
                 let Ok(mut s) = TcpStream::connect(&addr).await else {
@@ -248,6 +265,9 @@ fn slowloris(addr: &str, n: usize) -> Vec<tokio::task::JoinHandle<Duration>> {
                 {
                     if s.write_all(&[*b]).await.is_err() {
                         break;
+                    }
+                    if *b == b'G' {
+                        started.fetch_add(1, Ordering::Relaxed);
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -268,7 +288,7 @@ async fn slow_clients_are_cut_at_the_header_timeout_and_block_no_one() {
     let demo = Demo::start(&["--header-read-timeout", "2s"]);
     let load = support::Load::start(&demo.addr, 2, false);
     let mut lasted = Vec::new();
-    for t in slowloris(&demo.addr, 200) {
+    for t in slowloris(&demo.addr, 200, &Arc::new(AtomicUsize::new(0))) {
         lasted.push(t.await.unwrap());
     }
     let (shortest, longest) = (lasted.iter().min().unwrap(), lasted.iter().max().unwrap());
@@ -277,8 +297,14 @@ async fn slow_clients_are_cut_at_the_header_timeout_and_block_no_one() {
         "cut near the 2 s timeout: {shortest:?}..{longest:?}"
     );
     // Again, with a restart in the middle of the attack.
-    let attack = slowloris(&demo.addr, 100);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let attack = slowloris(&demo.addr, 100, &started);
+    // The restart comes once every slow client has begun its request.
+    let deadline = Instant::now() + support::WAIT;
+    while started.load(Ordering::Relaxed) < 100 {
+        assert!(Instant::now() < deadline, "the slow clients never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     demo.signal("HUP");
     demo.wait_ready(2);
     for t in attack {

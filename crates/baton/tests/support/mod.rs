@@ -76,6 +76,26 @@ impl Demo {
         Demo::spawn_in(dir, cmd)
     }
 
+    /// Starts the demo with its admin endpoints on a TCP port of their own, authorised
+    /// by `token` (in a file in the demo's directory); returns it and the admin address.
+    pub fn start_admin(token: &str) -> (Demo, String) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let mut cmd = Command::new(hello_exe());
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-token-file",
+        ])
+        .arg(&file);
+        let demo = Demo::spawn_in(dir, cmd);
+        let admin = between(&demo.wait_log("listener=admin"), "listening on [", "]").to_owned();
+        (demo, admin)
+    }
+
     /// The copy run by [`Demo::start_copy`].
     pub fn app(&self) -> PathBuf {
         self.dir.path().join("app")
