@@ -197,10 +197,7 @@ fn be_the_master(args: &Args) -> ExitCode {
         }
         // Named as `Server::bind` names them in the worker: http, http-2, ...
         for (i, addr) in args.listen.iter().enumerate() {
-            let name = match i {
-                0 => "http".to_owned(),
-                _ => format!("http-{}", i + 1),
-            };
+            let name = baton::default_listener_name(i + 1);
             master = master.listener(baton::Listener::bind(name, addr)?);
         }
         master.build()

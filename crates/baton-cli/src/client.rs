@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use baton::supervisor::control::{Line, Request, Status};
 use baton::supervisor::{Holder, pidfile_holder};
 
 /// Exit status: done.
@@ -166,15 +167,15 @@ enum End {
     Error(String),
 }
 
-/// Sends `command` and passes every line to `on_line` until the final one.
+/// Sends `request` and passes every line to `on_line` until the final one.
 fn converse(
     socket: &Path,
-    command: &str,
+    request: Request,
     timeout: Duration,
-    mut on_line: impl FnMut(&str),
+    mut on_line: impl FnMut(Line),
 ) -> std::io::Result<End> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.write_all(format!("{command}\n").as_bytes())?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
     let deadline = Instant::now() + timeout;
     let mut reader = BufReader::new(stream.try_clone()?);
     loop {
@@ -193,14 +194,20 @@ fn converse(
                 "the master closed the connection without an outcome",
             ));
         }
-        let line = line.trim_end();
-        if let Some(rest) = line.strip_prefix("ok ") {
-            return Ok(End::Ok(rest.to_owned()));
+        match Line::decode(line.trim_end()) {
+            Some(Line::Ok(text)) => return Ok(End::Ok(text)),
+            Some(Line::Error(text)) => return Ok(End::Error(text)),
+            Some(other) => on_line(other),
+            None => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "the control socket answered something else than the control protocol: {:?}",
+                        line.trim_end()
+                    ),
+                ));
+            }
         }
-        if let Some(rest) = line.strip_prefix("error ") {
-            return Ok(End::Error(rest.to_owned()));
-        }
-        on_line(line);
     }
 }
 
@@ -232,19 +239,14 @@ fn send(pid: u32, sig: baton::Signal) -> Result<(), String> {
     rustix::process::kill_process(p, s).map_err(|e| format!("cannot signal master pid {pid}: {e}"))
 }
 
-/// The master's children (its workers), from `/proc`.
+/// The master's children (its workers).
 fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .map(|s| {
-            s.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
+    baton::supervisor::children_of(pid).unwrap_or_default()
 }
 
 /// A command with progress: the lines are shown as they come.
-fn act(t: &Target, command: &str) -> ExitCode {
+fn act(t: &Target, request: Request) -> ExitCode {
+    let command = request.as_str();
     let paths = match Paths::of(t) {
         Ok(p) => p,
         Err(e) => return fail(FAILED, e),
@@ -254,11 +256,12 @@ fn act(t: &Target, command: &str) -> ExitCode {
         Err((code, msg)) => return fail(code, msg),
     };
     let t0 = Instant::now();
-    let shown = |line: &str| {
-        let text = line.strip_prefix("progress ").unwrap_or(line);
-        println!("{} ... {text}", paths.label);
+    let shown = |line: Line| {
+        if let Line::Progress(step) = line {
+            println!("{} ... {step}", paths.label);
+        }
     };
-    match converse(&paths.socket, command, t.timeout, shown) {
+    match converse(&paths.socket, request, t.timeout, shown) {
         Ok(End::Ok(msg)) => {
             println!(
                 "{}: {command} done in {:.2} s: {msg}",
@@ -363,15 +366,8 @@ fn fallback(
     )
 }
 
-/// Exists and is not a zombie.
 fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
+    baton::supervisor::is_running(pid)
 }
 
 /// Waits until the master is gone (its pidfile lock released).
@@ -394,118 +390,82 @@ fn wait_gone(paths: &Paths, pid: u32, timeout: Duration) -> ExitCode {
 }
 
 pub(crate) fn stop(t: &Target) -> ExitCode {
-    act(t, "stop")
+    act(t, Request::Stop)
 }
 
 pub(crate) fn reload(t: &Target) -> ExitCode {
-    act(t, "reload")
+    act(t, Request::Reload)
 }
 
 pub(crate) fn restart(t: &Target) -> ExitCode {
-    act(t, "restart")
+    act(t, Request::Restart)
 }
 
-/// The status lines a master sends, parsed.
-#[derive(Debug, Default)]
-pub(crate) struct Status {
-    master_pid: u32,
-    uptime_ms: u64,
-    state: String,
-    generation: u32,
-    workers: Vec<(u32, u32, String, u64, Option<u64>)>,
-    listeners: Vec<(String, String)>,
-    reloads: (u64, u64),
-    last: Option<(String, String, u64, u64, String)>,
+/// A master's status as JSON, for scripts.
+fn json(s: &Status, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "master_pid": s.master_pid,
+        "uptime_ms": millis(s.uptime),
+        "state": s.state.to_string(),
+        "generation": s.generation,
+        "workers": s.workers.iter().map(|w| serde_json::json!({
+            "generation": w.generation, "pid": w.pid, "role": w.role.to_string(),
+            "age_ms": millis(w.age),
+            // Sockets the worker holds besides the listeners (its connections,
+            // roughly), from /proc; null where unreadable.
+            "open_sockets": w.open_sockets,
+        })).collect::<Vec<_>>(),
+        "listeners": s.listeners.iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a})).collect::<Vec<_>>(),
+        "reloads": {"ok": s.reloads_ok, "failed": s.reloads_failed},
+        "last_reload": s.last.as_ref().map(|l| serde_json::json!({
+            "kind": l.kind, "outcome": if l.ok { "ok" } else { "failed" },
+            "duration_ms": millis(l.took), "ago_ms": millis(l.ago), "detail": l.detail,
+        })),
+    })
 }
 
-impl Status {
-    fn parse(lines: &[String]) -> Status {
-        let mut s = Status::default();
-        for line in lines {
-            let Some(rest) = line.strip_prefix("status ") else {
-                continue;
-            };
-            let mut f = rest.splitn(6, ' ');
-            let key = f.next().unwrap_or_default();
-            let v: Vec<&str> = f.collect();
-            let num = |i: usize| v.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-            let text = |i: usize| v.get(i).copied().unwrap_or_default().to_owned();
-            match key {
-                "master_pid" => s.master_pid = u32::try_from(num(0)).unwrap_or(0),
-                "uptime_ms" => s.uptime_ms = num(0),
-                "state" => s.state = text(0),
-                "generation" => s.generation = u32::try_from(num(0)).unwrap_or(0),
-                "worker" => s.workers.push((
-                    u32::try_from(num(0)).unwrap_or(0),
-                    u32::try_from(num(1)).unwrap_or(0),
-                    text(2),
-                    num(3),
-                    v.get(4).and_then(|x| x.parse().ok()),
-                )),
-                "listener" => s
-                    .listeners
-                    .push((text(0), v.get(1..).unwrap_or_default().join(" "))),
-                "reloads" => s.reloads = (num(0), num(1)),
-                "last" => {
-                    let detail = v.get(4..).unwrap_or_default().join(" ");
-                    s.last = Some((text(0), text(1), num(2), num(3), detail));
-                }
-                _ => {}
-            }
-        }
-        s
-    }
-
-    fn json(&self, name: &str) -> serde_json::Value {
-        serde_json::json!({
-            "name": name,
-            "master_pid": self.master_pid,
-            "uptime_ms": self.uptime_ms,
-            "state": self.state,
-            "generation": self.generation,
-            "workers": self.workers.iter().map(|(g, pid, role, age, socks)| serde_json::json!({
-                "generation": g, "pid": pid, "role": role, "age_ms": age,
-                // Sockets the worker holds besides the listeners (its connections,
-                // roughly), from /proc; null where unreadable.
-                "open_sockets": socks,
-            })).collect::<Vec<_>>(),
-            "listeners": self.listeners.iter().map(|(n, a)| serde_json::json!({"name": n, "addr": a})).collect::<Vec<_>>(),
-            "reloads": {"ok": self.reloads.0, "failed": self.reloads.1},
-            "last_reload": self.last.as_ref().map(|(kind, outcome, took, ago, detail)| serde_json::json!({
-                "kind": kind, "outcome": outcome, "duration_ms": took, "ago_ms": ago, "detail": detail,
-            })),
-        })
-    }
-
-    fn table(&self, name: &str) -> String {
-        let mut out = format!(
-            "{name}: master pid {}, up {}, {}\n",
-            self.master_pid,
-            human(self.uptime_ms),
-            self.state
-        );
-        for (g, pid, role, age, socks) in &self.workers {
-            out.push_str(&format!(
-                "  gen {g:<4} pid {pid:<8} {role:<9} up {:<10} {}\n",
-                human(*age),
-                socks.map_or_else(|| "sockets: ?".to_owned(), |n| format!("{n} open sockets"))
-            ));
-        }
-        for (n, a) in &self.listeners {
-            out.push_str(&format!("  listen {n:<10} {a}\n"));
-        }
+/// A master's status as a table, for people.
+fn table(s: &Status, name: &str) -> String {
+    let mut out = format!(
+        "{name}: master pid {}, up {}, {}\n",
+        s.master_pid,
+        human(millis(s.uptime)),
+        s.state
+    );
+    for w in &s.workers {
         out.push_str(&format!(
-            "  reloads {} ok, {} failed",
-            self.reloads.0, self.reloads.1
+            "  gen {:<4} pid {:<8} {:<9} up {:<10} {}\n",
+            w.generation,
+            w.pid,
+            w.role.to_string(),
+            human(millis(w.age)),
+            w.open_sockets
+                .map_or_else(|| "sockets: ?".to_owned(), |n| format!("{n} open sockets"))
         ));
-        if let Some((kind, outcome, took, ago, detail)) = &self.last {
-            out.push_str(&format!(
-                "; last: {kind} {outcome} in {took} ms, {} ago ({detail})",
-                human(*ago)
-            ));
-        }
-        out
     }
+    for (n, a) in &s.listeners {
+        out.push_str(&format!("  listen {n:<10} {a}\n"));
+    }
+    out.push_str(&format!(
+        "  reloads {} ok, {} failed",
+        s.reloads_ok, s.reloads_failed
+    ));
+    if let Some(l) = &s.last {
+        out.push_str(&format!(
+            "; last: {} {} in {} ms, {} ago ({})",
+            l.kind,
+            if l.ok { "ok" } else { "failed" },
+            millis(l.took),
+            human(millis(l.ago)),
+            l.detail
+        ));
+    }
+    out
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn human(ms: u64) -> String {
@@ -517,49 +477,36 @@ fn human(ms: u64) -> String {
     }
 }
 
-/// Asks for the status; `Err` with the exit code and message if there is none.
+/// Asks for the status.
 pub(crate) fn query(paths: &Paths, timeout: Duration) -> Result<Status, String> {
-    let mut lines = Vec::new();
-    match converse(&paths.socket, "status", timeout, |l| {
-        lines.push(l.to_owned())
+    let mut items = Vec::new();
+    match converse(&paths.socket, Request::Status, timeout, |l| {
+        if let Line::Status(item) = l {
+            items.push(item);
+        }
     }) {
-        Ok(End::Ok(_)) => Ok(Status::parse(&lines)),
+        Ok(End::Ok(_)) => Ok(Status::from_items(items)),
         Ok(End::Error(e)) => Err(e),
         Err(e) => Err(e.to_string()),
     }
 }
 
-impl Status {
-    pub(crate) fn serving(&self) -> bool {
-        self.state == "serving"
-    }
-
-    pub(crate) fn state(&self) -> &str {
-        &self.state
-    }
-
-    pub(crate) fn master_pid(&self) -> u32 {
-        self.master_pid
-    }
-
-    pub(crate) fn summary(&self) -> String {
-        let worker = self
-            .workers
-            .iter()
-            .find(|w| w.2 == "serving")
-            .map(|w| format!("worker gen {} pid {}", w.0, w.1))
-            .unwrap_or_else(|| "no worker".into());
-        let listen: Vec<String> = self
-            .listeners
-            .iter()
-            .map(|(n, a)| format!("{n} {a}"))
-            .collect();
-        format!(
-            "master pid {}, {worker}, listening on {}",
-            self.master_pid,
-            listen.join(", ")
-        )
-    }
+/// One line: the master, the serving worker, the listeners.
+pub(crate) fn summary(s: &Status) -> String {
+    let worker = s
+        .serving()
+        .map(|w| format!("worker gen {} pid {}", w.generation, w.pid))
+        .unwrap_or_else(|| "no worker".into());
+    let listen: Vec<String> = s
+        .listeners
+        .iter()
+        .map(|(n, a)| format!("{n} {a}"))
+        .collect();
+    format!(
+        "master pid {}, {worker}, listening on {}",
+        s.master_pid,
+        listen.join(", ")
+    )
 }
 
 pub(crate) fn status(a: &StatusArgs) -> ExitCode {
@@ -583,11 +530,11 @@ pub(crate) fn status(a: &StatusArgs) -> ExitCode {
     match query(&paths, a.target.timeout) {
         Ok(s) => {
             if a.json {
-                let mut v = s.json(&paths.label);
+                let mut v = json(&s, &paths.label);
                 v["running"] = serde_json::Value::Bool(true);
                 println!("{v}");
             } else {
-                println!("{}", s.table(&paths.label));
+                println!("{}", table(&s, &paths.label));
             }
             ExitCode::from(OK)
         }
@@ -629,14 +576,18 @@ mod tests {
         ]
         .map(String::from)
         .to_vec();
-        let s = Status::parse(&lines);
-        let v = s.json("web");
+        let items = lines.iter().filter_map(|l| match Line::decode(l) {
+            Some(Line::Status(item)) => Some(item),
+            _ => None,
+        });
+        let s = Status::from_items(items);
+        let v = json(&s, "web");
         assert_eq!(v["master_pid"], 10);
         assert_eq!(v["workers"][0]["open_sockets"], 4);
         assert!(v["workers"][1]["open_sockets"].is_null());
         assert_eq!(v["listeners"][1]["addr"], "unix:/run/a b.sock");
         assert_eq!(v["last_reload"]["duration_ms"], 42);
         assert_eq!(v["last_reload"]["detail"], "gen 3 pid 12");
-        assert!(s.table("web").contains("last: reload ok in 42 ms"));
+        assert!(table(&s, "web").contains("last: reload ok in 42 ms"));
     }
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use baton::supervisor::control::MasterState;
 use baton::supervisor::{Holder, pidfile_holder};
 
 use crate::StartArgs;
@@ -85,11 +86,11 @@ pub(crate) fn start(args: StartArgs) -> ExitCode {
         match client::query(&paths, Duration::from_secs(5)) {
             // Another master of the name (a `start` racing this one) answers on the
             // socket: ours will fail on the pidfile lock and exit, seen above.
-            Ok(s) if s.master_pid() != child.id() => {
-                last_error = format!("master pid {} answers, not ours", s.master_pid());
+            Ok(s) if s.master_pid != child.id() => {
+                last_error = format!("master pid {} answers, not ours", s.master_pid);
             }
-            Ok(s) if s.serving() => {
-                println!("started {name}: {}", s.summary());
+            Ok(s) if s.state == MasterState::Serving => {
+                println!("started {name}: {}", client::summary(&s));
                 println!(
                     "  log: {}   control: {}",
                     log_path.display(),
@@ -97,7 +98,7 @@ pub(crate) fn start(args: StartArgs) -> ExitCode {
                 );
                 return ExitCode::from(0);
             }
-            Ok(s) => last_error = format!("{}, state {}", s.summary(), s.state()),
+            Ok(s) => last_error = format!("{}, state {}", client::summary(&s), s.state),
             Err(e) => last_error = e,
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -266,13 +266,9 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
         builder = builder.pidfile(paths.pidfile).control_socket(paths.socket);
     }
     for (i, (name, addr)) in args.listen.iter().enumerate() {
-        let name = name.clone().unwrap_or_else(|| {
-            if i == 0 {
-                "http".to_owned()
-            } else {
-                format!("http-{}", i + 1)
-            }
-        });
+        let name = name
+            .clone()
+            .unwrap_or_else(|| baton::default_listener_name(i + 1));
         builder = builder.listener(Listener::bind(name, addr).map_err(|e| e.to_string())?);
     }
     builder.build().map_err(|e| e.to_string())

@@ -325,24 +325,23 @@ async fn react(
             handle.reload().await
         };
         let ready = outcome
-            .progress
-            .iter()
-            .find_map(|p| p.split_once(" ready in ").map(|(_, t)| t.to_owned()))
-            .unwrap_or_else(|| format!("{} ms", t0.elapsed().as_millis()));
-        if outcome.ok {
+            .ready_in()
+            .unwrap_or_else(|| t0.elapsed())
+            .as_millis();
+        if outcome.is_ok() {
             status(&format!(
-                "{line} · {} ready in {ready} · {}",
+                "{line} · {} ready in {ready} ms · {}",
                 if restart {
                     "restart:"
                 } else {
                     "reload: new worker"
                 },
-                outcome.message
+                outcome.message()
             ));
         } else {
             status(&format!(
                 "{line} · reload FAILED: {} · the running worker serves on",
-                outcome.message
+                outcome.message()
             ));
         }
     }

@@ -22,6 +22,7 @@ use std::sync::{Mutex, OnceLock};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::sync::lock;
 use crate::{Error, ListenAddr};
 
 /// More inherited sockets than this is a corrupt variable, not a configuration.
@@ -33,6 +34,16 @@ pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 pub(crate) const LISTEN_FDS_AT: &str = "BATON_LISTEN_FDS_AT";
+
+/// Whether the socket-activation variables are meant for this process: `LISTEN_PID`
+/// names it (a program that inherits them from its parent must ignore them, and so
+/// must it ignore baton's own variables beside them).
+pub(crate) fn passed_to_this_process() -> bool {
+    std::env::var(LISTEN_PID)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id())
+}
 
 #[derive(Debug)]
 struct Inherited {
@@ -284,10 +295,6 @@ fn validate(socket: Socket) -> Result<(Socket, ListenAddr), String> {
         .set_cloexec(true)
         .map_err(|e| format!("cannot be made close-on-exec: {e}"))?;
     Ok((socket, local))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -185,6 +185,17 @@ pub enum Error {
     #[error("{0}")]
     Master(String),
 
+    /// A count setting is out of range (`max_connections(0)`, say).
+    #[error("{what} must be at least {min}, got {value}")]
+    InvalidCount {
+        /// Which setting, e.g. `"max_connections"`.
+        what: &'static str,
+        /// The value given.
+        value: usize,
+        /// The smallest accepted value.
+        min: usize,
+    },
+
     /// A signal was mapped to two actions.
     #[error(
         "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"

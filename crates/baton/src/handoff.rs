@@ -318,7 +318,7 @@ impl Spawned {
             res = notify_ready(self.notify.as_ref()) => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
             status = child.wait() => Err(RestartFailure::Exited {
                 pid,
-                status: describe(status),
+                status: describe(&status),
             }),
             () = tokio::time::sleep_until(self.started + deadline) => {
                 Err(RestartFailure::NotReady { pid, deadline })
@@ -410,7 +410,9 @@ async fn notify_ready(notify: Option<&notify::Listener>) -> std::io::Result<Opti
     }
 }
 
-fn describe(status: std::io::Result<ExitStatus>) -> String {
+/// An exit status in words, the one way baton says it: `exit status 3`, `killed by
+/// signal 9`.
+pub(crate) fn describe(status: &std::io::Result<ExitStatus>) -> String {
     use std::os::unix::process::ExitStatusExt;
     match status {
         Ok(s) => match (s.code(), s.signal()) {

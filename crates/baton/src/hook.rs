@@ -2,18 +2,77 @@
 //!
 //! Each hook runs in a task of its own (or a thread, for blocking hooks), bounded by its
 //! own time limit. A hook that fails, panics or hangs is reported and the next one runs:
-//! no hook can keep the process from exiting.
+//! no hook can keep the process from exiting. User hooks on signals run beside serving.
 
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::Signal;
+
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type UserFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// User functions on signals ([`ShutdownBuilder::on_signal`]): endless's
+/// `SIGUSR1`/`SIGTSTP` hooks, nginx's log reopening. Each runs in a task of its own,
+/// beside serving.
+///
+/// [`ShutdownBuilder::on_signal`]: crate::ShutdownBuilder::on_signal
+#[derive(Default, Clone)]
+pub(crate) struct UserHooks(Vec<(Signal, String, UserFn)>);
+
+impl fmt::Debug for UserHooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(s, name, _)| (s, name)))
+            .finish()
+    }
+}
+
+impl UserHooks {
+    pub(crate) fn add<F, Fut, E>(&mut self, signal: Signal, name: String, f: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let f: UserFn = Arc::new(move || {
+            let fut = f();
+            Box::pin(async move { fut.await.map_err(|e| e.to_string()) })
+        });
+        self.0.push((signal, name, f));
+    }
+
+    /// The signals that have a function.
+    pub(crate) fn signals(&self) -> impl Iterator<Item = Signal> + '_ {
+        self.0.iter().map(|(s, _, _)| *s)
+    }
+
+    /// Starts the function for `signal`, if there is one, in a task of its own; its
+    /// outcome is logged.
+    pub(crate) fn run(&self, signal: Signal) {
+        let pid = std::process::id();
+        let Some((_, name, f)) = self.0.iter().find(|(s, _, _)| *s == signal) else {
+            return;
+        };
+        let (name, fut) = (name.clone(), f());
+        tracing::info!(pid, hook = %name, %signal, "running user hook");
+        tokio::spawn(async move {
+            match fut.await {
+                Ok(()) => tracing::info!(pid, hook = %name, "user hook completed"),
+                Err(e) => tracing::warn!(pid, hook = %name, error = %e, "user hook failed"),
+            }
+        });
+    }
+}
 
 pub(crate) enum HookFn {
     Async(Box<dyn FnOnce() -> BoxFuture + Send>),

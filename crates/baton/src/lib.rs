@@ -63,6 +63,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod activation;
+mod command;
 mod error;
 mod handoff;
 mod hook;
@@ -72,6 +73,7 @@ mod report;
 mod shutdown;
 mod signal;
 pub mod supervisor;
+mod sync;
 mod sys;
 mod tracker;
 
@@ -81,11 +83,11 @@ pub mod http;
 pub use error::{Error, parse_duration};
 pub use handoff::{RestartFailure, Restarted};
 pub use hook::{HookOutcome, HookReport};
-pub use listener::{IntoListenAddr, ListenAddr, Listener};
+pub use listener::{IntoListenAddr, ListenAddr, Listener, ListenerInfo, default_listener_name};
 pub use report::{Forced, Report};
 pub use shutdown::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
-    RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
+    LastRestart, RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
 };
 pub use signal::{Action, Preset, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};

@@ -147,6 +147,66 @@ impl IntoListenAddr for &String {
 /// The name identifies the listener in logs and when sockets are handed to the next
 /// generation (two listeners may both ask for port 0, so an address does not identify
 /// a listener): the next generation asks for the same name and gets the same socket.
+/// The name of the listener at `position` (from 1) when none is given: `http`,
+/// `http-2`, `http-3`, ... [`Server::bind`] names its listeners so, in the order the
+/// process binds them, and so does a master (`baton run --listen ADDR`) for its
+/// workers: a worker that binds the same addresses in the same order takes the
+/// sockets passed to it.
+///
+/// [`Server::bind`]: crate::http::Server::bind
+pub fn default_listener_name(position: usize) -> String {
+    if position <= 1 {
+        "http".to_owned()
+    } else {
+        format!("http-{position}")
+    }
+}
+
+/// A listening socket as the coordinator holds it for the next generation
+/// ([`Shutdown::listeners`](crate::Shutdown::listeners)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    name: String,
+    addr: Option<ListenAddr>,
+}
+
+impl ListenerInfo {
+    pub(crate) fn of(name: &str, socket: std::os::fd::BorrowedFd<'_>) -> ListenerInfo {
+        let addr = socket2::SockRef::from(&socket)
+            .local_addr()
+            .ok()
+            .and_then(|a| match (a.as_socket(), a.as_pathname()) {
+                (Some(sa), _) => Some(ListenAddr::Tcp(sa)),
+                (None, Some(path)) => Some(ListenAddr::Unix(path.to_owned())),
+                _ => None,
+            });
+        ListenerInfo {
+            name: name.to_owned(),
+            addr,
+        }
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address it listens on; `None` if the socket cannot say (an unnamed Unix
+    /// socket).
+    pub fn addr(&self) -> Option<&ListenAddr> {
+        self.addr.as_ref()
+    }
+}
+
+impl fmt::Display for ListenerInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.addr {
+            Some(a) => write!(f, "{} {a}", self.name),
+            None => write!(f, "{} ?", self.name),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Listener {
     name: String,

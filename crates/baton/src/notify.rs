@@ -66,12 +66,8 @@ impl Generation {
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: skip past its end.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    crate::sys::start_time(pid)
 }
 
 pub(crate) fn format_generations(gens: &[Generation]) -> String {
@@ -99,11 +95,7 @@ pub(crate) fn origin() -> &'static Origin {
         // baton's own variables are meant for the process its parent started, which is
         // also the one `LISTEN_PID` names; a program that the app runs inherits them
         // and must not take itself for a new generation.
-        let ours = std::env::var(crate::activation::LISTEN_PID)
-            .ok()
-            .and_then(|p| p.trim().parse::<u32>().ok())
-            == Some(std::process::id());
-        if !ours {
+        if !crate::activation::passed_to_this_process() {
             return Origin {
                 parent: None,
                 upstream: std::env::var_os(NOTIFY_SOCKET).filter(|v| !v.is_empty()),
@@ -133,9 +125,7 @@ pub(crate) fn send(socket: &OsString, message: &str) -> io::Result<()> {
     let sock = StdDatagram::unbound()?;
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket.as_os_str());
     if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-        sock.send_to_addr(message.as_bytes(), &addr)?;
+        crate::sys::send_to_abstract(&sock, name, message.as_bytes())?;
     } else {
         sock.send_to(message.as_bytes(), Path::new(socket.as_os_str()))?;
     }
@@ -153,10 +143,30 @@ pub(crate) fn upstream(message: &str) {
     }
 }
 
-/// `MONOTONIC_USEC=` for `RELOADING=1`: CLOCK_MONOTONIC now, in microseconds.
-pub(crate) fn monotonic_usec() -> u64 {
+/// Tells the service manager that a reload starts: `RELOADING=1` always with
+/// `MONOTONIC_USEC=` (CLOCK_MONOTONIC now, in microseconds), without which systemd 257
+/// and later never see the reload end. The one place this message is made.
+pub(crate) fn reloading() {
     // std's Instant reads CLOCK_MONOTONIC but exposes no absolute value.
-    crate::sys::monotonic_usec()
+    upstream(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}",
+        crate::sys::monotonic_usec()
+    ));
+}
+
+/// Tells the service manager that the service is ready (again).
+pub(crate) fn ready() {
+    upstream("READY=1");
+}
+
+/// Tells the service manager that `pid` is the main process now, and ready.
+pub(crate) fn ready_as(pid: u32) {
+    upstream(&format!("MAINPID={pid}\nREADY=1"));
+}
+
+/// Tells the service manager that the service is stopping.
+pub(crate) fn stopping() {
+    upstream("STOPPING=1");
 }
 
 /// A private notify socket for one successor: a datagram socket in a fresh directory

@@ -9,12 +9,13 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use atomic_waker::AtomicWaker;
 use slab::Slab;
 use tokio::sync::{Notify, watch};
 
+use crate::sync::lock;
 use crate::sys;
 
 /// Where a shutdown stands. Phases only move forward.
@@ -267,12 +268,6 @@ impl Drop for AcceptGuard {
     fn drop(&mut self) {
         self.tracker.release();
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the data (a
-/// descriptor or the registry) is still consistent, so carry on.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Resolves once the phase is `phase` or later, for the task of connection `conn`.

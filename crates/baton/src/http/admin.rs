@@ -333,7 +333,14 @@ fn status_json(shutdown: &Shutdown) -> String {
     let listeners: Vec<String> = shutdown
         .listeners()
         .iter()
-        .map(|(n, a)| format!(r#"{{"name":{},"addr":{}}}"#, json_str(n), json_str(a)))
+        .map(|l| {
+            let addr = l.addr().map_or_else(|| "?".to_owned(), ToString::to_string);
+            format!(
+                r#"{{"name":{},"addr":{}}}"#,
+                json_str(l.name()),
+                json_str(&addr)
+            )
+        })
         .collect();
     let failed: Vec<String> = r
         .failed
@@ -342,12 +349,12 @@ fn status_json(shutdown: &Shutdown) -> String {
         .collect();
     let last = r.last.as_ref().map_or_else(
         || "null".to_owned(),
-        |(ok, took, what)| {
+        |last| {
             format!(
                 r#"{{"outcome":"{}","duration_ms":{},"detail":{}}}"#,
-                if *ok { "ok" } else { "failed" },
-                took.as_millis(),
-                json_str(what)
+                if last.ok { "ok" } else { "failed" },
+                last.took.as_millis(),
+                json_str(&last.outcome)
             )
         },
     );

@@ -154,11 +154,7 @@ impl Server {
         for addr in addrs {
             let addr = addr.into_listen_addr()?;
             let n = BOUND.fetch_add(1, Ordering::Relaxed) + 1;
-            let name = if n == 1 {
-                "http".to_owned()
-            } else {
-                format!("http-{n}")
-            };
+            let name = crate::default_listener_name(n);
             listeners.push(Listener::bind(name, &addr)?);
         }
         Ok(Server::new(listeners))
@@ -199,10 +195,14 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// [`Error::Master`]-style message for 0.
+    /// [`Error::InvalidCount`] for 0.
     pub fn max_connections(mut self, n: usize) -> Result<Self, Error> {
         if n == 0 {
-            return Err(Error::Master("max_connections must be at least 1".into()));
+            return Err(Error::InvalidCount {
+                what: "max_connections",
+                value: n,
+                min: 1,
+            });
         }
         self.max_connections = Some(n);
         Ok(self)

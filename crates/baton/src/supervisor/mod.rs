@@ -20,3 +20,25 @@ mod worker;
 pub use master::{Master, MasterBuilder, MasterHandle, Outcome, is_worker};
 pub use pidfile::{Holder, holder as pidfile_holder, signals_path};
 pub use worker::{Readiness, Worker};
+
+/// Whether process `pid` runs: it exists and has not exited (a zombie has).
+///
+/// # Platform-specific behavior
+///
+/// Linux reads `/proc/PID/stat`; elsewhere a zombie counts as running.
+pub fn is_running(pid: u32) -> bool {
+    crate::sys::is_alive(pid)
+}
+
+/// The PIDs of process `pid`'s children (a master's workers).
+///
+/// # Errors
+///
+/// The error of reading them (the process is gone).
+///
+/// # Platform-specific behavior
+///
+/// Linux reads `/proc/PID/task/PID/children`; elsewhere `ErrorKind::Unsupported`.
+pub fn children_of(pid: u32) -> std::io::Result<Vec<u32>> {
+    crate::sys::children(pid)
+}

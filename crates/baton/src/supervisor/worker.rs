@@ -122,10 +122,7 @@ impl Worker {
                 tokio::select! {
                     status = self.spawned.wait() => Err(RestartFailure::Exited {
                         pid,
-                        status: match status {
-                            Ok(s) => s.to_string(),
-                            Err(e) => e.to_string(),
-                        },
+                        status: handoff::describe(&status),
                     }),
                     () = tokio::time::sleep_until(until) => {
                         if delay > timeout {

@@ -2,11 +2,19 @@
 //! `reload`, `restart` and `status` talk to.
 //!
 //! The protocol is lines of text. The client sends one command line within
-//! [`COMMAND_TIMEOUT`]: `status`, `reload`, `restart` or `stop`. The master answers with
-//! any number of `progress TEXT` lines (and, for `status`, `status KEY VALUE...` lines)
-//! and ends with exactly one `ok TEXT` or `error TEXT` line, then closes the connection.
+//! [`COMMAND_TIMEOUT`]: `status`, `reload`, `restart` or `stop` ([`Request`]). The
+//! master answers with any number of `progress TEXT` lines ([`Progress`]; for `status`,
+//! `status KEY VALUE...` lines, [`StatusItem`]) and ends with exactly one `ok TEXT` or
+//! `error TEXT` line, then closes the connection ([`Line`] encodes and decodes each).
 //! A client that sends anything else, or nothing, gets an `error` line and is closed;
 //! the master and its workers are not disturbed.
+
+mod protocol;
+
+pub use protocol::{
+    Ending, LastReload, Line, MasterState, Progress, Request, Role, Status, StatusItem,
+    WorkerStatus,
+};
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -26,67 +34,54 @@ const MAX_LINE: usize = 128;
 /// Clients served at once; more are told the master is busy.
 const MAX_CLIENTS: usize = 64;
 
-/// A command from a control client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Command {
-    Status,
-    Reload,
-    Restart,
-    Stop,
-}
-
-impl Command {
-    fn parse(line: &str) -> Option<Command> {
-        match line.trim() {
-            "status" => Some(Command::Status),
-            "reload" => Some(Command::Reload),
-            "restart" => Some(Command::Restart),
-            "stop" => Some(Command::Stop),
-            _ => None,
-        }
-    }
-}
-
 /// Where the answer to one request goes. Cloned for every party that reports on it; the
 /// connection closes when the last clone is dropped, so a final line must be sent
 /// first.
 #[derive(Debug, Clone)]
-pub(crate) struct Reply(mpsc::UnboundedSender<String>);
+pub(crate) struct Reply(Option<mpsc::UnboundedSender<Line>>);
 
 impl Reply {
     /// A reply and the receiving end of its lines.
-    pub(crate) fn channel() -> (Reply, mpsc::UnboundedReceiver<String>) {
+    pub(crate) fn channel() -> (Reply, mpsc::UnboundedReceiver<Line>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Reply(tx), rx)
+        (Reply(Some(tx)), rx)
     }
 
     /// A reply that goes nowhere (a request that came by signal).
     pub(crate) fn none() -> Reply {
-        Reply(mpsc::unbounded_channel().0)
+        Reply(None)
     }
 
-    pub(crate) fn line(&self, line: String) {
+    fn send(&self, line: Line) {
         // A client that went away is no reason to do anything differently.
-        let _ = self.0.send(line);
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(line);
+        }
     }
 
-    pub(crate) fn progress(&self, text: impl std::fmt::Display) {
-        self.line(format!("progress {text}"));
+    pub(crate) fn progress(&self, step: Progress) {
+        self.send(Line::Progress(step));
+    }
+
+    pub(crate) fn status(&self, status: &Status) {
+        for item in status.items() {
+            self.send(Line::Status(item));
+        }
     }
 
     pub(crate) fn ok(&self, text: impl std::fmt::Display) {
-        self.line(format!("ok {text}"));
+        self.send(Line::Ok(text.to_string()));
     }
 
     pub(crate) fn error(&self, text: impl std::fmt::Display) {
-        self.line(format!("error {text}"));
+        self.send(Line::Error(text.to_string()));
     }
 }
 
 /// A request for the master.
 #[derive(Debug)]
-pub(crate) struct Request {
-    pub(crate) command: Command,
+pub(crate) struct Asked {
+    pub(crate) request: Request,
     pub(crate) reply: Reply,
 }
 
@@ -177,7 +172,7 @@ impl Server {
 
     /// Accepts the next client and serves it in a task of its own, which sends its
     /// request to `requests`.
-    pub(crate) async fn accept(&self, requests: &mpsc::UnboundedSender<Request>) {
+    pub(crate) async fn accept(&self, requests: &mpsc::UnboundedSender<Asked>) {
         let stream = match self.listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -188,10 +183,10 @@ impl Server {
             }
         };
         let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(
-                stream,
-                "error busy: too many control clients at once\n",
-            ));
+            tokio::spawn(async move {
+                let busy = Line::Error("busy: too many control clients at once".into());
+                refuse(stream, &format!("{}\n", busy.encode())).await;
+            });
             return;
         };
         let requests = requests.clone();
@@ -208,47 +203,39 @@ impl Drop for Server {
     }
 }
 
-async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Request>) {
-    let command = match tokio::time::timeout(COMMAND_TIMEOUT, read_line(&mut stream)).await {
-        Ok(Ok(line)) => match Command::parse(&line) {
-            Some(c) => c,
-            None => {
-                let shown: String = line.chars().take(40).collect();
-                let msg = format!(
-                    "error unknown command `{}`: expected status, reload, restart or stop\n",
-                    shown.escape_debug()
-                );
-                refuse(stream, &msg).await;
+async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Asked>) {
+    let request = match tokio::time::timeout(COMMAND_TIMEOUT, read_line(&mut stream)).await {
+        Ok(Ok(line)) => match line.parse::<Request>() {
+            Ok(r) => r,
+            Err(e) => {
+                refuse(stream, &format!("{}\n", Line::Error(e).encode())).await;
                 return;
             }
         },
         Ok(Err(e)) => {
-            refuse(stream, &format!("error {e}\n")).await;
-            return;
-        }
-        Err(_) => {
             refuse(
                 stream,
-                &format!("error no command within {COMMAND_TIMEOUT:?}\n"),
+                &format!("{}\n", Line::Error(e.to_string()).encode()),
             )
             .await;
             return;
         }
+        Err(_) => {
+            let e = Line::Error(format!("no command within {COMMAND_TIMEOUT:?}"));
+            refuse(stream, &format!("{}\n", e.encode())).await;
+            return;
+        }
     };
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    if requests
-        .send(Request {
-            command,
-            reply: Reply(tx),
-        })
-        .is_err()
-    {
-        let _ = write(&mut stream, b"error the master is exiting\n").await;
+    let (reply, mut rx) = Reply::channel();
+    if requests.send(Asked { request, reply }).is_err() {
+        let e = Line::Error("the master is exiting".into());
+        let _ = write(&mut stream, format!("{}\n", e.encode()).as_bytes()).await;
         return;
     }
-    while let Some(mut line) = rx.recv().await {
-        line.push('\n');
-        if write(&mut stream, line.as_bytes()).await.is_err() {
+    while let Some(line) = rx.recv().await {
+        let mut text = line.encode();
+        text.push('\n');
+        if write(&mut stream, text.as_bytes()).await.is_err() {
             // The client left; the request carries on regardless.
             return;
         }
@@ -311,17 +298,6 @@ async fn read_line(stream: &mut UnixStream) -> io::Result<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn commands_parse_exactly() {
-        assert_eq!(Command::parse("reload"), Some(Command::Reload));
-        assert_eq!(Command::parse(" stop \r"), Some(Command::Stop));
-        assert_eq!(Command::parse("status"), Some(Command::Status));
-        assert_eq!(Command::parse("restart"), Some(Command::Restart));
-        assert_eq!(Command::parse("RELOAD"), None);
-        assert_eq!(Command::parse("reload now"), None);
-        assert_eq!(Command::parse(""), None);
-    }
-
     #[tokio::test]
     async fn garbage_silence_and_long_lines_get_an_error_and_no_request() {
         let dir = tempfile::tempdir().unwrap();
@@ -356,11 +332,17 @@ mod tests {
         let client = tokio::spawn(ask(b"reload\n"));
         server.accept(&tx).await;
         let req = rx.recv().await.unwrap();
-        assert_eq!(req.command, Command::Reload);
-        req.reply.progress("spawned");
+        assert_eq!(req.request, Request::Reload);
+        req.reply.progress(Progress::Spawned {
+            generation: 2,
+            pid: 7,
+        });
         req.reply.ok("done");
         drop(req);
-        assert_eq!(client.await.unwrap(), "progress spawned\nok done\n");
+        assert_eq!(
+            client.await.unwrap(),
+            "progress spawned gen 2 pid 7\nok done\n"
+        );
     }
 
     #[tokio::test(start_paused = true)]

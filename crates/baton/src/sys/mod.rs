@@ -1,6 +1,22 @@
 //! The only module with `unsafe` code: thin wrappers over libc calls that std does not
 //! offer. Each block states why it is sound.
+//!
+//! Linux-only calls (the parent-death signal, child subreapers, open-file-description
+//! locks, `waitid` with `WNOWAIT`, `/proc`, abstract Unix sockets) live in `linux.rs`;
+//! elsewhere `other.rs` answers them with `ErrorKind::Unsupported`.
 #![allow(unsafe_code)]
+
+#[cfg(target_os = "linux")]
+#[path = "linux.rs"]
+mod platform;
+#[cfg(not(target_os = "linux"))]
+#[path = "other.rs"]
+mod platform;
+
+pub(crate) use platform::{
+    become_subreaper, children, is_alive, is_locked, open_sockets, reap_orphans, send_to_abstract,
+    start_time, try_lock,
+};
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -256,16 +272,13 @@ impl ExecPlan {
             }
         }
         if let Some((signal, parent)) = self.death_signal {
-            // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers and touches no memory;
-            // getppid has no preconditions. Both are async-signal-safe.
-            unsafe {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
-                    return io::Error::last_os_error();
-                }
-                // The parent died before the setting took effect: do not start.
-                if libc::getppid() != parent {
-                    return io::Error::from_raw_os_error(libc::ESRCH);
-                }
+            if let Err(e) = platform::set_parent_death_signal(signal) {
+                return e;
+            }
+            // SAFETY: getppid has no preconditions and is async-signal-safe.
+            // The parent died before the setting took effect: do not start.
+            if unsafe { libc::getppid() } != parent {
+                return io::Error::from_raw_os_error(libc::ESRCH);
             }
         }
         // SAFETY: getpid has no preconditions.
@@ -321,46 +334,6 @@ fn write_decimal(out: &mut [u8], mut n: u32) {
     out[len] = 0;
 }
 
-/// An open-file-description write lock on the whole file (`F_OFD_SETLK`): `Ok(true)`
-/// if this open file now holds it, `Ok(false)` if another open file holds it. The lock
-/// lives as long as the open file (the descriptor and its duplicates). Unlike `flock`,
-/// it can be tested without being taken ([`is_locked`]), so a status query never gets
-/// in the way of a master that starts.
-pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut lock = whole_file_lock();
-    // SAFETY: fcntl(F_OFD_SETLK) reads one flock struct we own; the descriptor is
-    // borrowed, so open for the call.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
-        _ => Err(e),
-    }
-}
-
-/// Whether another open file holds a lock taken by [`try_lock`] on this file
-/// (`F_OFD_GETLK`: nothing is taken). Works on a read-only descriptor.
-pub(crate) fn is_locked(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut lock = whole_file_lock();
-    // SAFETY: fcntl(F_OFD_GETLK) reads and writes one flock struct we own; the
-    // descriptor is borrowed, so open for the call.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
-}
-
-fn whole_file_lock() -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value (l_pid must be 0 for OFD
-    // locks).
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = libc::F_WRLCK as libc::c_short;
-    lock.l_whence = libc::SEEK_SET as libc::c_short;
-    lock
-}
-
 /// Sends `signal` to the process group `pgid` (a worker started as the leader of a
 /// group of its own, and what it started).
 pub(crate) fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
@@ -375,58 +348,6 @@ pub(crate) fn kill_group(pgid: u32, signal: i32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Makes this process a child subreaper (Linux): orphans among its descendants are
-/// re-parented to it instead of to init, so that it can reap them.
-pub(crate) fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers and touches no memory.
-    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Reaps exited children that are not in `keep` (processes someone else waits for):
-/// each exited child is looked at without being reaped (`WNOWAIT`); one in `keep`
-/// ends the pass, the others are reaped. Returns the PIDs reaped. Bounded: at most
-/// `max` children per call.
-pub(crate) fn reap_orphans(keep: &[u32], max: usize) -> Vec<u32> {
-    let mut reaped = Vec::new();
-    for _ in 0..max {
-        // SAFETY: siginfo_t is plain data; all-zero is a valid value, and waitid
-        // writes into it only for the duration of the call.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid(2) writes one siginfo_t into memory we own; WNOWAIT leaves the
-        // child waitable, WNOHANG makes the call return at once.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_ALL,
-                0,
-                &mut info,
-                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
-            )
-        };
-        // SAFETY: si_pid is valid for a siginfo_t filled in for an exited child, and
-        // zero (from the zeroed value) when there was none.
-        let pid = unsafe { info.si_pid() };
-        if r != 0 || pid <= 0 {
-            break;
-        }
-        if keep.iter().any(|k| i64::from(*k) == i64::from(pid)) {
-            break;
-        }
-        let mut status = 0;
-        // SAFETY: waitpid(2) writes one int into memory we own; `pid` is positive and
-        // names the exited child just seen, which no one else waits for.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            reaped.push(pid.unsigned_abs());
-        } else {
-            break;
-        }
-    }
-    reaped
 }
 
 #[cfg(test)]

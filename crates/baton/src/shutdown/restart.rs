@@ -1,0 +1,343 @@
+//! The graceful restart (spawn the next generation, wait until it is ready, roll back)
+//! with its statistics, and the full restart's `exec`.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::{Cmd, End, RestartReply, Shutdown};
+use crate::command::{Command, FollowUp};
+use crate::handoff::{self, RestartFailure, Restarted};
+use crate::notify::{self, Generation};
+use crate::report::Report;
+use crate::sync::lock;
+use crate::{Action, Error, Signal};
+
+/// A new generation that failed or was aborted gets this long after `SIGTERM` to drain
+/// what it may have accepted before it is killed.
+const ABANDON_GRACE: Duration = Duration::from_secs(10);
+
+/// The graceful restarts this generation attempted ([`Shutdown::restart_stats`]). A
+/// generation that succeeds hands over and ends, so `ok` is 0 or 1; the new generation
+/// starts its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RestartStats {
+    /// Restarts that handed over to a ready new generation.
+    pub ok: u64,
+    /// Failed restarts, by reason (`exited`, `not-ready`, `spawn`, `executable`,
+    /// `aborted`, `busy`, `draining`).
+    pub failed: BTreeMap<&'static str, u64>,
+    /// Restart requests folded into one in progress.
+    pub coalesced: u64,
+    /// Seconds from trigger to ready (or to failure), summed over the attempts.
+    pub seconds_total: f64,
+    /// The last attempt.
+    pub last: Option<LastRestart>,
+}
+
+/// The last restart a generation attempted ([`RestartStats::last`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LastRestart {
+    /// Whether it handed over to a ready new generation.
+    pub ok: bool,
+    /// From the trigger to ready, or to the failure.
+    pub took: Duration,
+    /// What came of it, in words: `generation 3 pid 4242`, or why it failed.
+    pub outcome: String,
+}
+
+/// The outcome of [`Shutdown::restart`]: resolves once the new generation is ready, or
+/// the restart failed.
+#[must_use = "the restart proceeds anyway; await this to learn its outcome"]
+#[derive(Debug)]
+pub struct RestartRequest {
+    pub(super) rx: oneshot::Receiver<Result<Restarted, Error>>,
+}
+
+impl Future for RestartRequest {
+    type Output = Result<Restarted, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|res| {
+            res.unwrap_or(Err(Error::Restart(RestartFailure::Busy(
+                "the coordinator is not running (`Shutdown::run` has not been called or has returned)",
+            ))))
+        })
+    }
+}
+
+/// A restart that failed, and the shutdown that interrupted it (to be carried out).
+pub(super) type Failed = (RestartFailure, Option<End>);
+
+impl Shutdown {
+    /// One graceful restart from the serve loop, its outcome sent to whoever asked (and
+    /// to those whose requests were folded into it) and counted. `Ok` ends serving;
+    /// `Err` with an `End` too (a shutdown interrupted it), without one serving goes
+    /// on.
+    pub(super) async fn restart_now(
+        &self,
+        reason: &str,
+        reply: Option<RestartReply>,
+        commands: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<Restarted, Option<End>> {
+        let mut follow_up = FollowUp::default();
+        let t0 = Instant::now();
+        let outcome = self.carry_out(reason, &mut follow_up, commands).await;
+        self.record(&outcome, t0.elapsed());
+        let (_, coalesced) = follow_up.take();
+        let replies = reply.into_iter().chain(coalesced);
+        match outcome {
+            Ok(restarted) => {
+                for reply in replies {
+                    let _ = reply.send(Ok(restarted.clone()));
+                }
+                Ok(restarted)
+            }
+            Err((failure, interrupted)) => {
+                warn!(pid = std::process::id(), %reason, "restart failed, serving on: {failure}");
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Restart(failure.clone())));
+                }
+                Err(interrupted)
+            }
+        }
+    }
+
+    fn record(&self, outcome: &Result<Restarted, Failed>, took: Duration) {
+        let mut stats = lock(&self.inner.restarts);
+        stats.seconds_total += took.as_secs_f64();
+        let last = match outcome {
+            Ok(r) => {
+                stats.ok += 1;
+                stats.coalesced += u64::from(r.coalesced);
+                LastRestart {
+                    ok: true,
+                    took,
+                    outcome: format!("generation {} pid {}", r.generation, r.pid),
+                }
+            }
+            Err((f, _)) => {
+                *stats.failed.entry(f.kind()).or_default() += 1;
+                LastRestart {
+                    ok: false,
+                    took,
+                    outcome: f.to_string(),
+                }
+            }
+        };
+        stats.last = Some(last);
+    }
+
+    /// Starts the next generation and waits until it is ready (or fails); folds the
+    /// restart requests that come meanwhile into `follow_up`. On failure the new
+    /// process is stopped and reaped.
+    async fn carry_out(
+        &self,
+        reason: &str,
+        follow_up: &mut FollowUp<RestartReply>,
+        commands: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<Restarted, Failed> {
+        let inner = &self.inner;
+        let pid = std::process::id();
+        let triggered = Instant::now();
+        let generation = self.generation() + 1;
+        info!(pid, %reason, generation = self.generation(), "server reloading");
+        notify::reloading();
+        // Keep-alive clients answered from now on reconnect: the new connection goes to
+        // whichever generation accepts it, never to one idle on a generation that drains.
+        inner.tracker.set_closing(true);
+        let back_to_ready = || {
+            inner.tracker.set_closing(false);
+            // The failed generation may have written its PID already.
+            if let Some(path) = &inner.pidfile
+                && let Err(e) = notify::write_pidfile(path, pid)
+            {
+                warn!(pid, error = %e, "cannot rewrite the pidfile after the failed restart");
+            }
+            notify::ready();
+        };
+        // Nothing is forced for a restart that cannot even start.
+        if let Err(e) = inner.program.check() {
+            back_to_ready();
+            return Err((e, None));
+        }
+        let draining = self.enforce_generation_cap();
+        let spawned = handoff::spawn(
+            &inner.program,
+            &lock(&inner.listeners),
+            generation,
+            &draining,
+        );
+        let mut spawned = match spawned {
+            Ok(s) => s,
+            Err(e) => {
+                back_to_ready();
+                return Err((e, None));
+            }
+        };
+        let spawn_time = triggered.elapsed();
+        info!(
+            pid,
+            new_pid = spawned.pid,
+            generation,
+            "spawned the new generation; waiting until it is ready"
+        );
+        let ready = loop {
+            tokio::select! {
+                res = spawned.ready(inner.ready_timeout) => break res,
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Restart { reason, reply }) => {
+                        let n = follow_up.join(reply);
+                        info!(pid, %reason, "restart requested during a restart: coalesced into it ({n} so far)");
+                    }
+                    Some(Command::FullRestart { reason, .. }) => {
+                        warn!(pid, %reason, "full restart refused: a graceful restart is in progress");
+                    }
+                    Some(Command::Pass { signal }) => inner.user_hooks.run(signal),
+                    Some(Command::Status { .. }) => {}
+                    Some(Command::Shutdown(stop)) => {
+                        spawned.abandon(ABANDON_GRACE);
+                        let reason = stop.reason.clone();
+                        return Err((RestartFailure::Aborted { reason }, Some(End::Shutdown(stop))));
+                    }
+                    Some(Command::Hammer { reason }) => {
+                        spawned.abandon(ABANDON_GRACE);
+                        return Err((RestartFailure::Aborted { reason: reason.clone() }, Some(End::Hammer(reason))));
+                    }
+                    None => return Err((RestartFailure::Busy("the coordinator is gone"), None)),
+                },
+            }
+        };
+        let announced = match ready {
+            Ok(announced) => announced,
+            Err(failure) => {
+                spawned.abandon(ABANDON_GRACE);
+                back_to_ready();
+                return Err((failure, None));
+            }
+        };
+        let restarted = Restarted {
+            pid: spawned.pid,
+            generation,
+            spawn: spawn_time,
+            ready: spawned.started.elapsed(),
+            coalesced: follow_up.asked(),
+        };
+        spawned.release();
+        inner.successor.store(restarted.pid, Ordering::Relaxed);
+        notify::ready_as(restarted.pid);
+        info!(
+            pid,
+            new_pid = restarted.pid,
+            generation,
+            spawn = ?restarted.spawn,
+            ready = ?restarted.ready,
+            coalesced = restarted.coalesced,
+            "restart: the new generation is ready; this one stops accepting and drains"
+        );
+        if follow_up.is_wanted() {
+            ask_follow_up(restarted.pid, follow_up.asked(), announced.as_deref());
+        }
+        Ok(restarted)
+    }
+
+    /// The older generations still draining, this one added; forces the oldest ones
+    /// when starting another would exceed the cap.
+    fn enforce_generation_cap(&self) -> Vec<Generation> {
+        let max = self.inner.max_generations;
+        let mut draining: Vec<Generation> = notify::origin()
+            .draining
+            .iter()
+            .copied()
+            .filter(Generation::alive)
+            .collect();
+        // Alive during the restart: the draining ones, this one and the new one.
+        while !draining.is_empty() && draining.len() + 2 > max {
+            let oldest = draining.remove(0);
+            let sig = [Action::Hammer, Action::Shutdown, Action::ShutdownNow]
+                .into_iter()
+                .find_map(|a| self.inner.signals.signal_for(a))
+                .map_or(libc::SIGKILL, Signal::as_raw);
+            warn!(
+                pid = std::process::id(),
+                oldest = oldest.pid,
+                max,
+                "too many generations alive: forcing the oldest draining one (signal {sig})"
+            );
+            let _ = crate::sys::kill(oldest.pid, sig);
+        }
+        draining.extend(Generation::this_process());
+        draining
+    }
+
+    /// The full restart, once drained: executes the program anew in this process with
+    /// the listening sockets; returns only if that failed (noted in `report`), or if a
+    /// shutdown came during the drain (then it does not execute anything).
+    pub(super) fn exec_full_restart(&self, report: &mut Report) {
+        let inner = &self.inner;
+        let pid = std::process::id();
+        if inner.stop_asked.load(Ordering::SeqCst) {
+            info!(
+                pid,
+                "full restart abandoned: a shutdown was asked for during its drain"
+            );
+            notify::stopping();
+            lock(&inner.listeners).clear();
+            if let Some(path) = &inner.pidfile {
+                notify::remove_pidfile(path);
+            }
+            return;
+        }
+        let listeners = std::mem::take(&mut *lock(&inner.listeners));
+        info!(
+            pid,
+            exe = %inner.program.exe.display(),
+            "full restart: drained; executing the program anew with {} listening sockets",
+            listeners.len()
+        );
+        // Restart and user-hook signals would end the process (their default action)
+        // between the exec and the new image's handlers: ignore them across it.
+        let ignored: Vec<Signal> = inner
+            .signals
+            .iter()
+            .filter(|(_, a)| matches!(a, Action::Restart | Action::FullRestart | Action::User))
+            .map(|(s, _)| s)
+            .collect();
+        let e = handoff::exec_in_place(&inner.program, &listeners, self.generation() + 1, &ignored);
+        warn!(pid, error = %e, "full restart: cannot execute the program; exiting");
+        report.restart_failed = Some(e.to_string());
+    }
+}
+
+/// Requests that came in during a restart wanted a restart after it: ask the new
+/// generation for one, by the restart signal it announced with its `READY=1` (its map
+/// may differ from ours after an upgrade; without one, no signal is sent).
+fn ask_follow_up(successor: u32, coalesced: u32, announced: Option<&str>) {
+    let pid = std::process::id();
+    match announced.and_then(|s| s.parse::<Signal>().ok()) {
+        Some(sig) => match crate::sys::kill(successor, sig.as_raw()) {
+            Ok(()) => info!(
+                pid,
+                successor, coalesced, "asked the new generation for one follow-up restart ({sig})"
+            ),
+            Err(e) => {
+                warn!(pid, successor, error = %e, "cannot ask the new generation for a follow-up restart")
+            }
+        },
+        None => warn!(
+            pid,
+            successor,
+            coalesced,
+            "the new generation announced no restart signal: the coalesced requests were served by this restart, no follow-up"
+        ),
+    }
+}

@@ -1,0 +1,164 @@
+//! The Linux side of `sys`: calls other Unix systems do not have (or have otherwise).
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `PR_SET_PDEATHSIG`: this process gets `signal` when the thread that forked it
+/// exits. Async-signal-safe: called in a forked child before `exec`.
+pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes integers and touches no memory; it is
+    // async-signal-safe.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An open-file-description write lock on the whole file (`F_OFD_SETLK`): `Ok(true)`
+/// if this open file now holds it, `Ok(false)` if another open file holds it. The lock
+/// lives as long as the open file (the descriptor and its duplicates). Unlike `flock`,
+/// it can be tested without being taken ([`is_locked`]), so a status query never gets
+/// in the way of a master that starts.
+pub(crate) fn try_lock(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file_lock();
+    // SAFETY: fcntl(F_OFD_SETLK) reads one flock struct we own; the descriptor is
+    // borrowed, so open for the call.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut lock) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN | libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether another open file holds a lock taken by [`try_lock`] on this file
+/// (`F_OFD_GETLK`: nothing is taken). Works on a read-only descriptor.
+pub(crate) fn is_locked(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut lock = whole_file_lock();
+    // SAFETY: fcntl(F_OFD_GETLK) reads and writes one flock struct we own; the
+    // descriptor is borrowed, so open for the call.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(lock.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+fn whole_file_lock() -> libc::flock {
+    // SAFETY: flock is plain data; all-zero is a valid value (l_pid must be 0 for OFD
+    // locks).
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock
+}
+
+/// Makes this process a child subreaper (Linux): orphans among its descendants are
+/// re-parented to it instead of to init, so that it can reap them.
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 1) takes integers and touches no memory.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reaps exited children that are not in `keep` (processes someone else waits for):
+/// each exited child is looked at without being reaped (`WNOWAIT`); one in `keep`
+/// ends the pass, the others are reaped. Returns the PIDs reaped. Bounded: at most
+/// `max` children per call.
+pub(crate) fn reap_orphans(keep: &[u32], max: usize) -> Vec<u32> {
+    let mut reaped = Vec::new();
+    for _ in 0..max {
+        // SAFETY: siginfo_t is plain data; all-zero is a valid value, and waitid
+        // writes into it only for the duration of the call.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one siginfo_t into memory we own; WNOWAIT leaves the
+        // child waitable, WNOHANG makes the call return at once.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_ALL,
+                0,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: si_pid is valid for a siginfo_t filled in for an exited child, and
+        // zero (from the zeroed value) when there was none.
+        let pid = unsafe { info.si_pid() };
+        if r != 0 || pid <= 0 {
+            break;
+        }
+        if keep.iter().any(|k| i64::from(*k) == i64::from(pid)) {
+            break;
+        }
+        let mut status = 0;
+        // SAFETY: waitpid(2) writes one int into memory we own; `pid` is positive and
+        // names the exited child just seen, which no one else waits for.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            reaped.push(pid.unsigned_abs());
+        } else {
+            break;
+        }
+    }
+    reaped
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks since boot.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: skip past its end.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+pub(crate) fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// The children of process `pid`, from `/proc`.
+///
+/// # Errors
+///
+/// The error of reading `/proc/PID/task/PID/children` (the process is gone).
+pub(crate) fn children(pid: u32) -> io::Result<Vec<u32>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    Ok(s.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// How many sockets process `pid` holds open, from `/proc/PID/fd`; `None` where it
+/// cannot be read. Reads a directory: call it off an async runtime's thread.
+pub(crate) fn open_sockets(pid: u32) -> Option<usize> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.as_os_str().as_encoded_bytes().starts_with(b"socket:"))
+            })
+            .count(),
+    )
+}
+
+/// Sends one datagram to the abstract Unix socket `name` (the part after `@`).
+pub(crate) fn send_to_abstract(
+    sock: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+    message: &[u8],
+) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.send_to_addr(message, &addr).map(|_| ())
+}

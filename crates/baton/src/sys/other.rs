@@ -1,0 +1,58 @@
+//! The side of `sys` for Unix systems other than Linux: the Linux-only calls answer
+//! `ErrorKind::Unsupported` (or "not known"), never a silent success.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+fn unsupported(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("{what} is only available on Linux"),
+    )
+}
+
+pub(crate) fn set_parent_death_signal(_signal: i32) -> io::Result<()> {
+    // Async-signal-safe: no allocation (the error carries no message).
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+pub(crate) fn try_lock(_fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Err(unsupported("an open-file-description lock"))
+}
+
+pub(crate) fn is_locked(_fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Err(unsupported("an open-file-description lock"))
+}
+
+pub(crate) fn become_subreaper() -> io::Result<()> {
+    Err(unsupported("a child subreaper"))
+}
+
+pub(crate) fn reap_orphans(_keep: &[u32], _max: usize) -> Vec<u32> {
+    Vec::new()
+}
+
+pub(crate) fn start_time(_pid: u32) -> Option<u64> {
+    None
+}
+
+pub(crate) fn is_alive(pid: u32) -> bool {
+    // Signal 0 checks existence (a zombie still counts: not knowable here).
+    super::kill(pid, 0).is_ok()
+}
+
+pub(crate) fn children(_pid: u32) -> io::Result<Vec<u32>> {
+    Err(unsupported("listing a process's children"))
+}
+
+pub(crate) fn open_sockets(_pid: u32) -> Option<usize> {
+    None
+}
+
+pub(crate) fn send_to_abstract(
+    _sock: &std::os::unix::net::UnixDatagram,
+    _name: &[u8],
+    _message: &[u8],
+) -> io::Result<()> {
+    Err(unsupported("an abstract Unix socket"))
+}
