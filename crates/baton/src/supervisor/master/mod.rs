@@ -6,6 +6,7 @@
 mod builder;
 mod state;
 mod supervise;
+mod transitions;
 
 use std::ffi::OsString;
 use std::time::Duration;

@@ -1,0 +1,633 @@
+//! The transitions of the master's state: what each event does.
+
+use std::ffi::OsString;
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::Config;
+use super::state::{DrainEnd, Draining, Gen, Kind, Snapshot, Start, State, Stopping};
+use super::supervise::{
+    Cmd, FIRST_BACKOFF, HEALTHY_RUN, MAX_BACKOFF, Supervisor, idle_placeholder,
+};
+use crate::command::{Command, FollowUp, escalates};
+use crate::handoff::describe;
+use crate::notify::{self, MASTER_PID};
+use crate::supervisor::Worker;
+use crate::supervisor::control::{Ending, Progress, Reply};
+use crate::{Error, Listener, RestartFailure};
+
+impl Supervisor<'_> {
+    /// Starts a worker of `generation` (not yet ready). On failure the replies are told.
+    pub(super) fn start_worker(
+        cfg: &Config,
+        listeners: &[Listener],
+        generation: u32,
+        kind: Kind,
+        replies: Vec<Reply>,
+    ) -> Result<Box<Start>, RestartFailure> {
+        let env = vec![(
+            OsString::from(MASTER_PID),
+            OsString::from(std::process::id().to_string()),
+        )];
+        let asked = Instant::now();
+        match Worker::spawn_with(&cfg.command, listeners, Some(cfg.drain_signal), env) {
+            Ok(worker) => {
+                let pid = worker.pid();
+                info!(
+                    pid = std::process::id(),
+                    worker = pid,
+                    generation,
+                    "{}: started worker gen {generation}",
+                    kind.word()
+                );
+                for r in &replies {
+                    r.progress(Progress::Spawned { generation, pid });
+                }
+                Ok(Box::new(Start {
+                    new: Gen {
+                        worker,
+                        generation,
+                        since: asked,
+                    },
+                    kind,
+                    asked,
+                    replies,
+                    follow_up: FollowUp::default(),
+                }))
+            }
+            Err(e) => {
+                let failure = match e {
+                    Error::Worker(f) => f,
+                    other => RestartFailure::Spawn(other.to_string()),
+                };
+                for r in &replies {
+                    r.error(format!("{} failed: {failure}", kind.word()));
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Starts a worker of the next generation.
+    fn start(&mut self, kind: Kind, replies: Vec<Reply>) -> Result<Box<Start>, RestartFailure> {
+        let start = Self::start_worker(
+            self.cfg,
+            self.listeners,
+            self.next_generation,
+            kind,
+            replies,
+        )?;
+        self.next_generation += 1;
+        Ok(start)
+    }
+
+    pub(super) fn on_command(&mut self, cmd: Cmd) {
+        let me = std::process::id();
+        match cmd {
+            Command::Restart { reason, reply } => {
+                info!(pid = me, "{reason}: reload");
+                self.reload(vec![reply.unwrap_or_else(Reply::none)]);
+            }
+            Command::FullRestart { reason, reply } => {
+                info!(pid = me, "{reason}: full restart");
+                self.full_restart(reply);
+            }
+            Command::Shutdown(stop) => match &mut self.state {
+                State::Stopping(s) => {
+                    if escalates(&stop) {
+                        warn!(
+                            pid = me,
+                            "{} again while stopping: killing the workers that still run",
+                            stop.reason
+                        );
+                        self.hammer();
+                    } else if let Some(r) = stop.reply {
+                        r.progress(Progress::AlreadyStopping);
+                        s.replies.push(r);
+                    }
+                }
+                _ => {
+                    info!(pid = me, "{}: stopping; the worker drains", stop.reason);
+                    self.stop(stop.reply.unwrap_or_else(Reply::none));
+                }
+            },
+            Command::Hammer { reason } => {
+                warn!(pid = me, "{reason}: killing the workers");
+                if !self.state.is_stopping() {
+                    self.stop(Reply::none());
+                }
+                self.hammer();
+            }
+            Command::Pass { signal } => {
+                if let Some(g) = self.state.serving_mut()
+                    && let Err(e) = g.worker.signal(signal)
+                {
+                    warn!(pid = me, worker = g.worker.pid(), error = %e, "cannot pass {signal} on");
+                }
+            }
+            Command::Status { reply } => {
+                let status = Snapshot {
+                    started: self.started,
+                    state: &self.state,
+                    draining: &self.draining,
+                    listeners: self.listeners,
+                    history: &self.history,
+                }
+                .status(crate::sys::open_sockets);
+                reply.status(&status);
+                reply.ok("status");
+            }
+        }
+    }
+
+    /// A reload for each of `replies` (one per request; `Reply::none()` for a signal).
+    fn reload(&mut self, replies: Vec<Reply>) {
+        let me = std::process::id();
+        self.state = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Stopping(s) => {
+                for r in &replies {
+                    r.error("the master is stopping");
+                }
+                State::Stopping(s)
+            }
+            mut starting @ (State::Starting(_) | State::Reloading { .. }) => {
+                if let Some(s) = starting.starting_mut() {
+                    // The worker starting now may run what was on disk before this
+                    // request: one more reload follows it, for every request that came
+                    // meanwhile.
+                    info!(
+                        pid = me,
+                        "reload asked during a {}: one more follows it",
+                        s.kind.word()
+                    );
+                    let step = Progress::FollowsStart {
+                        kind: s.kind.word().to_owned(),
+                        generation: s.new.generation,
+                        pid: s.new.worker.pid(),
+                    };
+                    for r in replies {
+                        r.progress(step.clone());
+                        s.follow_up.join(Some(r));
+                    }
+                }
+                starting
+            }
+            State::Restarting {
+                pid,
+                since,
+                replies: mut waiting,
+            } => {
+                for r in replies {
+                    r.progress(Progress::JoinedRestart);
+                    waiting.push(r);
+                }
+                State::Restarting {
+                    pid,
+                    since,
+                    replies: waiting,
+                }
+            }
+            State::Serving(current) => {
+                notify::reloading();
+                match self.start(Kind::Reload, replies) {
+                    Ok(start) => State::Reloading {
+                        serving: Some(current),
+                        start,
+                    },
+                    Err(e) => {
+                        self.history
+                            .record(Kind::Reload, false, Duration::ZERO, e.to_string());
+                        notify::ready();
+                        warn!(pid = me, "reload failed, the serving worker serves on: {e}");
+                        State::Serving(current)
+                    }
+                }
+            }
+            State::Idle { .. } => {
+                notify::reloading();
+                match self.start(Kind::Respawn, replies) {
+                    Ok(start) => State::Starting(start),
+                    Err(e) => {
+                        self.history
+                            .record(Kind::Respawn, false, Duration::ZERO, e.to_string());
+                        notify::ready();
+                        warn!(pid = me, "reload failed, and no worker serves: {e}");
+                        self.respawn_later()
+                    }
+                }
+            }
+        };
+    }
+
+    fn full_restart(&mut self, reply: Option<Reply>) {
+        let reply = reply.unwrap_or_else(Reply::none);
+        self.state = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Stopping(s) => {
+                reply.error("the master is stopping");
+                State::Stopping(s)
+            }
+            busy @ (State::Starting(_) | State::Reloading { .. } | State::Restarting { .. }) => {
+                warn!(
+                    pid = std::process::id(),
+                    "full restart refused: a reload or restart is in progress"
+                );
+                reply.error("a reload or restart is in progress; try again when it ended");
+                busy
+            }
+            State::Serving(current) => {
+                notify::reloading();
+                let pid = current.worker.pid();
+                reply.progress(self.draining_step(&current, true));
+                self.drain(current);
+                State::Restarting {
+                    pid,
+                    since: Instant::now(),
+                    replies: vec![reply],
+                }
+            }
+            State::Idle { .. } => {
+                notify::reloading();
+                match self.start(Kind::Restart, vec![reply]) {
+                    Ok(start) => State::Starting(start),
+                    Err(e) => {
+                        self.history
+                            .record(Kind::Restart, false, Duration::ZERO, e.to_string());
+                        notify::ready();
+                        self.respawn_later()
+                    }
+                }
+            }
+        };
+    }
+
+    fn stop(&mut self, reply: Reply) {
+        notify::stopping();
+        let (serving, start, restart_replies, pid) =
+            match std::mem::replace(&mut self.state, idle_placeholder()) {
+                State::Serving(g) => {
+                    let pid = g.worker.pid();
+                    (Some(g), None, Vec::new(), Some(pid))
+                }
+                State::Reloading { serving, start } => {
+                    let pid = serving.as_ref().map(|g| g.worker.pid());
+                    (serving, Some(start), Vec::new(), pid)
+                }
+                State::Starting(start) => (None, Some(start), Vec::new(), None),
+                // The worker of a full restart in progress is draining: its status is
+                // ours.
+                State::Restarting { pid, replies, .. } => (None, None, replies, Some(pid)),
+                State::Idle { .. } => (None, None, Vec::new(), None),
+                State::Stopping(s) => {
+                    self.state = State::Stopping(s);
+                    return;
+                }
+            };
+        if let Some(mut s) = start {
+            for r in &s.replies {
+                r.error(format!(
+                    "{} abandoned: the master is stopping",
+                    s.kind.word()
+                ));
+            }
+            for r in s.follow_up.take().1 {
+                r.error("reload abandoned: the master is stopping");
+            }
+            // It may have accepted connections already (a delay readiness): it drains
+            // like any other.
+            self.drain(s.new);
+        }
+        for r in restart_replies {
+            r.error("restart abandoned: the master is stopping");
+        }
+        if let Some(current) = serving {
+            reply.progress(self.draining_step(&current, false));
+            self.drain(current);
+        }
+        self.state = State::Stopping(Stopping {
+            pid,
+            status: None,
+            replies: vec![reply],
+        });
+    }
+
+    fn hammer(&mut self) {
+        self.hammer.send_replace(true);
+    }
+
+    fn draining_step(&self, g: &Gen, queued: bool) -> Progress {
+        let pid = g.worker.pid();
+        Progress::Draining {
+            generation: g.generation,
+            pid,
+            open_sockets: crate::sys::open_sockets(pid)
+                .map(|n| n.saturating_sub(self.listeners.len())),
+            queued,
+        }
+    }
+
+    /// Sends the drain signal to `g` and waits for it in a task: `SIGKILL` after the
+    /// drain timeout, or at once on a hammer.
+    fn drain(&mut self, mut g: Gen) {
+        let (sig, limit) = (self.cfg.drain_signal, self.cfg.drain_timeout);
+        let pid = g.worker.pid();
+        if let Err(e) = g.worker.signal(sig) {
+            warn!(worker = pid, error = %e, "cannot send {sig}");
+        }
+        self.draining.push(Draining {
+            pid,
+            generation: g.generation,
+            since: Instant::now(),
+        });
+        let mut hammer = self.hammer.subscribe();
+        self.drains.spawn(async move {
+            let t0 = Instant::now();
+            let mut killed = false;
+            let status = tokio::select! {
+                status = g.worker.wait() => status,
+                () = tokio::time::sleep(limit) => {
+                    warn!(worker = pid, "the worker did not exit within {limit:?} of {sig}: killing it");
+                    killed = true;
+                    let _ = g.worker.kill();
+                    g.worker.wait().await
+                }
+                () = async { let _ = hammer.wait_for(|h| *h).await; } => {
+                    killed = true;
+                    let _ = g.worker.kill();
+                    g.worker.wait().await
+                }
+            };
+            // What it started and left behind would go on holding the sockets.
+            g.worker.kill_leftovers();
+            DrainEnd {
+                pid,
+                generation: g.generation,
+                status,
+                killed,
+                took: t0.elapsed(),
+            }
+        });
+    }
+
+    /// The starting worker is ready, or failed. `Err` only for the first worker: the
+    /// master cannot run without one.
+    pub(super) fn on_ready(
+        &mut self,
+        res: Result<(), RestartFailure>,
+    ) -> Result<(), RestartFailure> {
+        let me = std::process::id();
+        let (serving, s) = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Starting(s) => (None, s),
+            State::Reloading { serving, start } => (serving, start),
+            other => {
+                self.state = other;
+                return Ok(());
+            }
+        };
+        let Start {
+            new,
+            kind,
+            asked,
+            replies,
+            mut follow_up,
+        } = *s;
+        let took = asked.elapsed();
+        let (generation, pid) = (new.generation, new.worker.pid());
+        match res {
+            Ok(()) => {
+                info!(
+                    pid = me,
+                    worker = pid,
+                    generation,
+                    "worker gen {generation} ready in {} ms",
+                    took.as_millis()
+                );
+                for r in &replies {
+                    r.progress(Progress::Ready {
+                        generation,
+                        pid,
+                        took,
+                    });
+                }
+                notify::ready();
+                self.last_exit = None;
+                match serving {
+                    Some(old) => {
+                        let old_pid = old.worker.pid();
+                        info!(
+                            pid = me,
+                            worker = pid,
+                            "reloaded: gen {generation} serves; gen {} (pid {old_pid}) drains",
+                            old.generation
+                        );
+                        let step = self.draining_step(&old, false);
+                        for r in &replies {
+                            r.progress(step.clone());
+                        }
+                        self.awaiting_drain.push((old_pid, replies));
+                        self.drain(old);
+                    }
+                    None => {
+                        for r in &replies {
+                            r.ok(format!("gen {generation} pid {pid} serving"));
+                        }
+                    }
+                }
+                if matches!(kind, Kind::Reload | Kind::Restart) {
+                    self.history
+                        .record(kind, true, took, format!("gen {generation} pid {pid}"));
+                }
+                self.state = State::Serving(Gen {
+                    since: Instant::now(),
+                    ..new
+                });
+            }
+            Err(e) => {
+                let serves_on = if serving.is_some() {
+                    "; the serving worker serves on"
+                } else {
+                    ""
+                };
+                warn!(
+                    pid = me,
+                    worker = pid,
+                    "{} failed{}: worker gen {generation}: {e}",
+                    kind.word(),
+                    serves_on.replacen(';', ",", 1)
+                );
+                for r in &replies {
+                    r.error(format!("{} failed: {e}{serves_on}", kind.word()));
+                }
+                // One that missed its deadline may have accepted connections: it
+                // drains like any other (one that exited is reaped at once).
+                self.drain(new);
+                match kind {
+                    Kind::First => {
+                        for r in follow_up.take().1 {
+                            r.error(format!("the first worker failed: {e}"));
+                        }
+                        return Err(e);
+                    }
+                    Kind::Reload | Kind::Restart => {
+                        notify::ready();
+                        self.history.record(kind, false, took, e.to_string());
+                    }
+                    Kind::Respawn => {}
+                }
+                self.state = match serving {
+                    Some(g) => State::Serving(g),
+                    None => self.respawn_later(),
+                };
+            }
+        }
+        if follow_up.is_wanted() {
+            self.reload(follow_up.take().1);
+        }
+        Ok(())
+    }
+
+    /// The serving worker exited by itself.
+    pub(super) fn on_exit(&mut self, status: io::Result<ExitStatus>) {
+        let me = std::process::id();
+        let (gone, starting) = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Serving(g) => (g, None),
+            State::Reloading {
+                serving: Some(g),
+                start,
+            } => (g, Some(start)),
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        gone.worker.kill_leftovers();
+        if gone.since.elapsed() > HEALTHY_RUN {
+            self.backoff = FIRST_BACKOFF;
+        }
+        let described = describe(&status);
+        self.last_exit = Some(status);
+        self.state = match starting {
+            // A reload under way: its worker takes over once ready (or a respawn
+            // follows its failure).
+            Some(start) => {
+                warn!(
+                    pid = me,
+                    worker = gone.worker.pid(),
+                    status = described,
+                    "the worker exited unexpectedly; gen {} (starting) takes over",
+                    start.new.generation
+                );
+                State::Reloading {
+                    serving: None,
+                    start,
+                }
+            }
+            None => {
+                warn!(
+                    pid = me,
+                    worker = gone.worker.pid(),
+                    status = described,
+                    "the worker exited unexpectedly; starting a new one in {:?}",
+                    self.backoff
+                );
+                self.respawn_later()
+            }
+        };
+    }
+
+    /// The state that starts a worker again after the backoff (which then doubles).
+    fn respawn_later(&mut self) -> State {
+        let respawn_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        State::Idle { respawn_at }
+    }
+
+    /// The respawn time came.
+    pub(super) fn respawn(&mut self) {
+        if !matches!(self.state, State::Idle { .. }) {
+            return;
+        }
+        self.state = match self.start(Kind::Respawn, Vec::new()) {
+            Ok(start) => State::Starting(start),
+            Err(e) => {
+                warn!(
+                    pid = std::process::id(),
+                    "the new worker failed to start: {e}"
+                );
+                self.respawn_later()
+            }
+        };
+    }
+
+    pub(super) fn on_drained(&mut self, end: DrainEnd) {
+        let me = std::process::id();
+        self.draining.retain(|d| d.pid != end.pid);
+        let how = if end.killed {
+            Ending::Killed { after: end.took }
+        } else {
+            Ending::Exited {
+                status: describe(&end.status),
+                after: end.took,
+            }
+        };
+        let step = Progress::Ended {
+            generation: end.generation,
+            how,
+        };
+        info!(pid = me, worker = end.pid, "{step}");
+        if let Some(i) = self.awaiting_drain.iter().position(|(p, _)| *p == end.pid) {
+            let (_, replies) = self.awaiting_drain.swap_remove(i);
+            let serving = self.state.serving().map_or_else(
+                || "no worker serves now (the master is stopping, or the new one died)".to_owned(),
+                |g| format!("gen {} pid {} serving", g.generation, g.worker.pid()),
+            );
+            for r in replies {
+                r.progress(step.clone());
+                r.ok(format!("reloaded: {serving}"));
+            }
+        }
+        match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Stopping(mut s) if s.pid == Some(end.pid) => {
+                for r in &s.replies {
+                    r.progress(step.clone());
+                }
+                s.status = Some(end.status);
+                self.state = State::Stopping(s);
+            }
+            State::Restarting {
+                pid,
+                since,
+                replies,
+            } if pid == end.pid => {
+                for r in &replies {
+                    r.progress(step.clone());
+                }
+                self.state = match self.start(Kind::Restart, replies) {
+                    Ok(mut start) => {
+                        start.asked = since;
+                        State::Starting(start)
+                    }
+                    Err(e) => {
+                        warn!(pid = me, "restart: the new worker failed to start: {e}");
+                        self.history
+                            .record(Kind::Restart, false, since.elapsed(), e.to_string());
+                        notify::ready();
+                        self.respawn_later()
+                    }
+                };
+            }
+            other => self.state = other,
+        }
+    }
+
+    /// The PIDs tokio waits for (the master's own workers): never reaped as orphans.
+    pub(super) fn known_pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.draining.iter().map(|d| d.pid).collect();
+        pids.extend(self.state.serving().map(|g| g.worker.pid()));
+        pids.extend(self.state.starting().map(|s| s.new.worker.pid()));
+        pids
+    }
+}
