@@ -32,7 +32,7 @@ pub use builder::MasterBuilder;
 ///   new worker starts; once it is ready, the old one gets the drain signal, and
 ///   `SIGKILL` after the drain timeout. A new worker that exits or misses its ready
 ///   deadline is killed and the old one serves on.
-/// - **Full restart** (an [`Action::FullRestart`] signal, or `restart`): the worker
+/// - **Full restart** (an [`Action::FullRestart`](crate::Action::FullRestart) signal, or `restart`): the worker
 ///   drains and exits first, then a new one starts; the sockets stay open, so clients
 ///   wait in the accept queue.
 /// - **Stop** (`SIGTERM`, `SIGINT`, `SIGQUIT`, or `stop`): the worker drains; the
