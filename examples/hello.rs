@@ -209,7 +209,10 @@ fn be_the_master(args: &Args) -> ExitCode {
         .build();
     match (build(), runtime) {
         (Ok(master), Ok(rt)) => match rt.block_on(master.run()) {
-            Ok(code) => ExitCode::from(code),
+            Ok(exit) => {
+                drop(rt);
+                exit.exit()
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(1)

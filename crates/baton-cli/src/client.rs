@@ -2,7 +2,6 @@
 //! socket, with a fallback to signals when the socket is gone.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -99,7 +98,10 @@ pub(crate) fn parse_name(s: &str) -> Result<String, String> {
 }
 
 /// The run directory: as given, else `$XDG_RUNTIME_DIR/baton`, else `/tmp/baton-UID`.
-/// With `create`, it is made (mode 0700) if missing and must be writable.
+/// With `create`, it is made (mode 0700) if missing and must be writable. Either way
+/// it is trusted only when it is a real directory of this user (or root) that other
+/// users cannot write to (the default ones: this user's, mode 0700), so that another
+/// user cannot plant a pidfile or socket in it; checked before anything in it is read.
 pub(crate) fn run_dir(given: Option<&Path>, create: bool) -> Result<PathBuf, String> {
     let uid = rustix::process::geteuid().as_raw();
     let dir = match given {
@@ -110,23 +112,21 @@ pub(crate) fn run_dir(given: Option<&Path>, create: bool) -> Result<PathBuf, Str
         },
     };
     let dir = std::path::absolute(&dir).unwrap_or(dir);
-    if !create {
-        return Ok(dir);
-    }
+    let private = given.is_none();
     let shown = dir.display();
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-    {
-        return Err(format!("cannot create the run directory {shown}: {e}"));
+    let hint = if private { "; give --run-dir" } else { "" };
+    if !create {
+        return match baton::supervisor::check_run_dir(&dir, private) {
+            // Nothing ran here yet: the callers say "nothing of that name runs".
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
+            Err(e) => Err(format!("refusing the run directory: {e}{hint}")),
+            Ok(()) => Ok(dir),
+        };
     }
-    let meta = std::fs::metadata(&dir).map_err(|e| format!("run directory {shown}: {e}"))?;
-    if given.is_none() && (meta.uid() != uid || meta.permissions().mode() & 0o022 != 0) {
-        return Err(format!(
-            "the run directory {shown} belongs to another user or others can write to it; give --run-dir"
-        ));
-    }
+    baton::supervisor::prepare_run_dir(&dir, private).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!("refusing the run directory: {e}{hint}"),
+        _ => format!("cannot create the run directory {shown}: {e}"),
+    })?;
     // Writable? Try, rather than guess from the mode bits.
     let probe = dir.join(format!(".probe-{}", std::process::id()));
     std::fs::write(&probe, b"")
@@ -223,15 +223,25 @@ fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// The signal a master wrote for `what` (`reload`, `stop`) beside its pidfile.
-fn fallback_signal(paths: &Paths, what: &str) -> Option<baton::Signal> {
-    let text = std::fs::read_to_string(baton::supervisor::signals_path(&paths.pidfile)).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(what)?.strip_prefix('='))
-        .and_then(|s| s.trim().parse().ok())
-}
-
-fn send(pid: u32, sig: baton::Signal) -> Result<(), String> {
+/// Signals the master `pid` named by the pidfile in `paths`, once it is sure to be the
+/// master that wrote it: a process running as the pidfile's owner (the pidfile itself
+/// was checked when it was read: a regular file of this user or root, in a directory
+/// no other user can write to).
+fn send(paths: &Paths, pid: u32, sig: baton::Signal) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::symlink_metadata(&paths.pidfile)
+        .map_err(|e| format!("{}: {e}", paths.pidfile.display()))?
+        .uid();
+    match baton::supervisor::process_uid(pid) {
+        Ok(uid) if uid == owner => {}
+        Ok(uid) => {
+            return Err(format!(
+                "not signalling pid {pid}: it runs as uid {uid}, but the pidfile {} belongs to uid {owner}",
+                paths.pidfile.display()
+            ));
+        }
+        Err(e) => return Err(format!("cannot look at master pid {pid}: {e}")),
+    }
     let p = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap_or(0))
         .ok_or_else(|| format!("bad pid {pid}"))?;
     let s = rustix::process::Signal::from_named_raw(sig.as_raw())
@@ -289,8 +299,16 @@ fn fallback(
     timeout: Duration,
 ) -> ExitCode {
     let socket = paths.socket.display();
-    let what = if command == "stop" { "stop" } else { "reload" };
-    let sig = match (command, fallback_signal(paths, what)) {
+    let request = if command == "stop" {
+        Request::Stop
+    } else {
+        Request::Reload
+    };
+    let known = match baton::supervisor::fallback_signal(&paths.pidfile, request) {
+        Ok(sig) => sig,
+        Err(e) => return fail(FAILED, format!("refusing the signals file: {e}")),
+    };
+    let sig = match (command, known) {
         ("stop" | "reload", Some(sig)) => sig,
         _ => {
             return fail(
@@ -302,7 +320,7 @@ fn fallback(
         }
     };
     let before = children(pid);
-    if let Err(msg) = send(pid, sig) {
+    if let Err(msg) = send(paths, pid, sig) {
         return fail(FAILED, msg);
     }
     eprintln!(

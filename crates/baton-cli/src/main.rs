@@ -200,7 +200,13 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     match runtime.block_on(master.run()) {
-        Ok(code) => ExitCode::from(code),
+        Ok(exit) => {
+            // The master ends as its worker did: a worker ended by the stop signal
+            // (after draining) ends the master by that signal too, which systemd counts
+            // as a clean stop (an exit code of 143 would be a failed unit).
+            drop(runtime);
+            exit.exit()
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

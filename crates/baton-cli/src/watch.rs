@@ -203,7 +203,7 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
         );
         let code = tokio::select! {
             code = master.run() => match code {
-                Ok(code) => ExitCode::from(code),
+                Ok(exit) => ExitCode::from(exit.code()),
                 Err(e) => {
                     eprintln!("error: {e}");
                     ExitCode::from(1)

@@ -44,9 +44,8 @@ pub(crate) struct Stop<R> {
     pub(crate) deadline: Option<Duration>,
     /// Start the drain at once, without the drain delay.
     pub(crate) skip_delay: bool,
-    /// Came by a signal: the same signal again, from a person at a terminal, may force
-    /// the close ("pressed twice"); see [`escalates`].
-    pub(crate) by_signal: bool,
+    /// The signal it came by, if it did (see [`Escalation`]).
+    pub(crate) signal: Option<Signal>,
     pub(crate) reply: Option<R>,
 }
 
@@ -61,7 +60,7 @@ impl<R> Command<R> {
                 reason: reason.clone(),
                 deadline: None,
                 skip_delay,
-                by_signal: true,
+                signal: Some(signal),
                 reply: None,
             })
         };
@@ -87,17 +86,53 @@ impl<R> Command<R> {
             reason: reason.into(),
             deadline,
             skip_delay: false,
-            by_signal: false,
+            signal: None,
             reply: None,
         })
     }
 }
 
-/// Whether a shutdown request that arrives while a shutdown already runs forces the
-/// close (the "hammer"): only a shutdown signal again, as a person presses Ctrl-C a
-/// second time. A call from code or a control client never escalates.
-pub(crate) fn escalates<R>(again: &Stop<R>) -> bool {
-    again.by_signal
+/// Whether a shutdown asked for again forces the close (the "hammer"). The rule:
+/// escalation belongs to whoever owns the deadline.
+///
+/// - `SIGTERM` is how init systems and orchestrators stop a service, and they own the
+///   deadline (systemd's `SIGKILL` after `TimeoutStopSec`, Kubernetes' grace period).
+///   They may send it more than once: systemd signals every process of a unit at a
+///   stop (a generation still draining after a hand-over gets one too), again when the
+///   main process exited first (`FINAL_SIGTERM`), and a master relays its own drain
+///   signal beside systemd's. A repeated `SIGTERM` therefore never forces: the drain
+///   goes on to its deadline.
+/// - `SIGINT` is a person pressing Ctrl-C. Pressed again after any shutdown signal, it
+///   means "now": it forces. (A generation draining after a hand-over got no signal
+///   yet: its first Ctrl-C is the first press.)
+/// - A worker under a master never escalates: the master owns the deadline and kills
+///   what outlives it.
+/// - Calls from code and control clients never escalate; a signal mapped to
+///   [`Action::Hammer`] always forces, as [`Command::Hammer`] does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Escalation {
+    under_master: bool,
+    /// Shutdown signals seen so far.
+    signals: u32,
+}
+
+impl Escalation {
+    pub(crate) fn new(under_master: bool) -> Escalation {
+        Escalation {
+            under_master,
+            signals: 0,
+        }
+    }
+
+    /// Counts `stop` and says whether it forces the close.
+    pub(crate) fn hammers<R>(&mut self, stop: &Stop<R>) -> bool {
+        let Some(signal) = stop.signal else {
+            return false;
+        };
+        let earlier = self.signals;
+        self.signals += 1;
+        !self.under_master && signal == Signal::Int && earlier >= 1
+    }
 }
 
 /// The tasks that turn signals into messages on a channel. Dropping it stops them (the
@@ -139,6 +174,37 @@ impl SignalIntake {
             }));
         }
         Ok(intake)
+    }
+}
+
+impl SignalIntake {
+    /// Also sends `message` each time the signal numbered `raw` arrives (a signal
+    /// outside [`Signal`], such as the one generations force each other with).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if its handler cannot be installed.
+    pub(crate) fn add_raw<T, F>(
+        &mut self,
+        raw: i32,
+        tx: &mpsc::UnboundedSender<T>,
+        message: F,
+    ) -> Result<(), Error>
+    where
+        T: Send + 'static,
+        F: Fn() -> T + Send + 'static,
+    {
+        let mut stream = signal(SignalKind::from_raw(raw))
+            .map_err(|e| Error::io(format!("install a handler for signal {raw}"), e))?;
+        let tx = tx.clone();
+        self.tasks.push(tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(message()).is_err() {
+                    break;
+                }
+            }
+        }));
+        Ok(())
     }
 }
 
@@ -206,7 +272,7 @@ mod tests {
             cmd(Signal::Term),
             Command::Shutdown(Stop {
                 skip_delay: false,
-                by_signal: true,
+                signal: Some(Signal::Term),
                 ..
             })
         ));
@@ -226,10 +292,41 @@ mod tests {
                 ..
             })
         ));
-        let Command::Shutdown(by_code) = Command::<()>::stop("code", None) else {
-            panic!("a stop")
-        };
-        assert!(!escalates(&by_code));
+    }
+
+    fn stop(signal: Option<Signal>) -> Stop<()> {
+        match signal {
+            Some(s) => match Command::<()>::from_signal(&SignalMap::default(), s) {
+                Command::Shutdown(stop) => stop,
+                _ => panic!("a stop"),
+            },
+            None => match Command::<()>::stop("code", None) {
+                Command::Shutdown(stop) => stop,
+                _ => panic!("a stop"),
+            },
+        }
+    }
+
+    #[test]
+    fn only_ctrl_c_again_forces_and_never_under_a_master() {
+        // systemd: SIGTERM to every process, then again (FINAL_SIGTERM): never forces.
+        let mut e = Escalation::new(false);
+        assert!(!e.hammers(&stop(Some(Signal::Term))));
+        assert!(!e.hammers(&stop(Some(Signal::Term))));
+        // A person: Ctrl-C after a shutdown signal means now.
+        assert!(e.hammers(&stop(Some(Signal::Int))));
+        // A generation draining after a hand-over: its first Ctrl-C is the first press.
+        let mut e = Escalation::new(false);
+        assert!(!e.hammers(&stop(Some(Signal::Int))));
+        assert!(e.hammers(&stop(Some(Signal::Int))));
+        // Code never escalates, and under a master nothing does.
+        let mut e = Escalation::new(false);
+        assert!(!e.hammers(&stop(None)));
+        assert!(!e.hammers(&stop(None)));
+        let mut e = Escalation::new(true);
+        for s in [Signal::Int, Signal::Int, Signal::Term, Signal::Int] {
+            assert!(!e.hammers(&stop(Some(s))));
+        }
     }
 
     #[test]

@@ -53,6 +53,9 @@ pub enum RestartFailure {
     },
     /// A full restart cannot run beside a graceful restart or a shutdown.
     Busy(&'static str),
+    /// This process is a master's worker: the master carried out the restart, and it
+    /// failed (or could not be asked).
+    Master(String),
 }
 
 impl RestartFailure {
@@ -66,6 +69,7 @@ impl RestartFailure {
             RestartFailure::Aborted { .. } => "aborted",
             RestartFailure::Busy(_) => "busy",
             RestartFailure::Draining { .. } => "draining",
+            RestartFailure::Master(_) => "master",
         }
     }
 }
@@ -96,6 +100,7 @@ impl fmt::Display for RestartFailure {
                 "this generation has handed over to pid {successor} and is draining; restart that one"
             ),
             RestartFailure::Busy(what) => write!(f, "{what}"),
+            RestartFailure::Master(why) => write!(f, "the master's reload failed: {why}"),
         }
     }
 }
@@ -175,7 +180,7 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 9] = [
+    const OURS: [&str; 10] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
@@ -185,6 +190,7 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         GENERATION,
         DRAINING,
         notify::MASTER_PID,
+        notify::MASTER_CONTROL,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))
@@ -200,16 +206,84 @@ fn names(listeners: &[Passed]) -> OsString {
         .into()
 }
 
-/// A started next generation, not yet ready.
+/// A started next generation (or worker), not yet ready.
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub(crate) pid: u32,
     /// `None` once released or abandoned; dropping a `Spawned` that still holds it
     /// (a `run` future dropped mid-restart) kills the process: nothing would manage it.
-    child: Option<tokio::process::Child>,
+    proc: Option<Proc>,
     /// `None` once closed ([`Spawned::close_notify`]).
     notify: Option<notify::Listener>,
     pub(crate) started: Instant,
+}
+
+/// How this process holds what it started.
+#[derive(Debug)]
+enum Proc {
+    /// Its child (a master's worker).
+    Child(tokio::process::Child),
+    /// The child of a sitter, which is this process's child (a successor generation;
+    /// see [`sys::ExecPlan::through_sitter`](crate::sys::ExecPlan::through_sitter)).
+    Sat {
+        sitter: tokio::process::Child,
+        /// This end of the socket pair: the program's status if it exits while the
+        /// sitter waits; closing it releases the sitter.
+        channel: tokio::net::UnixStream,
+        /// The status, once reported.
+        status: Option<ExitStatus>,
+    },
+}
+
+impl Proc {
+    /// Waits until the program exits (and is reaped, for a child).
+    async fn exited(&mut self) -> std::io::Result<ExitStatus> {
+        match self {
+            Proc::Child(child) => child.wait().await,
+            Proc::Sat {
+                channel, status, ..
+            } => {
+                if let Some(s) = status {
+                    return Ok(*s);
+                }
+                use std::os::unix::process::ExitStatusExt;
+                use tokio::io::AsyncReadExt;
+                let mut raw = [0u8; 4];
+                match channel.read_exact(&mut raw).await {
+                    Ok(_) => {
+                        let s = ExitStatus::from_raw(i32::from_ne_bytes(raw));
+                        *status = Some(s);
+                        Ok(s)
+                    }
+                    // The sitter is gone without a word (killed): the program, if it
+                    // still runs, is someone else's child now.
+                    Err(e) => Err(std::io::Error::new(
+                        e.kind(),
+                        "the process that started it is gone; its status is unknown",
+                    )),
+                }
+            }
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        match self {
+            Proc::Child(child) => matches!(child.try_wait(), Ok(None)),
+            Proc::Sat { status, .. } => status.is_none(),
+        }
+    }
+}
+
+/// How to start a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Launch {
+    /// Sent to the process when this one dies (a master's worker).
+    pub(crate) parent_death_signal: Option<i32>,
+    /// The process leads a process group of its own (a master's worker).
+    pub(crate) own_process_group: bool,
+    /// Through a sitter, so that it can become the service manager's child (a
+    /// successor generation, on Linux).
+    pub(crate) sitter: bool,
 }
 
 /// Starts the next generation with `listeners` at descriptors 3, 4, ... and a private
@@ -238,8 +312,13 @@ pub(crate) fn spawn(
         .map(|l| (l.name.as_str(), l.fd.as_fd()))
         .collect();
     // No parent-death signal: a successor must outlive its predecessor; and it stays
-    // in our process group, as a service's processes do.
-    launch(&program.exe, &program.args, &fds, env, notify, None, false)
+    // in our process group, as a service's processes do. Through a sitter where the
+    // platform lets the successor become the service manager's child.
+    let how = Launch {
+        sitter: cfg!(target_os = "linux"),
+        ..Launch::default()
+    };
+    launch(&program.exe, &program.args, &fds, env, notify, how)
 }
 
 /// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
@@ -252,8 +331,7 @@ pub(crate) fn launch(
     listeners: &[(&str, BorrowedFd<'_>)],
     env: Vec<(OsString, OsString)>,
     notify: notify::Listener,
-    parent_death_signal: Option<i32>,
-    own_process_group: bool,
+    how: Launch,
 ) -> Result<Spawned, RestartFailure> {
     let spawn_err = |what: &str, e: std::io::Error| RestartFailure::Spawn(format!("{what}: {e}"));
     let mut full = inherited_env();
@@ -273,11 +351,19 @@ pub(crate) fn launch(
     let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
     let mut plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
-    if let Some(signal) = parent_death_signal {
+    if let Some(signal) = how.parent_death_signal {
         plan.on_parent_death(signal);
     }
+    let channel = if how.sitter {
+        let (ours, sitters) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| spawn_err("socket pair", e))?;
+        plan.through_sitter(sitters.into(), std::os::fd::AsRawFd::as_raw_fd(&ours));
+        Some(ours)
+    } else {
+        None
+    };
     let mut cmd = tokio::process::Command::new(exe);
-    if own_process_group {
+    if how.own_process_group {
         // The child leads a group of its own (set before `pre_exec` runs), so that
         // what it starts can be found and stopped with it.
         cmd.process_group(0);
@@ -293,14 +379,43 @@ pub(crate) fn launch(
         .unwrap_or_default();
     let spawned = cmd.spawn();
     drop(placeholders);
+    // The sitter's end went with the command: only the sitter holds it now.
+    drop(cmd);
     let child = spawned.map_err(|e| spawn_err(&format!("{}", exe.display()), e))?;
-    let pid = child.id().unwrap_or_default();
+    let (pid, proc) = match channel {
+        None => (child.id().unwrap_or_default(), Proc::Child(child)),
+        Some(ours) => {
+            // The sitter wrote the program's PID before `spawn` returned (which waits
+            // for the exec).
+            let pid = read_pid(&ours).map_err(|e| spawn_err("the sitter's report", e))?;
+            ours.set_nonblocking(true)
+                .map_err(|e| spawn_err("socket pair", e))?;
+            let channel =
+                tokio::net::UnixStream::from_std(ours).map_err(|e| spawn_err("socket pair", e))?;
+            (
+                pid,
+                Proc::Sat {
+                    sitter: child,
+                    channel,
+                    status: None,
+                },
+            )
+        }
+    };
     Ok(Spawned {
         pid,
-        child: Some(child),
+        proc: Some(proc),
         notify: Some(notify),
         started,
     })
+}
+
+fn read_pid(channel: &std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+    use std::io::Read;
+    channel.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut raw = [0u8; 4];
+    (&*channel).read_exact(&mut raw)?;
+    Ok(u32::from_ne_bytes(raw))
 }
 
 impl Spawned {
@@ -311,12 +426,12 @@ impl Spawned {
         deadline: Duration,
     ) -> Result<Option<String>, RestartFailure> {
         let pid = self.pid;
-        let Some(child) = self.child.as_mut() else {
+        let Some(proc) = self.proc.as_mut() else {
             return Err(RestartFailure::Spawn("the process was released".into()));
         };
         tokio::select! {
             res = notify_ready(self.notify.as_ref()) => res.map_err(|e| RestartFailure::Spawn(format!("notify socket: {e}"))),
-            status = child.wait() => Err(RestartFailure::Exited {
+            status = proc.exited() => Err(RestartFailure::Exited {
                 pid,
                 status: describe(&status),
             }),
@@ -334,19 +449,15 @@ impl Spawned {
 
     /// Waits for the process to exit (and reaps it).
     pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        match self.child.as_mut() {
-            Some(child) => child.wait().await,
+        match self.proc.as_mut() {
+            Some(proc) => proc.exited().await,
             None => std::future::pending().await,
         }
     }
 
-    /// Sends `signal` to the process, unless it was reaped already.
+    /// Sends `signal` to the process, unless it is known to have exited.
     pub(crate) fn signal(&mut self, signal: i32) -> std::io::Result<()> {
-        let running = self
-            .child
-            .as_mut()
-            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
-        if running {
+        if self.proc.as_mut().is_some_and(Proc::running) {
             crate::sys::kill(self.pid, signal)
         } else {
             Ok(())
@@ -358,47 +469,63 @@ impl Spawned {
     /// the shared socket (a baton app drains them), then `SIGKILL` after `grace`.
     pub(crate) fn abandon(mut self, grace: Duration) {
         let pid = self.pid;
-        let Some(mut child) = self.child.take() else {
+        let Some(mut proc) = self.proc.take() else {
             return;
         };
-        if let Ok(None) = child.try_wait() {
+        if proc.running() {
             let _ = crate::sys::kill(pid, libc::SIGTERM);
         }
         tokio::spawn(async move {
-            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            if tokio::time::timeout(grace, proc.exited()).await.is_err() {
                 tracing::warn!(
                     pid,
                     "the abandoned new generation did not exit within {grace:?} of SIGTERM: killing it"
                 );
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                let _ = crate::sys::kill(pid, libc::SIGKILL);
+                let _ = proc.exited().await;
+            }
+            if let Proc::Sat { mut sitter, .. } = proc {
+                let _ = sitter.wait().await;
             }
             tracing::info!(pid, "the abandoned new generation is gone (reaped)");
         });
     }
 
-    /// The new generation is on its own now. It normally outlives this process; should
-    /// it exit first (restarted again, or stopped, while this one still drains), it is
-    /// reaped at once rather than left a zombie until this process exits.
-    pub(crate) fn release(mut self) {
-        if let Some(mut child) = self.child.take() {
-            tokio::spawn(async move {
-                let _ = child.wait().await;
-            });
+    /// The new generation is on its own now. A sitter is released and reaped first, so
+    /// that when this returns the new generation is the service manager's child (call
+    /// it before telling the manager `MAINPID=`). A child of this process is reaped as
+    /// soon as it exits, should it exit before this process (restarted again, or
+    /// stopped, while this one still drains).
+    pub(crate) async fn release(mut self) {
+        match self.proc.take() {
+            Some(Proc::Child(mut child)) => {
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+            Some(Proc::Sat {
+                mut sitter,
+                channel,
+                ..
+            }) => {
+                drop(channel);
+                let _ = sitter.wait().await;
+            }
+            None => {}
         }
     }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take()
-            && let Ok(None) = child.try_wait()
+        if let Some(mut proc) = self.proc.take()
+            && proc.running()
         {
             tracing::warn!(
                 pid = self.pid,
                 "a started process was dropped while it still ran: killing it"
             );
-            let _ = child.start_kill();
+            let _ = crate::sys::kill(self.pid, libc::SIGKILL);
         }
     }
 }

@@ -76,6 +76,7 @@ pub mod supervisor;
 mod sync;
 mod sys;
 mod tracker;
+mod trust;
 
 #[cfg(feature = "http")]
 pub mod http;

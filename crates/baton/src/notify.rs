@@ -14,7 +14,6 @@ use std::io;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use tracing::{debug, warn};
 
@@ -32,6 +31,9 @@ pub(crate) const DRAINING: &str = "BATON_DRAINING";
 /// Set by a master (`baton run`, or an app that is its own master) for its workers: the
 /// master's PID.
 pub(crate) const MASTER_PID: &str = "BATON_MASTER_PID";
+/// Set by a master for its workers: its private control socket, where a worker asked
+/// to restart itself asks the master instead.
+pub(crate) const MASTER_CONTROL: &str = "BATON_MASTER_CONTROL";
 
 /// What this process learned from its environment at start.
 #[derive(Debug)]
@@ -138,6 +140,11 @@ pub(crate) fn upstream(message: &str) {
     if let Some(socket) = &origin().upstream {
         match send(socket, message) {
             Ok(()) => debug!(message, "notified the service manager"),
+            // A master reads its worker's notify socket only until `READY=1`: what the
+            // worker says later has no reader, by design.
+            Err(e) if crate::supervisor::is_worker() => {
+                debug!(error = %e, message, "not sent: the master no longer listens");
+            }
             Err(e) => warn!(error = %e, message, "cannot notify the service manager"),
         }
     }
@@ -170,46 +177,22 @@ pub(crate) fn stopping() {
 }
 
 /// A private notify socket for one successor: a datagram socket in a fresh directory
-/// only this user can enter, removed on drop.
+/// with an unpredictable name that only this user can enter, removed on drop.
 #[derive(Debug)]
 pub(crate) struct Listener {
-    dir: PathBuf,
     path: PathBuf,
     socket: tokio::net::UnixDatagram,
+    // Dropped last: removes the directory and the socket in it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    dir: crate::trust::PrivateDir,
 }
 
 impl Listener {
     pub(crate) fn bind() -> io::Result<Listener> {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(std::env::temp_dir);
-        let mut last = None;
-        for _ in 0..100 {
-            let n = SEQ.fetch_add(1, Ordering::Relaxed);
-            let dir = base.join(format!("baton-{}-{n}", std::process::id()));
-            let made = {
-                use std::os::unix::fs::DirBuilderExt;
-                std::fs::DirBuilder::new().mode(0o700).create(&dir)
-            };
-            match made {
-                Ok(()) => {
-                    let path = dir.join("notify");
-                    return match tokio::net::UnixDatagram::bind(&path) {
-                        Ok(socket) => Ok(Listener { dir, path, socket }),
-                        Err(e) => {
-                            let _ = std::fs::remove_dir(&dir);
-                            Err(e)
-                        }
-                    };
-                }
-                // Left behind by a process that had our PID before: try the next name.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| io::Error::other("no free notify directory name")))
+        let dir = crate::trust::PrivateDir::create("baton-notify")?;
+        let path = dir.path().join("notify");
+        let socket = tokio::net::UnixDatagram::bind(&path)?;
+        Ok(Listener { path, socket, dir })
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -249,13 +232,6 @@ impl Listener {
     }
 }
 
-impl Drop for Listener {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
 /// `KEY=VALUE` lines; `None` for anything else.
 fn parse(msg: &[u8]) -> Option<Vec<(&str, &str)>> {
     let text = std::str::from_utf8(msg).ok()?;
@@ -273,23 +249,10 @@ fn parse(msg: &[u8]) -> Option<Vec<(&str, &str)>> {
     fields.filter(|f| !f.is_empty())
 }
 
-/// Writes `pid` to `path` atomically: a temporary file in the same directory, renamed.
+/// Writes `pid` to `path` atomically: a new file with an unpredictable name in the same
+/// directory, created exclusively without following symlinks, then renamed.
 pub(crate) fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{pid}.tmp"));
-    let tmp = match dir {
-        Some(d) => d.join(tmp_name),
-        None => PathBuf::from(tmp_name),
-    };
-    std::fs::write(&tmp, format!("{pid}\n"))?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    crate::trust::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
 }
 
 /// Removes the pidfile if it still names this process (a successor may own it now).
@@ -349,7 +312,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(sig.as_deref(), Some("SIGHUP"));
-        let dir = l.dir.clone();
+        let dir = l.dir.path().to_owned();
         drop(l);
         assert!(!dir.exists(), "the private directory is removed");
     }

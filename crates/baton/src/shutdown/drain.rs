@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::Cmd;
 use crate::Error;
-use crate::command::{Command, Stop, escalates};
+use crate::command::{Command, Escalation, Stop};
 use crate::handoff::{Passed, RestartFailure};
 use crate::hook::{Hook, HookOutcome, HookReport, UserHooks};
 use crate::notify::{self, Generation};
@@ -64,6 +64,8 @@ pub(super) struct Intake<'a> {
     pub(super) successor: u32,
     /// Set once a shutdown or force arrives (a full restart then stops instead).
     pub(super) stop_asked: &'a AtomicBool,
+    /// Whether a shutdown signal again forces the close.
+    pub(super) escalation: Escalation,
 }
 
 /// A command that matters once serving has ended.
@@ -143,9 +145,20 @@ impl Intake<'_> {
                 () = sleep_until(deadline) => return Waited::Deadline,
                 late = self.next() => match late {
                     Late::Hammer(reason) => return Waited::Hammer(reason),
-                    Late::Stop(stop) if again_ends => return Waited::Again(stop.deadline),
-                    Late::Stop(stop) if escalates(&stop) => return Waited::Hammer(stop.reason),
                     Late::Stop(stop) => {
+                        let hammers = self.escalation.hammers(&stop);
+                        if again_ends {
+                            return Waited::Again(stop.deadline);
+                        }
+                        if hammers {
+                            return Waited::Hammer(stop.reason);
+                        }
+                        if let Some(signal) = stop.signal {
+                            info!(
+                                pid = std::process::id(),
+                                "{signal}: already draining; the drain goes on to its deadline (Ctrl-C again forces it)"
+                            );
+                        }
                         if let (Some(t), Some(d)) = (stop.deadline, deadline.as_mut()) {
                             *d = (*d).min(Instant::now() + t);
                         }

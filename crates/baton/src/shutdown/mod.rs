@@ -19,13 +19,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::command::{Command, SignalIntake, Stop};
+use crate::command::{Command, Escalation, SignalIntake, Stop};
 use crate::error::check_limit;
 use crate::handoff::{Passed, Program, Restarted};
 use crate::hook::{Hook, UserHooks};
 use crate::listener::ListenerInfo;
 use crate::notify;
 use crate::report::Report;
+use crate::supervisor::control::Request;
 use crate::sync::lock;
 use crate::tracker::{ConnectionStats, Phase, Tracker};
 use crate::{Action, Error, SignalMap};
@@ -421,6 +422,10 @@ impl Shutdown {
         let mut commands = pending.commands;
         let end = self.serve(&mut commands).await;
         let full_restart = matches!(end, End::FullRestart(_));
+        let mut escalation = Escalation::new(crate::supervisor::is_worker());
+        if let End::Shutdown(stop) = &end {
+            escalation.hammers(stop);
+        }
         let plan = self.plan(end);
         let inner = &self.inner;
         let parts = Parts {
@@ -434,6 +439,7 @@ impl Shutdown {
             user_hooks: &inner.user_hooks,
             successor: inner.successor.load(std::sync::atomic::Ordering::Relaxed),
             stop_asked: &inner.stop_asked,
+            escalation,
         };
         let mut report = drain::drain(plan, parts, &mut intake).await;
         if full_restart {
@@ -482,26 +488,48 @@ impl Shutdown {
 
     fn announce_ready(&self) -> Result<(), Error> {
         let pid = std::process::id();
-        if let Some(path) = &self.inner.pidfile {
-            notify::write_pidfile(path, pid).map_err(|source| Error::Pidfile {
-                path: path.clone(),
-                source,
-            })?;
-        }
+        let write_pidfile = || -> Result<(), Error> {
+            if let Some(path) = &self.inner.pidfile {
+                notify::write_pidfile(path, pid).map_err(|source| Error::Pidfile {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+            Ok(())
+        };
         let origin = notify::origin();
         match &origin.parent {
+            // A new generation: the previous one decides whether it takes over, and then
+            // writes the pidfile and tells the service manager itself.
             Some(parent) => {
                 let mut ready = String::from("READY=1");
                 if let Some(sig) = self.inner.signals.signal_for(Action::Restart) {
                     ready.push_str(&format!("\n{}={sig}", notify::RESTART_SIGNAL));
                 }
                 if let Err(e) = notify::send(parent, &ready) {
-                    // The previous generation is gone: nobody will tell the manager.
-                    warn!(pid, error = %e, "cannot tell the previous generation that this one is ready");
-                    notify::ready_as(pid);
+                    match origin.draining.last().filter(|g| g.alive()) {
+                        // It runs but no longer listens: it gave up on this one (ready
+                        // too late) and serves on. Claiming the service now would take
+                        // it from the generation that serves it.
+                        Some(previous) => warn!(
+                            pid,
+                            previous = previous.pid,
+                            error = %e,
+                            "the previous generation no longer waits for this one (it gave up on it); not taking over: it stops this one"
+                        ),
+                        // It is gone: nobody else will tell the manager.
+                        None => {
+                            warn!(pid, error = %e, "the previous generation is gone; this one takes over the service");
+                            write_pidfile()?;
+                            notify::ready_as(pid);
+                        }
+                    }
                 }
             }
-            None => notify::ready(),
+            None => {
+                write_pidfile()?;
+                notify::ready();
+            }
         }
         let listeners: Vec<String> = lock(&self.inner.listeners)
             .iter()
@@ -528,6 +556,12 @@ impl Shutdown {
                 Command::Hammer { reason } => return End::Hammer(reason),
                 Command::Pass { signal } => self.inner.user_hooks.run(signal),
                 Command::Status { .. } => {}
+                Command::FullRestart { reason, .. } if let Some(m) = restart::master_control() => {
+                    restart::delegate(m, Request::Restart, reason, None);
+                }
+                Command::Restart { reason, reply } if let Some(m) = restart::master_control() => {
+                    restart::delegate(m, Request::Reload, reason, reply);
+                }
                 Command::FullRestart { reason, .. } => match self.inner.program.check() {
                     Ok(()) => return End::FullRestart(reason),
                     Err(e) => warn!(pid, %reason, error = %e, "full restart refused; serving on"),
@@ -553,11 +587,17 @@ impl Shutdown {
         }
         let map = self.inner.signals.clone();
         let signals: Vec<_> = map.iter().map(|(s, _)| s).collect();
-        *installed = Some(SignalIntake::install(
-            signals,
-            &self.inner.commands,
-            move |sig| Command::from_signal(&map, sig),
-        )?);
+        let mut intake = SignalIntake::install(signals, &self.inner.commands, move |sig| {
+            Command::from_signal(&map, sig)
+        })?;
+        // A newer generation forces this one with it when too many are alive (the cap):
+        // unlike a shutdown signal, which an init system may send to every generation.
+        if let Some(force) = crate::sys::generation_force_signal() {
+            intake.add_raw(force, &self.inner.commands, || Command::Hammer {
+                reason: "forced by a newer generation: too many generations alive".into(),
+            })?;
+        }
+        *installed = Some(intake);
         Ok(())
     }
 }

@@ -232,8 +232,15 @@ impl Shutdown {
             ready: spawned.started.elapsed(),
             coalesced: follow_up.asked(),
         };
-        spawned.release();
+        // Released first: the new generation is then the service manager's child when
+        // the manager hears `MAINPID=` (one that is not is killed at once at a stop).
+        spawned.release().await;
         inner.successor.store(restarted.pid, Ordering::Relaxed);
+        if let Some(path) = &inner.pidfile
+            && let Err(e) = notify::write_pidfile(path, restarted.pid)
+        {
+            warn!(pid, error = %e, "cannot write the new generation's PID to the pidfile");
+        }
         notify::ready_as(restarted.pid);
         info!(
             pid,
@@ -263,10 +270,16 @@ impl Shutdown {
         // Alive during the restart: the draining ones, this one and the new one.
         while !draining.is_empty() && draining.len() + 2 > max {
             let oldest = draining.remove(0);
-            let sig = [Action::Hammer, Action::Shutdown, Action::ShutdownNow]
-                .into_iter()
-                .find_map(|a| self.inner.signals.signal_for(a))
-                .map_or(libc::SIGKILL, Signal::as_raw);
+            // Not a shutdown signal: a generation draining after a hand-over keeps
+            // draining on those (an init system sends them to every generation).
+            let sig = crate::sys::generation_force_signal()
+                .or_else(|| {
+                    self.inner
+                        .signals
+                        .signal_for(Action::Hammer)
+                        .map(Signal::as_raw)
+                })
+                .unwrap_or(libc::SIGKILL);
             warn!(
                 pid = std::process::id(),
                 oldest = oldest.pid,
@@ -316,6 +329,94 @@ impl Shutdown {
         warn!(pid, error = %e, "full restart: cannot execute the program; exiting");
         report.restart_failed = Some(e.to_string());
     }
+}
+
+/// The private control socket of the master this process is a worker of, if it is one
+/// (`BATON_MASTER_CONTROL`).
+pub(super) fn master_control() -> Option<std::path::PathBuf> {
+    if !crate::supervisor::is_worker() {
+        return None;
+    }
+    std::env::var_os(notify::MASTER_CONTROL)
+        .filter(|v| !v.is_empty())
+        .map(Into::into)
+}
+
+/// A worker asked to restart itself asks its master instead: a generation started by
+/// the worker would be nobody's worker (a second master, in GoFrame's model). The
+/// master starts the new worker, and once it is ready tells this one to drain; the
+/// caller learns the outcome when the new worker is ready (or why it failed).
+pub(super) fn delegate(
+    master: std::path::PathBuf,
+    request: crate::supervisor::control::Request,
+    reason: String,
+    reply: Option<RestartReply>,
+) {
+    use crate::supervisor::control::{Line, Progress};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let pid = std::process::id();
+    info!(pid, %reason, "{request}: this process is a master's worker: asking the master");
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        let asked = async {
+            let mut stream = tokio::net::UnixStream::connect(&master)
+                .await
+                .map_err(|e| format!("cannot reach the master ({}): {e}", master.display()))?;
+            stream
+                .write_all(format!("{request}\n").as_bytes())
+                .await
+                .map_err(|e| format!("cannot ask the master: {e}"))?;
+            let mut lines = BufReader::new(stream).lines();
+            let mut spawn = Duration::ZERO;
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .map_err(|e| format!("the master's answer: {e}"))?
+                    .ok_or("the master closed the connection without an outcome")?;
+                match Line::decode(&line) {
+                    Some(Line::Progress(Progress::Spawned { .. })) => spawn = t0.elapsed(),
+                    Some(Line::Progress(Progress::Ready {
+                        generation,
+                        pid,
+                        took,
+                    })) => {
+                        return Ok(Restarted {
+                            pid,
+                            generation,
+                            spawn,
+                            ready: took,
+                            coalesced: 0,
+                        });
+                    }
+                    Some(Line::Error(e)) => return Err(e),
+                    Some(Line::Ok(m)) => return Err(format!("no new worker was started ({m})")),
+                    _ => {}
+                }
+            }
+        };
+        let outcome = match tokio::time::timeout(Duration::from_secs(600), asked).await {
+            Ok(Ok(r)) => {
+                info!(
+                    pid,
+                    new_pid = r.pid,
+                    generation = r.generation,
+                    "the master's new worker is ready; the master drains this one"
+                );
+                Ok(r)
+            }
+            Ok(Err(e)) => {
+                warn!(pid, "the master's {request} failed: {e}");
+                Err(Error::Restart(RestartFailure::Master(e)))
+            }
+            Err(_) => Err(Error::Restart(RestartFailure::Master(
+                "no outcome within 10 minutes".into(),
+            ))),
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    });
 }
 
 /// Requests that came in during a restart wanted a restart after it: ask the new

@@ -17,8 +17,8 @@ mod master;
 mod pidfile;
 mod worker;
 
-pub use master::{Master, MasterBuilder, MasterHandle, Outcome, is_worker};
-pub use pidfile::{Holder, holder as pidfile_holder, signals_path};
+pub use master::{Master, MasterBuilder, MasterExit, MasterHandle, Outcome, is_worker};
+pub use pidfile::{Holder, fallback_signal, holder as pidfile_holder, signals_path};
 pub use worker::{Readiness, Worker};
 
 /// Whether process `pid` runs: it exists and has not exited (a zombie has).
@@ -41,4 +41,51 @@ pub fn is_running(pid: u32) -> bool {
 /// Linux reads `/proc/PID/task/PID/children`; elsewhere `ErrorKind::Unsupported`.
 pub fn children_of(pid: u32) -> std::io::Result<Vec<u32>> {
     crate::sys::children(pid)
+}
+
+/// Makes `dir` a run directory for masters' pidfiles, control sockets and logs: created
+/// with mode 0700 if missing, then checked as [`check_run_dir`] does. With `private`
+/// (the default directories, `$XDG_RUNTIME_DIR/baton` and `/tmp/baton-UID`), it must be
+/// this user's own with mode 0700.
+///
+/// # Errors
+///
+/// The error of creating it; `PermissionDenied` naming the path, what is wrong and its
+/// owner when it is not to be trusted.
+pub fn prepare_run_dir(dir: &std::path::Path, private: bool) -> std::io::Result<()> {
+    if private {
+        crate::trust::ensure_private_dir(dir)
+    } else {
+        match std::fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                crate::trust::ensure_private_dir(dir)
+            }
+            _ => crate::trust::check_dir(dir, false, false),
+        }
+    }
+}
+
+/// Checks that `dir` is a run directory this user can trust before anything in it is
+/// read or signalled: a real directory (not a symlink), owned by this user (or root),
+/// not writable by other users; with `private`, this user's own with mode 0700.
+///
+/// # Errors
+///
+/// `NotFound` if it does not exist; `PermissionDenied` naming the path, what is wrong
+/// and its owner.
+pub fn check_run_dir(dir: &std::path::Path, private: bool) -> std::io::Result<()> {
+    crate::trust::check_dir(dir, private, false)
+}
+
+/// The user ID that process `pid` runs as.
+///
+/// # Errors
+///
+/// The error of looking it up (the process is gone).
+///
+/// # Platform-specific behavior
+///
+/// Linux reads `/proc/PID`; elsewhere `ErrorKind::Unsupported`.
+pub fn process_uid(pid: u32) -> std::io::Result<u32> {
+    crate::sys::process_uid(pid)
 }

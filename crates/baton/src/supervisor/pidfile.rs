@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use tracing::info;
@@ -49,15 +48,24 @@ impl Locked {
         // A master that exits removes its pidfile while it still holds the lock: a file
         // locked here may have been unlinked meanwhile. Then the lock is on a file
         // nobody will find, so try again with the one now at the path.
+        // Another user must not be able to plant the pidfile or point it elsewhere: its
+        // directory is one this user trusts, and a symlink at the path is refused.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::trust::check_dir(dir, false, true).map_err(err)?;
+        }
         for _ in 0..100 {
-            let mut file = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(path)
-                .map_err(err)?;
+            let mut file = crate::trust::open_nofollow(path, 0o644, false).map_err(err)?;
+            {
+                use std::os::unix::fs::MetadataExt;
+                let meta = file.metadata().map_err(err)?;
+                if !meta.is_file() || (meta.uid() != crate::trust::euid() && meta.uid() != 0) {
+                    return Err(err(crate::trust::check_file(path, false)
+                        .err()
+                        .unwrap_or_else(|| {
+                            io::Error::other("not a regular file of this user")
+                        })));
+                }
+            }
             if !crate::sys::try_lock(file.as_fd()).map_err(err)? {
                 let pid = read_pid(&mut file);
                 return Err(Error::MasterRunning {
@@ -107,13 +115,42 @@ impl Locked {
         if let Some(sig) = stop {
             text.push_str(&format!("stop={}\n", sig.short_name()));
         }
-        match std::fs::write(&path, text) {
+        match crate::trust::write_atomic(&path, text.as_bytes(), 0o644) {
             Ok(()) => self.signals = Some(path),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot write the signals file")
             }
         }
     }
+}
+
+/// The signal a master wrote beside its pidfile for `request` (a reload or a stop), for
+/// a client whose control socket is gone. Only a signals file this user can trust is
+/// read.
+///
+/// # Errors
+///
+/// `PermissionDenied` naming the path and its owner for an untrusted file; the error
+/// of reading it.
+pub fn fallback_signal(
+    pidfile: &Path,
+    request: super::control::Request,
+) -> io::Result<Option<crate::Signal>> {
+    let path = signals_path(pidfile);
+    match crate::trust::check_file(&path, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let key = match request {
+        super::control::Request::Stop => "stop",
+        _ => "reload",
+    };
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|s| s.trim().parse().ok()))
 }
 
 /// Whether `file` is still the file at `path` (same device and inode).
@@ -146,11 +183,20 @@ fn read_pid(file: &mut File) -> Option<u32> {
 }
 
 /// Who holds the pidfile at `path`. Only looks: takes no lock, needs only read access.
+/// Only a pidfile this user can trust is read: a regular file (not a symlink) of this
+/// user (or root), in a directory no other user can write to (or a sticky one).
 ///
 /// # Errors
 ///
-/// The OS error of opening it (other than its not existing) or of testing its lock.
+/// `PermissionDenied` naming the path and its owner for an untrusted pidfile or
+/// directory; the OS error of opening it (other than its not existing) or of testing
+/// its lock.
 pub fn holder(path: &Path) -> io::Result<Holder> {
+    match crate::trust::check_file(path, false) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Holder::None),
+        Err(e) => return Err(e),
+        Ok(()) => {}
+    }
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Holder::None),

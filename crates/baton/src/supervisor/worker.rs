@@ -77,16 +77,13 @@ impl Worker {
         env.extend(extra_env);
         let fds: Vec<(&str, BorrowedFd<'_>)> =
             listeners.iter().map(|l| (l.name(), l.as_fd())).collect();
-        let spawned = handoff::launch(
-            &exe,
-            command,
-            &fds,
-            env,
-            notify,
-            on_master_death.map(Signal::as_raw),
-            true,
-        )
-        .map_err(Error::Worker)?;
+        let how = handoff::Launch {
+            parent_death_signal: on_master_death.map(Signal::as_raw),
+            own_process_group: true,
+            sitter: false,
+        };
+        let spawned =
+            handoff::launch(&exe, command, &fds, env, notify, how).map_err(Error::Worker)?;
         Ok(Worker { spawned })
     }
 

@@ -15,6 +15,44 @@ pub(crate) fn set_parent_death_signal(signal: i32) -> io::Result<()> {
     }
 }
 
+/// Closes every descriptor from `first` on (`close_range`, Linux 5.9; a loop up to the
+/// descriptor limit before). Async-signal-safe: called in a forked child.
+pub(crate) fn close_from(first: i32) {
+    // SAFETY: close_range takes integers and touches no memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        )
+    };
+    if r == 0 {
+        return;
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct we own.
+    let max = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur.min(1 << 20) as i32
+    } else {
+        4096
+    };
+    for fd in first..max {
+        // SAFETY: close on a plain number; EBADF for one that is not open is harmless.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// The signal with which a generation forces an older one that still drains (the cap
+/// on generations alive): a real-time signal baton keeps for itself, so that no init
+/// system or person sends it by accident.
+pub(crate) fn generation_force_signal() -> Option<i32> {
+    Some(libc::SIGRTMIN() + 3)
+}
+
 /// An open-file-description write lock on the whole file (`F_OFD_SETLK`): `Ok(true)`
 /// if this open file now holds it, `Ok(false)` if another open file holds it. The lock
 /// lives as long as the open file (the descriptor and its duplicates). Unlike `flock`,
@@ -161,4 +199,10 @@ pub(crate) fn send_to_abstract(
     use std::os::linux::net::SocketAddrExt;
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
     sock.send_to_addr(message, &addr).map(|_| ())
+}
+
+/// The user ID that process `pid` runs as (the owner of `/proc/PID`).
+pub(crate) fn process_uid(pid: u32) -> io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(format!("/proc/{pid}"))?.uid())
 }

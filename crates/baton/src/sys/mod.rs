@@ -14,8 +14,8 @@ mod platform;
 mod platform;
 
 pub(crate) use platform::{
-    become_subreaper, children, is_alive, is_locked, open_sockets, reap_orphans, send_to_abstract,
-    start_time, try_lock,
+    become_subreaper, children, generation_force_signal, is_alive, is_locked, open_sockets,
+    process_uid, reap_orphans, send_to_abstract, start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
@@ -117,6 +117,22 @@ pub(crate) fn ignore_signal(signal: i32) -> io::Result<()> {
     }
 }
 
+/// Ends this process by `signal` with its default action (a stop signal: termination),
+/// as a shell does when the program it ran was ended by that signal. Returns only if
+/// the signal did not end the process.
+pub(crate) fn raise_default(signal: i32) {
+    // SAFETY: restoring the default disposition installs no code; unblocking the
+    // signal and sending it to ourselves touch only a sigset on our stack.
+    unsafe {
+        libc::signal(signal, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, signal);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
 /// Occupies every free descriptor number in `range` with a close-on-exec duplicate of
 /// `fd`, until the returned descriptors are dropped. While a child is forked, this keeps
 /// std's own error-report pipe (which takes the lowest free numbers) out of the range
@@ -144,6 +160,12 @@ pub(crate) fn kill(pid: u32, signal: i32) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// This process's effective user ID.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// `CLOCK_MONOTONIC` now, in microseconds (systemd's `MONOTONIC_USEC=`).
@@ -180,6 +202,10 @@ pub(crate) struct ExecPlan {
     /// Sent to the child when this process dies (`PR_SET_PDEATHSIG`), with this
     /// process's PID to detect a death before the setting took effect.
     death_signal: Option<(i32, libc::pid_t)>,
+    /// Start the program through a sitter (see [`ExecPlan::through_sitter`]): the
+    /// sitter's end of a socket pair, and the number of the parent's end (which the
+    /// sitter must close, or the pair would never see its end).
+    sitter: Option<(OwnedFd, RawFd)>,
 }
 
 // SAFETY: the raw pointers point into heap storage owned by the same struct (`_argv`,
@@ -245,6 +271,7 @@ impl ExecPlan {
             pid_slot,
             fds,
             death_signal: None,
+            sitter: None,
         })
     }
 
@@ -260,9 +287,33 @@ impl ExecPlan {
         self.death_signal = Some((signal, me));
     }
 
+    /// Starts the program through a sitter: the forked child forks once more and stays
+    /// as the program's parent only until it is released. On `channel` (its end of a
+    /// socket pair) it first writes the program's PID (4 bytes, native order); if the
+    /// program exits while the sitter waits, its raw wait status (4 bytes) follows and
+    /// the sitter exits. When the other end is closed or written to (released, or the
+    /// process that started it is gone), the sitter exits at once and the program is
+    /// re-parented to the nearest subreaper: the service manager.
+    ///
+    /// Why: systemd treats a main PID that is not its own child as "alien" and, at a
+    /// stop, kills it with SIGKILL without waiting for it (`unit_kill_context`). A
+    /// successor that is still its predecessor's child when the predecessor sends
+    /// `MAINPID=` is such a process; one whose sitter has exited is systemd's child.
+    pub(crate) fn through_sitter(&mut self, channel: OwnedFd, parents_end: RawFd) {
+        self.sitter = Some((channel, parents_end));
+    }
+
     /// Runs in the forked child (from `pre_exec`): only async-signal-safe calls, no
     /// allocation. Returns only if something failed.
     fn exec_in_child(&mut self) -> io::Error {
+        if let Some((channel, parents_end)) = &self.sitter
+            && let Err(e) = sit(channel.as_raw_fd(), *parents_end)
+        {
+            return e;
+        }
+        // Dispositions and the mask as a freshly started program expects them: a signal
+        // this process ignores (or blocks) would stay ignored across the exec.
+        reset_signals();
         for (i, fd) in self.fds.iter().enumerate() {
             // SAFETY: dup2 on two integers; the source is open (owned by the plan), the
             // target is a plain number. dup2 clears close-on-exec on the target, so the
@@ -306,12 +357,106 @@ impl ExecPlan {
     /// used; its stdio settings are).
     pub(crate) fn install(mut self, cmd: &mut tokio::process::Command) {
         // SAFETY: the closure runs in the forked child before exec, where only
-        // async-signal-safe functions may be called: `exec_in_child` calls dup2, getpid
-        // and execve, and writes digits into memory it owns; it allocates nothing and
-        // takes no lock.
+        // async-signal-safe functions may be called: `exec_in_child` calls fork, write,
+        // waitpid, poll and _exit (the sitter), sigaction, sigprocmask, dup2, getpid and
+        // execve, and writes digits into memory it owns; it allocates nothing and takes
+        // no lock.
         unsafe {
             cmd.pre_exec(move || Err(self.exec_in_child()));
         }
+    }
+}
+
+/// The sitter's part, in the forked child: forks the program's process, which returns
+/// `Ok` and goes on to the exec; this one stays, reports, and exits (never returns).
+/// Only async-signal-safe calls.
+fn sit(channel: RawFd, parents_end: RawFd) -> io::Result<()> {
+    // SAFETY: fork in a single-threaded child (the process forked by `spawn`); both
+    // sides go on with async-signal-safe calls only.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        return Ok(());
+    }
+    // The sitter keeps nothing but its end of the pair, as descriptor 0. Every other
+    // descriptor goes: the parent's end (or the parent's close would never reach the
+    // sitter), and `spawn`'s error-report pipe (or the parent's `spawn` would wait for
+    // the sitter's exec, which never comes).
+    let _ = parents_end;
+    // SAFETY: dup2 on two integers; `channel` is open.
+    if unsafe { libc::dup2(channel, 0) } < 0 {
+        // SAFETY: as below.
+        unsafe { libc::_exit(1) }
+    }
+    platform::close_from(1);
+    let channel = 0;
+    // Signals stay pending: a handler inherited from the parent (tokio's)
+    // would wake the parent's runtime through their shared pipe, and a stop signal
+    // meant for the service must not end the sitter before it reports.
+    // SAFETY: sigfillset and sigprocmask write and read one sigset_t on our stack.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+    }
+    write_all(channel, &(pid as u32).to_ne_bytes());
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes one int we own; `pid` is our child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            write_all(channel, &status.to_ne_bytes());
+            break;
+        }
+        let mut fds = libc::pollfd {
+            fd: channel,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // Woken at once when released; every 20 ms otherwise, to look at the program.
+        // SAFETY: poll reads and writes one pollfd we own.
+        if unsafe { libc::poll(&mut fds, 1, 20) } > 0 {
+            break;
+        }
+    }
+    // SAFETY: _exit ends this process without running anything of the parent's (no
+    // atexit handlers, no destructors); it is async-signal-safe.
+    unsafe { libc::_exit(0) }
+}
+
+/// Writes all of `bytes` to `fd`, ignoring errors (a reader that is gone). Async-signal-
+/// safe.
+fn write_all(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: write reads `bytes.len()` bytes from a slice we own.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n <= 0 {
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Every catchable signal back to its default disposition, and none blocked: what a
+/// program expects at its start. Async-signal-safe (sigaction, sigprocmask).
+fn reset_signals() {
+    // SAFETY: sigaction and sigprocmask read structures we own on the stack; a signal
+    // number that cannot be changed (SIGKILL, SIGSTOP, reserved ones) fails harmlessly.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
     }
 }
 

@@ -16,6 +16,20 @@ pub(crate) fn set_parent_death_signal(_signal: i32) -> io::Result<()> {
     Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
+pub(crate) fn close_from(first: i32) {
+    for fd in first..4096 {
+        // SAFETY: close on a plain number; EBADF for one that is not open is harmless.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::close(fd)
+        };
+    }
+}
+
+pub(crate) fn generation_force_signal() -> Option<i32> {
+    None
+}
+
 pub(crate) fn try_lock(_fd: BorrowedFd<'_>) -> io::Result<bool> {
     Err(unsupported("an open-file-description lock"))
 }
@@ -55,4 +69,8 @@ pub(crate) fn send_to_abstract(
     _message: &[u8],
 ) -> io::Result<()> {
     Err(unsupported("an abstract Unix socket"))
+}
+
+pub(crate) fn process_uid(_pid: u32) -> io::Result<u32> {
+    Err(unsupported("looking up a process's user"))
 }

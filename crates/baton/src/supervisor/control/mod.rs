@@ -94,29 +94,62 @@ pub(crate) struct Bound {
 }
 
 impl Bound {
-    /// Binds `path` with mode 0600. A socket file that no one answers on (left by a
-    /// master that was killed) is replaced; one that answers is an error: another
-    /// master uses it.
+    /// Binds `path` with mode 0600 from the start: the socket is made in a fresh
+    /// private directory beside `path`, given its mode, and renamed into place, so that
+    /// no other user can ever connect to it. A socket file of this user that no one
+    /// answers on (left by a master that was killed) is replaced; one that answers is an
+    /// error (another master uses it), and so is anything else at `path` (a file, a
+    /// symlink, another user's socket): it is never removed.
     pub(crate) fn bind(path: &Path) -> io::Result<Bound> {
-        match std::os::unix::net::UnixStream::connect(path) {
+        match std::fs::symlink_metadata(path) {
             Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    "another master answers on this control socket",
-                ));
+                crate::trust::check_file(path, true)?;
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::AddrInUse,
+                            "another master answers on this control socket",
+                        ));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        debug!(path = %path.display(), "replacing a stale control socket");
+                        std::fs::remove_file(path)?;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                debug!(path = %path.display(), "replacing a stale control socket");
-                std::fs::remove_file(path)?;
-            }
-            Err(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
         }
-        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let name = path
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "not a file path"))?;
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(name);
+        hidden.push(format!(".{}", crate::trust::random_name()));
+        let staging = match dir {
+            Some(d) => d.join(hidden),
+            None => PathBuf::from(hidden),
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().mode(0o700).create(&staging)?;
+        }
+        let made = staging.join("s");
+        let bound = (|| -> io::Result<std::os::unix::net::UnixListener> {
+            let listener = std::os::unix::net::UnixListener::bind(&made)?;
+            std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o600))?;
+            std::fs::rename(&made, path)?;
+            Ok(listener)
+        })();
+        let _ = std::fs::remove_file(&made);
+        let _ = std::fs::remove_dir(&staging);
+        let listener = bound?;
         let bound = Bound {
             listener,
             path: Some(path.to_owned()),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         bound.listener.set_nonblocking(true)?;
         Ok(bound)
     }
@@ -182,6 +215,29 @@ impl Server {
                 return;
             }
         };
+        // Only this user (and root) may control the master, whatever the socket's
+        // mode and directory turn out to be.
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == crate::trust::euid() || cred.uid() == 0 => {}
+            Ok(cred) => {
+                warn!(
+                    peer_uid = cred.uid(),
+                    "control socket: a client of another user was refused"
+                );
+                tokio::spawn(async move {
+                    let e = Line::Error(format!(
+                        "permission denied: uid {} may not control this master",
+                        cred.uid()
+                    ));
+                    refuse(stream, &format!("{}\n", e.encode())).await;
+                });
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket: cannot tell who the client is; refused");
+                return;
+            }
+        }
         let Ok(permit) = self.clients.clone().try_acquire_owned() else {
             tokio::spawn(async move {
                 let busy = Line::Error("busy: too many control clients at once".into());

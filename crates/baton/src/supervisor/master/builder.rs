@@ -169,6 +169,21 @@ impl MasterBuilder {
                     .map_err(|e| Error::io(format!("control socket {}", p.display()), e))
             })
             .transpose()?;
+        // The workers' way to ask for a reload themselves (an app that is its own
+        // master, restarted from a handler): a control socket only this user reaches.
+        let private = match crate::trust::PrivateDir::create("baton-master") {
+            Ok(dir) => match control::Bound::bind(&dir.path().join("control")) {
+                Ok(bound) => Some(super::Private { bound, dir }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no private control socket for the workers: a worker cannot ask for a reload itself");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no private control socket for the workers: a worker cannot ask for a reload itself");
+                None
+            }
+        };
         if self.reap_orphans {
             crate::sys::become_subreaper().map_err(|e| Error::io("become a child subreaper", e))?;
         }
@@ -185,6 +200,7 @@ impl MasterBuilder {
             },
             listeners: self.listeners,
             control,
+            private,
             _pidfile: pidfile,
             requests: mpsc::unbounded_channel(),
         })

@@ -53,8 +53,92 @@ pub struct Master {
     cfg: Config,
     listeners: Vec<Listener>,
     control: Option<control::Bound>,
+    /// The private control socket the workers are given (`BATON_MASTER_CONTROL`).
+    private: Option<Private>,
     _pidfile: Option<pidfile::Locked>,
     requests: (mpsc::UnboundedSender<Asked>, mpsc::UnboundedReceiver<Asked>),
+}
+
+/// A control socket in a private directory, for the master's own workers.
+#[derive(Debug)]
+struct Private {
+    // Dropped first: removes the socket, then the directory.
+    bound: control::Bound,
+    dir: crate::trust::PrivateDir,
+}
+
+/// How a master ends: the way its last serving worker ended, as a shell reports a
+/// program it ran ([`Master::run`]).
+///
+/// A worker that ended by a stop signal (`SIGTERM`, `SIGINT`, `SIGHUP`, `SIGPIPE`), as
+/// many runtimes do after draining (they re-raise the signal), is a clean stop: the
+/// master should end by the same signal ([`MasterExit::exit`] re-raises it), which is
+/// what systemd counts as a clean stop of a main process and what a shell shows as
+/// `128 + N`. Exiting with `143` instead would make systemd mark every such stop failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MasterExit {
+    code: u8,
+    signal: Option<i32>,
+}
+
+impl MasterExit {
+    pub(super) fn of(status: Option<&std::io::Result<std::process::ExitStatus>>) -> MasterExit {
+        use std::os::unix::process::ExitStatusExt;
+        let (code, signal) = match status {
+            None => (0, None),
+            Some(Err(_)) => (1, None),
+            Some(Ok(s)) => match (s.code(), s.signal()) {
+                (Some(code), _) => (u8::try_from(code).unwrap_or(1), None),
+                (None, Some(sig)) => (u8::try_from(128 + sig).unwrap_or(1), Some(sig)),
+                _ => (1, None),
+            },
+        };
+        MasterExit { code, signal }
+    }
+
+    /// The exit code a shell would show: the worker's code, or 128 + the signal that
+    /// ended it.
+    pub fn code(&self) -> u8 {
+        self.code
+    }
+
+    /// The signal that ended the worker, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        self.signal
+    }
+
+    /// Whether the worker ended by a stop signal, after which the master ends by it
+    /// too ([`exit`](MasterExit::exit)).
+    pub fn is_stop_signal(&self) -> bool {
+        matches!(
+            self.signal,
+            Some(libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGPIPE)
+        )
+    }
+
+    /// Ends this process the way the worker ended: by the same stop signal (its
+    /// handlers reset first), or with [`code`](MasterExit::code). Call it last, once
+    /// everything else is done (the runtime dropped): nothing runs after it.
+    pub fn exit(self) -> ! {
+        if self.is_stop_signal()
+            && let Some(sig) = self.signal
+        {
+            crate::sys::raise_default(sig);
+        }
+        std::process::exit(i32::from(self.code))
+    }
+}
+
+impl From<MasterExit> for i32 {
+    fn from(e: MasterExit) -> i32 {
+        i32::from(e.code)
+    }
+}
+
+impl From<MasterExit> for u8 {
+    fn from(e: MasterExit) -> u8 {
+        e.code
+    }
 }
 
 /// Asks a running [`Master`] for a reload, a full restart or a stop from code (what the
@@ -190,7 +274,7 @@ impl Master {
     ///         .listener(Listener::bind("http", &addr)?)
     ///         .build()?;
     ///     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    ///     std::process::exit(rt.block_on(master.run())?.into());
+    ///     rt.block_on(master.run())?.exit();
     /// }
     /// // The worker: `Listener::bind("http", ...)` (or `Server::bind`) takes the socket
     /// // the master passed.

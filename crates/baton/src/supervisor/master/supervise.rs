@@ -14,8 +14,8 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::state::{DrainEnd, Draining, History, Kind, State, Stopping};
-use super::{Config, Master};
-use crate::command::{Command, SignalIntake, Stop};
+use super::{Config, Master, MasterExit};
+use crate::command::{Command, Escalation, SignalIntake, Stop};
 use crate::handoff::describe;
 use crate::supervisor::control::{self, Asked, Reply, Request};
 use crate::{Error, Listener, RestartFailure};
@@ -43,6 +43,8 @@ enum Event {
 pub(super) struct Supervisor<'a> {
     pub(super) cfg: &'a Config,
     pub(super) listeners: &'a [Listener],
+    /// The private control socket's path, given to every worker.
+    pub(super) private: Option<&'a std::path::Path>,
     pub(super) state: State,
     pub(super) started: Instant,
     pub(super) next_generation: u32,
@@ -57,6 +59,8 @@ pub(super) struct Supervisor<'a> {
     /// the master stops with none serving).
     pub(super) last_exit: Option<io::Result<ExitStatus>>,
     pub(super) hammer: watch::Sender<bool>,
+    /// Whether a stop signal again kills the workers (see `Escalation`).
+    pub(super) escalation: Escalation,
 }
 
 impl Asked {
@@ -77,7 +81,7 @@ impl Asked {
                 reason: "stop requested".into(),
                 deadline: None,
                 skip_delay: false,
-                by_signal: false,
+                signal: None,
                 reply: Some(reply),
             }),
         }
@@ -86,19 +90,20 @@ impl Asked {
 
 impl Master {
     /// Starts the first worker, waits until it is ready, then supervises until a stop;
-    /// returns the exit code for the master: the last serving worker's status (128 +
-    /// the signal if one ended it), as a shell reports it.
+    /// returns how the master should end: as its last serving worker ended (see
+    /// [`MasterExit`]).
     ///
     /// # Errors
     ///
     /// [`Error::Worker`] if the first worker cannot start or does not become ready;
     /// [`Error::Io`] if the signal handlers cannot be installed.
-    pub async fn run(self) -> Result<u8, Error> {
+    pub async fn run(self) -> Result<MasterExit, Error> {
         let Master {
             requests: (req_tx, mut req_rx),
             cfg,
             listeners,
             control,
+            private,
             _pidfile,
         } = self;
         let me = std::process::id();
@@ -109,6 +114,16 @@ impl Master {
                     .map_err(|e| Error::io(format!("control socket {path}"), e))
             })
             .transpose()?;
+        let (private_dir, private) = match private {
+            Some(p) => match p.bound.serve() {
+                Ok(server) => (Some(p.dir), Some(server)),
+                Err(e) => {
+                    warn!(pid = me, error = %e, "cannot serve the private control socket");
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
         let mut watched: Vec<_> = cfg.signals.iter().map(|(s, _)| s).collect();
         watched.extend(cfg.forward.iter().copied());
@@ -138,11 +153,20 @@ impl Master {
             info!(pid = me, "control socket at {}", c.path().display());
         }
 
-        let first = Supervisor::start_worker(&cfg, &listeners, 1, Kind::First, Vec::new())
-            .map_err(Error::Worker)?;
+        let private_path = private.as_ref().map(|p| p.path().to_owned());
+        let first = Supervisor::start_worker(
+            &cfg,
+            &listeners,
+            private_path.as_deref(),
+            1,
+            Kind::First,
+            Vec::new(),
+        )
+        .map_err(Error::Worker)?;
         let mut sv = Supervisor {
             cfg: &cfg,
             listeners: &listeners,
+            private: private_path.as_deref(),
             state: State::Starting(first),
             started: Instant::now(),
             next_generation: 2,
@@ -153,6 +177,7 @@ impl Master {
             history: History::default(),
             last_exit: None,
             hammer: watch::channel(false).0,
+            escalation: Escalation::new(false),
         };
         let mut reap_tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -167,6 +192,7 @@ impl Master {
                 Some(cmd) = cmd_rx.recv() => Event::Command(cmd),
                 Some(asked) = req_rx.recv() => Event::Command(asked.into_command()),
                 () = accept(control.as_ref(), &req_tx) => continue,
+                () = accept(private.as_ref(), &req_tx) => continue,
                 event = worker_event(&mut sv.state, &cfg) => event,
                 Some(end) = sv.drains.join_next(), if !sv.drains.is_empty() => match end {
                     Ok(end) => Event::Drained(end),
@@ -207,7 +233,7 @@ impl Master {
             },
         };
         let status = stopping.status.or(sv.last_exit.take());
-        let code = status.as_ref().map_or(0, exit_code);
+        let exit = MasterExit::of(status.as_ref());
         info!(
             pid = me,
             status = %status.as_ref().map_or_else(|| "none".to_owned(), describe),
@@ -226,7 +252,9 @@ impl Master {
         if let Some(c) = &control {
             c.flush(Duration::from_secs(1)).await;
         }
-        Ok(code)
+        drop(private);
+        drop(private_dir);
+        Ok(exit)
     }
 }
 
@@ -282,18 +310,5 @@ async fn recv_sigchld(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()>
     match s {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// A shell's view of an exit status: the code, or 128 + the signal.
-fn exit_code(status: &io::Result<ExitStatus>) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Ok(s) => match (s.code(), s.signal()) {
-            (Some(code), _) => u8::try_from(code).unwrap_or(1),
-            (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(1),
-            _ => 1,
-        },
-        Err(_) => 1,
     }
 }

@@ -13,7 +13,7 @@ use super::state::{DrainEnd, Draining, Gen, Kind, Snapshot, Start, State, Stoppi
 use super::supervise::{
     Cmd, FIRST_BACKOFF, HEALTHY_RUN, MAX_BACKOFF, Supervisor, idle_placeholder,
 };
-use crate::command::{Command, FollowUp, escalates};
+use crate::command::{Command, FollowUp};
 use crate::handoff::describe;
 use crate::notify::{self, MASTER_PID};
 use crate::supervisor::Worker;
@@ -25,14 +25,28 @@ impl Supervisor<'_> {
     pub(super) fn start_worker(
         cfg: &Config,
         listeners: &[Listener],
+        private: Option<&std::path::Path>,
         generation: u32,
         kind: Kind,
         replies: Vec<Reply>,
     ) -> Result<Box<Start>, RestartFailure> {
-        let env = vec![(
-            OsString::from(MASTER_PID),
-            OsString::from(std::process::id().to_string()),
-        )];
+        // The worker's generation is the master's count, so that both logs agree.
+        let mut env = vec![
+            (
+                OsString::from(MASTER_PID),
+                OsString::from(std::process::id().to_string()),
+            ),
+            (
+                OsString::from(notify::GENERATION),
+                OsString::from(generation.to_string()),
+            ),
+        ];
+        if let Some(path) = private {
+            env.push((
+                OsString::from(notify::MASTER_CONTROL),
+                path.as_os_str().to_owned(),
+            ));
+        }
         let asked = Instant::now();
         match Worker::spawn_with(&cfg.command, listeners, Some(cfg.drain_signal), env) {
             Ok(worker) => {
@@ -77,6 +91,7 @@ impl Supervisor<'_> {
         let start = Self::start_worker(
             self.cfg,
             self.listeners,
+            self.private,
             self.next_generation,
             kind,
             replies,
@@ -98,7 +113,7 @@ impl Supervisor<'_> {
             }
             Command::Shutdown(stop) => match &mut self.state {
                 State::Stopping(s) => {
-                    if escalates(&stop) {
+                    if self.escalation.hammers(&stop) {
                         warn!(
                             pid = me,
                             "{} again while stopping: killing the workers that still run",
@@ -111,6 +126,7 @@ impl Supervisor<'_> {
                     }
                 }
                 _ => {
+                    self.escalation.hammers(&stop);
                     info!(pid = me, "{}: stopping; the worker drains", stop.reason);
                     self.stop(stop.reply.unwrap_or_else(Reply::none));
                 }
