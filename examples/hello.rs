@@ -41,8 +41,10 @@ use tracing::info;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
-    /// Address to listen on: HOST:PORT or unix:/path (repeatable).
-    #[arg(long = "listen", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    /// Address to listen on: HOST:PORT or unix:/path (repeatable). Without it: the
+    /// sockets passed to the demo (by `baton run`, its own master, or systemd), else
+    /// 127.0.0.1:8080.
+    #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<ListenAddr>,
 
     /// How long the drain may take before what is still open is cut.
@@ -195,7 +197,17 @@ fn be_the_master(args: &Args) -> ExitCode {
                 .pidfile(path)
                 .control_socket(path.with_extension("sock"));
         }
-        // Named as `Server::bind` names them in the worker: http, http-2, ...
+        // Named as `Server::bind` names them in the worker: http, http-2, ...; or the
+        // sockets systemd passed, under their names.
+        if args.listen.is_empty() {
+            let inherited = baton::Listener::inherited()?;
+            if inherited.is_empty() {
+                master = master.listener(baton::Listener::bind("http", &default_addr())?);
+            }
+            for l in inherited {
+                master = master.listener(l);
+            }
+        }
         for (i, addr) in args.listen.iter().enumerate() {
             let name = baton::default_listener_name(i + 1);
             master = master.listener(baton::Listener::bind(name, addr)?);
@@ -286,7 +298,31 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         });
     }
     let shutdown = shutdown.build()?;
-    let mut server = Server::bind(&args.listen)?
+    // The admin socket first: it is taken by its name, before the rest is.
+    let admin_listener = args
+        .admin
+        .as_ref()
+        .map(|addr| baton::Listener::bind("admin", addr))
+        .transpose()?;
+    let server = if args.listen.is_empty() {
+        // What the master (or systemd) passed, whatever its address; else the default.
+        let inherited = baton::Listener::inherited()?;
+        if inherited.is_empty() {
+            Server::bind([default_addr()])?
+        } else {
+            Server::new(inherited)
+        }
+    } else {
+        Server::bind(&args.listen).map_err(|e| match e {
+            baton::Error::InheritedMismatch { .. } if baton::supervisor::is_worker() => {
+                baton::Error::Master(format!(
+                    "{e}\n  hint: give this worker the master's address with --listen, or leave --listen out to serve what the master passes"
+                ))
+            }
+            other => other,
+        })?
+    };
+    let mut server = server
         .idle_grace(args.idle_grace)?
         .header_read_timeout(args.header_read_timeout)?;
     if let Some(n) = args.max_connections {
@@ -296,7 +332,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         server = server.tls(tls);
     }
     server.serve(app(shutdown.clone()), &shutdown)?;
-    if let Some(addr) = &args.admin {
+    if let Some(listener) = admin_listener {
         let token = match &args.admin_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -313,10 +349,14 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
             Some(t) => baton::http::Admin::new(&shutdown, t)?,
             None => baton::http::Admin::unix_only(&shutdown),
         };
-        admin.serve(baton::Listener::bind("admin", addr)?)?;
+        admin.serve(listener)?;
     }
     let report = shutdown.run().await?;
     Ok(report.exit_code())
+}
+
+fn default_addr() -> ListenAddr {
+    ListenAddr::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)))
 }
 
 fn app(shutdown: Shutdown) -> Router {

@@ -76,8 +76,10 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// A socket to listen on and pass to the worker: [NAME=]ADDR, ADDR being HOST:PORT,
-    /// [::1]:PORT or unix:/path (repeatable; names default to http, http-2, ...).
-    #[arg(long = "listen", value_name = "[NAME=]ADDR", required = true, value_parser = parse_listen)]
+    /// [::1]:PORT or unix:/path (repeatable; names default to http, http-2, ...). Without
+    /// it, the sockets systemd passes (socket activation) are passed on, under their
+    /// names.
+    #[arg(long = "listen", value_name = "[NAME=]ADDR", value_parser = parse_listen)]
     listen: Vec<(Option<String>, ListenAddr)>,
 
     /// How the worker says it is ready: `notify` (it sends READY=1 to NOTIFY_SOCKET) or
@@ -270,6 +272,18 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
             ));
         }
         builder = builder.pidfile(paths.pidfile).control_socket(paths.socket);
+    }
+    if args.listen.is_empty() {
+        let inherited = Listener::inherited().map_err(|e| e.to_string())?;
+        if inherited.is_empty() {
+            return Err(
+                "nothing to listen on: give --listen ADDR, or run under socket activation (a systemd .socket unit passes the sockets)"
+                    .into(),
+            );
+        }
+        for l in inherited {
+            builder = builder.listener(l);
+        }
     }
     for (i, (name, addr)) in args.listen.iter().enumerate() {
         let name = name

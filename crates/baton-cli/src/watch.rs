@@ -3,6 +3,7 @@
 //! changes nothing.
 
 use std::collections::BTreeSet;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -59,6 +60,26 @@ struct Filter {
     roots: Vec<(PathBuf, Gitignore)>,
     /// baton's own files (pidfile, control socket, log): never a reason to rebuild.
     own: Vec<PathBuf>,
+    /// The files this process writes its output to (`baton watch > watch.log` in the
+    /// watched directory), by device and inode: each status line would be a change.
+    output: Vec<(u64, u64)>,
+}
+
+/// Device and inode of the regular files standard output and error write to.
+fn output_files() -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+        let Ok(file) = fd.try_clone_to_owned().map(std::fs::File::from) else {
+            continue;
+        };
+        if let Ok(meta) = file.metadata()
+            && meta.is_file()
+        {
+            out.push((meta.dev(), meta.ino()));
+        }
+    }
+    out
 }
 
 impl Filter {
@@ -84,12 +105,24 @@ impl Filter {
             let matcher = b.build().map_err(|e| format!("ignore patterns: {e}"))?;
             out.push((base, matcher));
         }
-        Ok(Filter { roots: out, own })
+        Ok(Filter {
+            roots: out,
+            own,
+            output: output_files(),
+        })
     }
 
     fn matters(&self, path: &Path) -> bool {
         if self.own.iter().any(|o| path.starts_with(o)) {
             return false;
+        }
+        if !self.output.is_empty() {
+            use std::os::unix::fs::MetadataExt;
+            if let Ok(meta) = std::fs::metadata(path)
+                && self.output.contains(&(meta.dev(), meta.ino()))
+            {
+                return false;
+            }
         }
         if path
             .components()
@@ -394,6 +427,9 @@ async fn build(cmd: &str, timeout: Duration) -> Result<Duration, String> {
         .spawn()
         .map_err(|e| format!("cannot run `sh -c {cmd}`: {e}"))?;
     let pid = child.id();
+    // The master may reap orphans (--subreaper, or as PID 1): this child is ours, and
+    // its status is what says whether the build worked. Registered before any yield.
+    let _own = pid.map(baton::supervisor::OwnChild::register);
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(s)) if s.success() => Ok(t0.elapsed()),
         Ok(Ok(s)) => Err(format!("`{cmd}` {s} after {}", secs(t0.elapsed()))),

@@ -97,8 +97,13 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
     };
     if let Some(i) = set.iter().position(|s| s.name.as_deref() == Some(name)) {
         if !matches(asked, &set[i].local) {
+            let fix = if crate::supervisor::is_worker() {
+                "this program runs as a master's worker: start it with the address its master listens on, or without an address where it serves what it is passed"
+            } else {
+                "start the new generation with the same address, or give the new address a new listener name"
+            };
             return Err(mismatch(format!(
-                "the socket passed under this name listens on {}; start the new generation with the same address, or give the new address a new listener name",
+                "the socket passed under this name listens on {}; {fix}",
                 set[i].local
             )));
         }
@@ -119,6 +124,27 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
         )));
     }
     Ok(None)
+}
+
+/// Takes every socket passed to this process that no listener took yet, in the order
+/// passed, with its name (if one was passed) and address.
+///
+/// # Errors
+///
+/// [`Error::Inherited`] if the passed sockets are unusable.
+pub(crate) fn take_all() -> Result<Vec<(Option<String>, Socket, ListenAddr)>, Error> {
+    let set = match set() {
+        Ok(set) => set,
+        Err(reason) => {
+            return Err(Error::Inherited {
+                reason: reason.clone(),
+            });
+        }
+    };
+    Ok(lock(set)
+        .drain(..)
+        .map(|s| (s.name, s.socket, s.local))
+        .collect())
 }
 
 /// Closes inherited sockets that no listener claimed, and says so: a listener that the

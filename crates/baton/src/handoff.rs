@@ -180,7 +180,7 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 10] = [
+    const OURS: [&str; 11] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
@@ -191,6 +191,7 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         DRAINING,
         notify::MASTER_PID,
         notify::MASTER_CONTROL,
+        notify::IGNORED_AT_EXEC,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))
@@ -597,6 +598,11 @@ pub(crate) fn exec_in_place(
     for sig in ignored_at_exec {
         let _ = crate::sys::ignore_signal(sig.as_raw());
     }
+    let ignored: Vec<String> = ignored_at_exec
+        .iter()
+        .map(|s| s.as_raw().to_string())
+        .collect();
+    cmd.env(notify::IGNORED_AT_EXEC, ignored.join(","));
     let err = cmd.exec();
     // Still here: the sockets must not leak into anything started later.
     for l in listeners {

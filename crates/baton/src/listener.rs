@@ -289,6 +289,33 @@ impl Listener {
         })
     }
 
+    /// Every socket passed to this process (by a master, a previous generation, systemd
+    /// or `systemd-socket-activate`) that no listener took yet, in the order passed:
+    /// for a program that serves whatever it is given. Each is named as it was passed,
+    /// or, when no name was passed, by its position ([`default_listener_name`]). Empty
+    /// when nothing was passed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Inherited`] if the passed sockets are unusable;
+    /// [`Error::InvalidListenerName`] for a passed name baton cannot use.
+    pub fn inherited() -> Result<Vec<Listener>, Error> {
+        crate::activation::take_all()?
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, socket, local))| {
+                let name = name.unwrap_or_else(|| default_listener_name(i + 1));
+                check_name(&name)?;
+                Ok(Listener {
+                    name,
+                    socket,
+                    local,
+                    inherited: true,
+                })
+            })
+            .collect()
+    }
+
     /// `true` when the socket was passed to this process (a restart, socket
     /// activation) rather than bound by it.
     pub fn is_inherited(&self) -> bool {

@@ -34,6 +34,10 @@ pub(crate) const MASTER_PID: &str = "BATON_MASTER_PID";
 /// Set by a master for its workers: its private control socket, where a worker asked
 /// to restart itself asks the master instead.
 pub(crate) const MASTER_CONTROL: &str = "BATON_MASTER_CONTROL";
+/// Set by a full restart for the image it executes: the signals it ignored across the
+/// `exec` (numbers, comma-separated), which the new image gives back their default
+/// action unless it handles them itself.
+pub(crate) const IGNORED_AT_EXEC: &str = "BATON_IGNORED_AT_EXEC";
 
 /// What this process learned from its environment at start.
 #[derive(Debug)]

@@ -598,7 +598,26 @@ impl Shutdown {
             })?;
         }
         *installed = Some(intake);
+        restore_ignored_at_exec(&self.inner.signals);
         Ok(())
+    }
+}
+
+/// After a full restart: the signals the previous image ignored across the `exec` (so
+/// that one arriving before our handlers did not end the process) get their default
+/// action back unless this image handles them, or they would stay ignored here and in
+/// every program this one starts.
+fn restore_ignored_at_exec(map: &SignalMap) {
+    if !crate::activation::passed_to_this_process() {
+        return;
+    }
+    let Ok(list) = std::env::var(notify::IGNORED_AT_EXEC) else {
+        return;
+    };
+    for raw in list.split(',').filter_map(|n| n.trim().parse::<i32>().ok()) {
+        if !map.iter().any(|(s, _)| s.as_raw() == raw) {
+            crate::sys::default_signal(raw);
+        }
     }
 }
 

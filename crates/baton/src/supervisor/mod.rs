@@ -89,3 +89,34 @@ pub fn check_run_dir(dir: &std::path::Path, private: bool) -> std::io::Result<()
 pub fn process_uid(pid: u32) -> std::io::Result<u32> {
     crate::sys::process_uid(pid)
 }
+
+/// A child process of this program that a master's orphan reaping must leave alone
+/// while this guard lives: one its owner waits for itself (`baton watch`'s build, in
+/// the process that also runs the master). Register it right after spawning it, before
+/// the task yields.
+#[derive(Debug)]
+pub struct OwnChild(u32);
+
+impl OwnChild {
+    /// Registers `pid` as this program's own child.
+    pub fn register(pid: u32) -> OwnChild {
+        crate::sync::lock(&OWN_CHILDREN).push(pid);
+        OwnChild(pid)
+    }
+}
+
+impl Drop for OwnChild {
+    fn drop(&mut self) {
+        let mut own = crate::sync::lock(&OWN_CHILDREN);
+        if let Some(i) = own.iter().position(|p| *p == self.0) {
+            own.swap_remove(i);
+        }
+    }
+}
+
+static OWN_CHILDREN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// The children registered by [`OwnChild`].
+pub(crate) fn own_children() -> Vec<u32> {
+    crate::sync::lock(&OWN_CHILDREN).clone()
+}

@@ -29,6 +29,11 @@ pub enum Readiness {
 #[derive(Debug)]
 pub struct Worker {
     spawned: Spawned,
+    /// Readable once the worker has exited, before it is reaped (Linux): its process
+    /// group is killed while the group's ID cannot have been reused.
+    exit: Option<crate::sys::ExitWatch>,
+    /// Waited for and reaped: its group is never signalled any more.
+    reaped: bool,
 }
 
 impl Worker {
@@ -84,7 +89,12 @@ impl Worker {
         };
         let spawned =
             handoff::launch(&exe, command, &fds, env, notify, how).map_err(Error::Worker)?;
-        Ok(Worker { spawned })
+        let exit = crate::sys::ExitWatch::new(spawned.pid).ok();
+        Ok(Worker {
+            spawned,
+            exit,
+            reaped: false,
+        })
     }
 
     /// The worker's PID.
@@ -156,9 +166,15 @@ impl Worker {
         Ok(())
     }
 
-    /// `SIGKILL` to what is left of the worker's process group; call it once the
-    /// worker was waited for. Processes that left the group (`setsid`) are not touched.
+    /// `SIGKILL` to what is left of the worker's process group. [`wait`](Worker::wait)
+    /// does it already; processes that left the group (`setsid`) are not touched.
     pub fn kill_leftovers(&self) {
+        if !self.reaped {
+            self.kill_group();
+        }
+    }
+
+    fn kill_group(&self) {
         match crate::sys::kill_group(self.pid(), libc::SIGKILL) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -168,13 +184,34 @@ impl Worker {
         }
     }
 
-    /// Waits for the worker to exit and reaps it.
+    /// Waits for the worker to exit, kills what is left of its process group (what it
+    /// started would go on holding the listening sockets), and reaps it.
     ///
     /// # Errors
     ///
     /// The OS error of waiting.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Linux the group is killed before the worker is reaped, while its PID (the
+    /// group's ID) cannot be reused by another process; elsewhere right after.
     pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.spawned.wait().await
+        let before_reap = match &self.exit {
+            Some(exit) => {
+                exit.exited().await;
+                self.kill_leftovers();
+                true
+            }
+            None => false,
+        };
+        let status = self.spawned.wait().await;
+        if !before_reap && !self.reaped {
+            self.kill_group();
+        }
+        // Reaped: its PID may name another group from now on; never signalled again.
+        self.exit = None;
+        self.reaped = true;
+        status
     }
 }
 

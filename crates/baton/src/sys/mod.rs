@@ -15,7 +15,7 @@ mod platform;
 
 pub(crate) use platform::{
     become_subreaper, children, generation_force_signal, is_alive, is_locked, open_sockets,
-    process_uid, reap_orphans, send_to_abstract, start_time, try_lock,
+    pidfd_open, process_uid, reap_orphans, send_to_abstract, start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
@@ -131,6 +131,43 @@ pub(crate) fn raise_default(signal: i32) {
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         libc::raise(signal);
     }
+}
+
+/// Learns that a process exited before it is reaped (its PID cannot be reused until
+/// then): a process descriptor registered with the async runtime.
+#[derive(Debug)]
+pub(crate) struct ExitWatch(tokio::io::unix::AsyncFd<OwnedFd>);
+
+impl ExitWatch {
+    /// Watches `pid`, a child of this process not yet reaped. Call within a tokio
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// `Unsupported` off Linux (or before Linux 5.3); the error of registering it.
+    pub(crate) fn new(pid: u32) -> io::Result<ExitWatch> {
+        let fd = pidfd_open(pid)?;
+        // SAFETY: `fd` is an open descriptor owned by the `AsyncFd` for its whole
+        // lifetime, and `as_raw_fd` of an `OwnedFd` always returns that descriptor.
+        let watch = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        }
+        .map_err(io::Error::from)?;
+        Ok(ExitWatch(watch))
+    }
+
+    /// Resolves once the process has exited.
+    pub(crate) async fn exited(&self) {
+        if let Ok(mut ready) = self.0.readable().await {
+            ready.retain_ready();
+        }
+    }
+}
+
+/// Gives `signal` its default disposition back (`SIG_DFL`).
+pub(crate) fn default_signal(signal: i32) {
+    // SAFETY: restoring the default disposition installs no code of ours.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
 }
 
 /// Occupies every free descriptor number in `range` with a close-on-exec duplicate of

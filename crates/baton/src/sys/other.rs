@@ -74,3 +74,7 @@ pub(crate) fn send_to_abstract(
 pub(crate) fn process_uid(_pid: u32) -> io::Result<u32> {
     Err(unsupported("looking up a process's user"))
 }
+
+pub(crate) fn pidfd_open(_pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    Err(unsupported("a process descriptor"))
+}

@@ -206,16 +206,15 @@ pub(super) struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
-    /// The status, with each worker's open sockets counted by `sockets`.
-    pub(super) fn status(&self, sockets: impl Fn(u32) -> Option<usize>) -> Status {
+    /// The status (open sockets not counted yet).
+    pub(super) fn status(&self) -> Status {
         let now = Instant::now();
-        let listeners = self.listeners.len();
         let worker = |role, generation, pid, since: Instant| WorkerStatus {
             generation,
             pid,
             role,
             age: now.duration_since(since),
-            open_sockets: sockets(pid).map(|n| n.saturating_sub(listeners)),
+            open_sockets: None,
         };
         let mut workers = Vec::new();
         if let Some(g) = self.state.serving() {

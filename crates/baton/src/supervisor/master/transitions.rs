@@ -146,16 +146,26 @@ impl Supervisor<'_> {
                 }
             }
             Command::Status { reply } => {
-                let status = Snapshot {
+                let mut status = Snapshot {
                     started: self.started,
                     state: &self.state,
                     draining: &self.draining,
                     listeners: self.listeners,
                     history: &self.history,
                 }
-                .status(crate::sys::open_sockets);
-                reply.status(&status);
-                reply.ok("status");
+                .status();
+                // Counting a worker's sockets reads a directory with an entry per
+                // connection: not on the master's one thread, which must stay free for
+                // signals and readiness.
+                let listeners = self.listeners.len();
+                tokio::task::spawn_blocking(move || {
+                    for w in &mut status.workers {
+                        w.open_sockets =
+                            crate::sys::open_sockets(w.pid).map(|n| n.saturating_sub(listeners));
+                    }
+                    reply.status(&status);
+                    reply.ok("status");
+                });
             }
         }
     }
@@ -376,8 +386,6 @@ impl Supervisor<'_> {
                     g.worker.wait().await
                 }
             };
-            // What it started and left behind would go on holding the sockets.
-            g.worker.kill_leftovers();
             DrainEnd {
                 pid,
                 generation: g.generation,
@@ -519,7 +527,6 @@ impl Supervisor<'_> {
                 return;
             }
         };
-        gone.worker.kill_leftovers();
         if gone.since.elapsed() > HEALTHY_RUN {
             self.backoff = FIRST_BACKOFF;
         }
@@ -639,11 +646,13 @@ impl Supervisor<'_> {
         }
     }
 
-    /// The PIDs tokio waits for (the master's own workers): never reaped as orphans.
+    /// The PIDs tokio waits for (the master's own workers, and children of this program
+    /// registered as its own): never reaped as orphans.
     pub(super) fn known_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.draining.iter().map(|d| d.pid).collect();
         pids.extend(self.state.serving().map(|g| g.worker.pid()));
         pids.extend(self.state.starting().map(|s| s.new.worker.pid()));
+        pids.extend(crate::supervisor::own_children());
         pids
     }
 }
