@@ -18,6 +18,7 @@ struct Master {
     log: Log,
     pid: u32,
     addr: String,
+    _tmp: tempfile::TempDir,
 }
 
 impl Master {
@@ -41,6 +42,10 @@ impl Master {
 
     /// Runs `cmd` (which runs `baton run` on `addr`) and collects its log.
     fn spawn(mut cmd: Command, addr: String) -> Master {
+        // Private directories (notify and control sockets) in the test's own
+        // directory: one left by a process the test kills goes with it.
+        let tmp = tempfile::tempdir().unwrap();
+        cmd.env("TMPDIR", tmp.path()).env_remove("XDG_RUNTIME_DIR");
         let mut child = cmd
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -55,6 +60,7 @@ impl Master {
             log,
             pid,
             addr,
+            _tmp: tmp,
         }
     }
 
@@ -90,10 +96,9 @@ impl Drop for Master {
         let workers = self.worker_pids();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Each worker leads a process group of its own: what it started goes with it.
         for w in workers {
-            if alive(w) {
-                signal_pid(w, "KILL");
-            }
+            support::kill_group(w);
         }
     }
 }

@@ -33,6 +33,9 @@ pub(super) enum DrainKind {
     HandedOver { to: u32 },
     /// Before a full restart: the listeners stay open across the `exec`.
     FullRestart,
+    /// A new generation the previous one gave up on: the queue belongs to that one, and
+    /// the service is not stopping.
+    GivenUp,
 }
 
 /// What the drain is to do.
@@ -200,7 +203,7 @@ pub(super) async fn drain(plan: DrainPlan, parts: Parts<'_>, intake: &mut Intake
                 notify::stopping();
             }
         }
-        DrainKind::HandedOver { .. } => {}
+        DrainKind::HandedOver { .. } | DrainKind::GivenUp => {}
         DrainKind::FullRestart => {
             info!(pid, reason = %plan.reason, "full restart: draining completely first");
             notify::reloading();
@@ -317,6 +320,7 @@ pub(super) async fn drain(plan: DrainPlan, parts: Parts<'_>, intake: &mut Intake
     });
     let what = match plan.kind {
         DrainKind::HandedOver { .. } => "drain after the hand-over complete",
+        DrainKind::GivenUp => "drain of the generation given up on complete",
         DrainKind::FullRestart => "drain before the full restart complete",
         DrainKind::Shutdown => "shutdown complete",
     };

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,6 +97,9 @@ struct Inner {
     pidfile: Option<PathBuf>,
     /// The PID of the generation this one handed over to (0 before).
     successor: AtomicU32,
+    /// The previous generation gave up on this one (ready too late): it drains and
+    /// leaves the service to that one.
+    given_up: AtomicBool,
     /// A shutdown or hammer came while a full restart drained: stop instead of
     /// executing the program anew.
     stop_asked: AtomicBool,
@@ -162,6 +165,7 @@ impl Shutdown {
                 max_generations: b.max_generations,
                 pidfile: b.pidfile,
                 successor: AtomicU32::new(0),
+                given_up: AtomicBool::new(false),
                 stop_asked: AtomicBool::new(false),
                 restarts: Mutex::new(RestartStats::default()),
                 started: std::time::Instant::now(),
@@ -418,8 +422,16 @@ impl Shutdown {
             }));
         }
         crate::activation::close_unclaimed();
-        self.announce_ready()?;
+        let taken_over = self.announce_ready()?;
         let mut commands = pending.commands;
+        if !taken_over {
+            // The previous generation gave up on this one and serves on: leave, with
+            // what was accepted meanwhile drained, the accept queue left to it.
+            let _ = self.inner.commands.send(Command::stop(
+                "the previous generation gave up on this one and serves on",
+                None,
+            ));
+        }
         let end = self.serve(&mut commands).await;
         let full_restart = matches!(end, End::FullRestart(_));
         let mut escalation = Escalation::new(crate::supervisor::is_worker());
@@ -437,7 +449,7 @@ impl Shutdown {
         let mut intake = Intake {
             commands: &mut commands,
             user_hooks: &inner.user_hooks,
-            successor: inner.successor.load(std::sync::atomic::Ordering::Relaxed),
+            successor: inner.successor.load(Ordering::Relaxed),
             stop_asked: &inner.stop_asked,
             escalation,
         };
@@ -456,6 +468,13 @@ impl Shutdown {
     fn plan(&self, end: End) -> DrainPlan {
         let inner = &self.inner;
         let (kind, reason, timeout, skip_delay, hammered) = match end {
+            End::Shutdown(stop) if inner.given_up.load(Ordering::Relaxed) => (
+                DrainKind::GivenUp,
+                stop.reason,
+                stop.deadline,
+                true,
+                false,
+            ),
             End::Shutdown(stop) => (
                 DrainKind::Shutdown,
                 stop.reason,
@@ -486,7 +505,9 @@ impl Shutdown {
         }
     }
 
-    fn announce_ready(&self) -> Result<(), Error> {
+    /// Tells whoever started this process that it is ready; `false` when the previous
+    /// generation gave up on it (ready too late) and serves on.
+    fn announce_ready(&self) -> Result<bool, Error> {
         let pid = std::process::id();
         let write_pidfile = || -> Result<(), Error> {
             if let Some(path) = &self.inner.pidfile {
@@ -511,12 +532,16 @@ impl Shutdown {
                         // It runs but no longer listens: it gave up on this one (ready
                         // too late) and serves on. Claiming the service now would take
                         // it from the generation that serves it.
-                        Some(previous) => warn!(
-                            pid,
-                            previous = previous.pid,
-                            error = %e,
-                            "the previous generation no longer waits for this one (it gave up on it); not taking over: it stops this one"
-                        ),
+                        Some(previous) => {
+                            warn!(
+                                pid,
+                                previous = previous.pid,
+                                error = %e,
+                                "the previous generation no longer waits for this one (it gave up on it); not taking over: this one drains and exits"
+                            );
+                            self.inner.given_up.store(true, Ordering::Relaxed);
+                            return Ok(false);
+                        }
                         // It is gone: nobody else will tell the manager.
                         None => {
                             warn!(pid, error = %e, "the previous generation is gone; this one takes over the service");
@@ -541,7 +566,7 @@ impl Shutdown {
             ?listeners,
             "server ready"
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Serves until a command ends it; carries out graceful restarts on the way.

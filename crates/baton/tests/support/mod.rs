@@ -46,6 +46,8 @@ pub struct Demo {
     pub addr: String,
     pub pid: u32,
     pub dir: tempfile::TempDir,
+    /// The program as started (argv[0]): later generations run it too.
+    program: std::ffi::OsString,
 }
 
 impl Demo {
@@ -112,6 +114,12 @@ impl Demo {
     }
 
     pub fn spawn_in(dir: tempfile::TempDir, mut cmd: Command) -> Demo {
+        // Private directories (notify sockets) in the test's own directory: one left
+        // by a process the test kills goes with the directory.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("the demo's temporary directory");
+        cmd.env("TMPDIR", &tmp).env_remove("XDG_RUNTIME_DIR");
+        let program = cmd.get_program().to_owned();
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,6 +160,7 @@ impl Demo {
             addr: String::new(),
             pid,
             dir,
+            program,
         };
         let line = demo.wait_log("started listening on [");
         demo.addr = between(&line, "listening on [", "]").to_owned();
@@ -241,6 +250,29 @@ pub fn alive(pid: u32) -> bool {
             state != Some(Some('Z'))
         }
         Err(_) => false,
+    }
+}
+
+/// `SIGKILL` to the process group `pgid` (a master's worker leads one) while a process
+/// of it still runs: a group's ID cannot be reused while it has a member, so what is
+/// killed is what the worker left.
+pub fn kill_group(pgid: u32) {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let members = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|stat| {
+            stat.rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(2)?.parse::<u32>().ok())
+                == Some(pgid)
+        })
+        .count();
+    if members > 0
+        && let Some(pgid) = Pid::from_raw(pgid as i32)
+    {
+        let _ = kill_process_group(pgid, Signal::KILL);
     }
 }
 
@@ -362,7 +394,8 @@ impl Drop for Demo {
         // run (each logged its PID; check that it is still the demo before killing).
         for pid in self.pids() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let ours = String::from_utf8_lossy(&cmdline).contains("--listen");
+            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let ours = argv0 == std::os::unix::ffi::OsStrExt::as_bytes(self.program.as_os_str());
             if pid != self.pid && ours && alive(pid) {
                 signal_pid(pid, "KILL");
             }
