@@ -46,3 +46,7 @@ print("python worker %d serving" % os.getpid(), file=sys.stderr, flush=True)
 server.serve_forever()
 server.server_close()
 print("python worker %d drained" % os.getpid(), file=sys.stderr, flush=True)
+if os.environ.get("PYWORKER_RERAISE"):
+    # As many runtimes do: after draining, end by the signal that asked for it.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)

@@ -553,3 +553,134 @@ fn bad_input_is_named_with_the_right_exit_status() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("invalid listen address `nowhere`"), "{err}");
 }
+
+/// Regression (field, systemd): with systemd's default `KillMode=control-group`, a stop
+/// sends SIGTERM to the master and to the worker at once, and the master then sends its
+/// own drain signal: the worker (a baton app) took the second SIGTERM for a hammer and
+/// cut its request in flight. A worker under a master never escalates now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_signalled_by_both_systemd_and_its_master_drains_in_full() {
+    let hello = support::hello_exe();
+    let mut master = Master::start_with(
+        &["--drain-timeout", "60s"],
+        &[],
+        "notify",
+        &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    let worker = master.worker_pids()[0];
+    let addr = master.addr.clone();
+    let sleeper = tokio::spawn(async move { get(&addr, "/sleep?secs=2").await });
+    master.wait_log_off_runtime("sleep 2s: start", 1);
+    // As systemd does: SIGTERM to every process of the unit (the worker's first, as it
+    // happens when systemd's reaches the worker before the master relays its own).
+    signal_pid(worker, "TERM");
+    master.wait_log_off_runtime(&format!("shutting down pid={worker}"), 1);
+    signal_pid(master.pid, "TERM");
+    let resp = sleeper.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let status = tokio::task::block_in_place(|| master.child.wait()).unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    assert_eq!(master.log.count("hammer"), 0, "{:?}", master.log.lines());
+}
+
+/// Regression (field, systemd): a worker that ends by the stop signal itself after
+/// draining (many runtimes re-raise it) made the master exit 143, which systemd counts
+/// as a failed unit. The master now ends by the same signal, as a shell reports a
+/// program it ran, and systemd counts a main process ended by SIGTERM as a clean stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_ends_by_the_stop_signal_its_worker_ended_by() {
+    use std::os::unix::process::ExitStatusExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py");
+    let mut master = Master::start_with(
+        &["--drain-timeout", "10s"],
+        &[("PYWORKER_RERAISE", "1")],
+        "delay=300ms",
+        &["python3", script],
+    );
+    signal_pid(master.pid, "TERM");
+    let status = tokio::task::block_in_place(|| master.child.wait()).unwrap();
+    assert_eq!(status.signal(), Some(15), "ended by SIGTERM: {status:?}");
+    master.wait_log_off_runtime("stopped", 1);
+}
+
+/// Regression (new user): the worker logged `generation=1` while the master said gen
+/// 2, and every drain under a master logged a warning that the service manager could
+/// not be told `STOPPING=1` (the master reads its worker's notify socket only until
+/// `READY=1`, by design).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_worker_agrees_with_its_master_and_drains_without_warnings() {
+    let hello = support::hello_exe();
+    let mut master = Master::start(
+        "notify",
+        &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+    );
+    signal_pid(master.pid, "HUP");
+    master.wait_log_off_runtime("reloaded: gen 2", 1);
+    master.wait_log_off_runtime("gen 1 exited", 1);
+    signal_pid(master.pid, "TERM");
+    tokio::task::block_in_place(|| master.child.wait()).unwrap();
+    let lines = master.log.lines();
+    assert!(
+        !lines.iter().any(|l| l.contains("cannot notify the service manager")),
+        "{lines:?}"
+    );
+    let second = master.worker_pids()[1];
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("server ready pid={second} generation=2"))),
+        "{lines:?}"
+    );
+}
+
+
+/// Regression (new user): `baton run --listen ADDR -- hello`, the demo without a
+/// `--listen` of its own, exited with a message about restarts; a worker serves what
+/// its master passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_as_a_worker_serves_what_its_master_passes() {
+    let hello = support::hello_exe();
+    let master = Master::start("notify", &[hello.to_str().unwrap()]);
+    let worker = master.worker_pids()[0];
+    assert_eq!(
+        get(&master.addr, "/pid").await.unwrap().body.trim(),
+        worker.to_string()
+    );
+}
+
+/// Regression (new user): `baton run` refused to start without `--listen` even when
+/// systemd passes the sockets (socket activation); it passes those on, by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baton_run_without_listen_passes_on_the_sockets_it_was_given() {
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let hello = support::hello_exe();
+    let mut cmd = Command::new("systemd-socket-activate");
+    cmd.args(["-l", &addr, "--fdname=web"])
+        .arg(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--"])
+        .arg(&hello);
+    let master = Master::spawn(cmd, addr.clone());
+    master.wait_log_off_runtime("Listening on", 1);
+    // The tool starts it on the first connection.
+    let resp = get(&addr, "/").await.unwrap();
+    assert_eq!(resp.status, 200);
+    master.wait_log_off_runtime("listener=web", 1);
+    master.wait_log_off_runtime("(inherited)", 1);
+    let none = baton_output(&["run", "--", "true"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("nothing to listen on: give --listen ADDR"),
+        "{none:?}"
+    );
+}
+
+fn baton_output(args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(args)
+            .env_remove("LISTEN_FDS")
+            .output()
+            .unwrap()
+    })
+}

@@ -262,3 +262,62 @@ fn bad_paths_missing_build_commands_and_hanging_builds_are_named() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("took longer than --build-timeout"), "{err}");
 }
+
+/// Regression (field): with `--subreaper` (and always as PID 1) the master reaped every
+/// exited child that was not a worker, `baton watch`'s build included, whose status
+/// was then lost: builds failed with "No child processes (os error 10)".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builds_are_not_reaped_as_orphans_by_a_subreaper_master() {
+    let w = Watch::start(&["--subreaper"]);
+    for n in 2..=9 {
+        save(&w.path("src/version.txt"), &format!("v{n}\n"));
+        w.wait_log("reload: new worker ready in", n - 1);
+        w.serves(&format!("v{n}\n")).await;
+    }
+    assert_eq!(w.count("build FAILED"), 0, "{:?}", w.log.lines());
+    assert_eq!(w.count("No child processes"), 0, "{:?}", w.log.lines());
+}
+
+/// Regression (new user): `baton watch ... > watch.log` run in the watched directory
+/// reloaded in an endless loop: each status line it wrote was a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_written_into_the_watched_directory_is_no_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/version.txt"), "v1\n").unwrap();
+    std::fs::write(dir.path().join("build.sh"), BUILD).unwrap();
+    std::fs::write(dir.path().join(".gitignore"), "out/\nbuilds.log\n").unwrap();
+    let out = std::fs::File::create(dir.path().join("watch.log")).unwrap();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .current_dir(dir.path())
+        .args(["watch", "--build", "sh build.sh", "--listen", &addr])
+        .args(["--ready", "delay=200ms", "--", "python3"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"))
+        .env("PYWORKER_BODY_FILE", dir.path().join("out/version.txt"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.path().join("watch.log")).unwrap_or_default();
+    let rounds = || log().matches("reload: new worker ready in").count();
+    let wait_for = |what: &str, n: usize| {
+        let deadline = Instant::now() + support::WAIT;
+        while log().matches(what).count() < n {
+            assert!(Instant::now() < deadline, "no {what:?} in:\n{}", log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    tokio::task::block_in_place(|| {
+        wait_for(" ready in ", 1);
+        save(&dir.path().join("src/version.txt"), "v2\n");
+        wait_for("reload: new worker ready in", 1);
+        // Each status line is written to watch.log, in the watched directory: were it
+        // a change, rounds would follow one another.
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(rounds(), 1, "one round for one save:\n{}", log());
+}

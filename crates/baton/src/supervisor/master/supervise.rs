@@ -70,15 +70,15 @@ impl Asked {
         match self.request {
             Request::Status => Command::Status { reply },
             Request::Reload => Command::Restart {
-                reason: "reload requested".into(),
+                reason: "control request".into(),
                 reply: Some(reply),
             },
             Request::Restart => Command::FullRestart {
-                reason: "restart requested".into(),
+                reason: "control request".into(),
                 reply: Some(reply),
             },
             Request::Stop => Command::Shutdown(Stop {
-                reason: "stop requested".into(),
+                reason: "control request".into(),
                 deadline: None,
                 skip_delay: false,
                 signal: None,
