@@ -576,7 +576,10 @@ async fn a_worker_signalled_by_both_systemd_and_its_master_drains_in_full() {
     signal_pid(worker, "TERM");
     master.wait_log_off_runtime(&format!("shutting down pid={worker}"), 1);
     signal_pid(master.pid, "TERM");
-    let resp = sleeper.await.unwrap().expect("the request in flight is answered");
+    let resp = sleeper
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
     assert_eq!(resp.status, 200, "{}", resp.body);
     let status = tokio::task::block_in_place(|| master.child.wait()).unwrap();
     assert_eq!(status.code(), Some(0), "a clean stop");
@@ -621,7 +624,9 @@ async fn a_demo_worker_agrees_with_its_master_and_drains_without_warnings() {
     tokio::task::block_in_place(|| master.child.wait()).unwrap();
     let lines = master.log.lines();
     assert!(
-        !lines.iter().any(|l| l.contains("cannot notify the service manager")),
+        !lines
+            .iter()
+            .any(|l| l.contains("cannot notify the service manager")),
         "{lines:?}"
     );
     let second = master.worker_pids()[1];
@@ -632,7 +637,6 @@ async fn a_demo_worker_agrees_with_its_master_and_drains_without_warnings() {
         "{lines:?}"
     );
 }
-
 
 /// Regression (new user): `baton run --listen ADDR -- hello`, the demo without a
 /// `--listen` of its own, exited with a message about restarts; a worker serves what

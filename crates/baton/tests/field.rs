@@ -46,9 +46,16 @@ async fn a_generation_draining_after_a_hand_over_keeps_draining_on_sigterm() {
     demo.wait_log("restart: the new generation is ready; this one stops accepting and drains");
     demo.signal("TERM");
     demo.wait_log("SIGTERM: already draining; the drain goes on to its deadline");
-    let resp = sleeper.await.unwrap().expect("answered by the old generation");
+    let resp = sleeper
+        .await
+        .unwrap()
+        .expect("answered by the old generation");
     assert_eq!(resp.status, 200);
-    assert!(resp.body.contains(&format!("start pid {}", demo.pid)), "{}", resp.body);
+    assert!(
+        resp.body.contains(&format!("start pid {}", demo.pid)),
+        "{}",
+        resp.body
+    );
     assert_eq!(demo.wait_exit().code(), Some(0), "a clean drain");
     assert!(!demo.log().iter().any(|l| l.contains("hammer")));
     signal_pid(new, "TERM");
@@ -61,10 +68,14 @@ async fn a_generation_draining_after_a_hand_over_keeps_draining_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_generation_is_not_the_old_ones_child_once_it_serves() {
     let mut demo = Demo::start(&[]);
+    // A request in flight keeps the old generation alive (draining) while we look.
+    let sleeper = demo.sleep_in_flight("2");
     demo.signal("HUP");
     let new = demo.wait_ready(2);
     demo.wait_log("restart: the new generation is ready");
+    assert!(support::alive(demo.pid), "the old generation still drains");
     assert_ne!(ppid(new), demo.pid, "re-parented before MAINPID= was sent");
+    assert_eq!(sleeper.await.unwrap().unwrap().status, 200);
     assert_eq!(
         get(&demo.addr, "/pid").await.unwrap().body.trim(),
         new.to_string()
@@ -91,9 +102,15 @@ async fn a_new_generation_ready_after_the_old_one_gave_up_claims_nothing() {
     let app = app_dir.path().join("app");
     std::fs::copy(support::hello_exe(), &app).unwrap();
     let mut cmd = Command::new(&app);
-    cmd.args(["--listen", "127.0.0.1:0", "--ready-timeout", "1s", "--pidfile"])
-        .arg(&pidfile)
-        .env("NOTIFY_SOCKET", &notify_path);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--ready-timeout",
+        "1s",
+        "--pidfile",
+    ])
+    .arg(&pidfile)
+    .env("NOTIFY_SOCKET", &notify_path);
     let demo = Demo::spawn_in(app_dir, cmd);
     let mut buf = [0u8; 4096];
     let n = manager.recv(&mut buf).unwrap();
@@ -108,9 +125,13 @@ async fn a_new_generation_ready_after_the_old_one_gave_up_claims_nothing() {
         .as_bytes(),
     );
     demo.signal("HUP");
-    let late: u32 = between(&demo.wait_log("spawned the new generation"), "new_pid=", " ")
-        .parse()
-        .unwrap();
+    let late: u32 = between(
+        &demo.wait_log("spawned the new generation"),
+        "new_pid=",
+        " ",
+    )
+    .parse()
+    .unwrap();
     demo.wait_log("restart failed, serving on");
     demo.wait_log("not taking over: this one drains and exits");
     demo.wait_log("drain of the generation given up on complete");
@@ -176,12 +197,24 @@ async fn a_worker_of_its_own_master_restarting_itself_asks_the_master() {
     let pidfile = dir.path().join("app.pid");
     let demo = Demo::start(&["--master", "--pidfile", pidfile.to_str().unwrap()]);
     let master = demo.pid;
-    let first: u32 = get(&demo.addr, "/pid").await.unwrap().body.trim().parse().unwrap();
+    let first: u32 = get(&demo.addr, "/pid")
+        .await
+        .unwrap()
+        .body
+        .trim()
+        .parse()
+        .unwrap();
     assert_ne!(first, master);
     let resp = post(&demo.addr, "/restart").await.unwrap();
     assert_eq!(resp.status, 200, "{}", resp.body);
     demo.wait_log("reloaded: gen 2 serves");
-    let second: u32 = get(&demo.addr, "/pid").await.unwrap().body.trim().parse().unwrap();
+    let second: u32 = get(&demo.addr, "/pid")
+        .await
+        .unwrap()
+        .body
+        .trim()
+        .parse()
+        .unwrap();
     assert!(resp.body.contains(&second.to_string()), "{}", resp.body);
     assert_ne!(second, first);
     assert_eq!(ppid(second), master, "the new worker is the master's");

@@ -468,13 +468,9 @@ impl Shutdown {
     fn plan(&self, end: End) -> DrainPlan {
         let inner = &self.inner;
         let (kind, reason, timeout, skip_delay, hammered) = match end {
-            End::Shutdown(stop) if inner.given_up.load(Ordering::Relaxed) => (
-                DrainKind::GivenUp,
-                stop.reason,
-                stop.deadline,
-                true,
-                false,
-            ),
+            End::Shutdown(stop) if inner.given_up.load(Ordering::Relaxed) => {
+                (DrainKind::GivenUp, stop.reason, stop.deadline, true, false)
+            }
             End::Shutdown(stop) => (
                 DrainKind::Shutdown,
                 stop.reason,
