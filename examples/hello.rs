@@ -99,11 +99,17 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limit)]
     handshake_timeout: Duration,
 
-    /// How long an HTTP/1 client may take to send a request's headers.
+    /// How long a client may take to start a request (from its connection, or from the
+    /// first bytes of a later HTTP/1 request): silent and slow clients are cut.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     header_read_timeout: Duration,
 
-    /// Serve at most N connections at once; more wait in the accept queue.
+    /// Close a connection idle this long between requests.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = limit)]
+    idle_timeout: Duration,
+
+    /// Serve at most N connections at once; more wait in the accept queue [default: the
+    /// descriptor limit less an eighth of it, at least 32, kept in reserve].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     max_connections: Option<usize>,
 
@@ -324,7 +330,8 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     };
     let mut server = server
         .idle_grace(args.idle_grace)?
-        .header_read_timeout(args.header_read_timeout)?;
+        .header_read_timeout(args.header_read_timeout)?
+        .idle_timeout(args.idle_timeout)?;
     if let Some(n) = args.max_connections {
         server = server.max_connections(n)?;
     }
@@ -491,7 +498,7 @@ async fn restart_route(
 async fn stats(State(shutdown): State<Shutdown>) -> String {
     let s = shutdown.connections();
     format!(
-        "phase {:?}\naccepted {}\nopen {}\nnew {}\nactive {}\nidle {}\nupgraded {}\nclosed {}\nrequests {}\n",
+        "phase {:?}\naccepted {}\nopen {}\nnew {}\nactive {}\nidle {}\nupgraded {}\nclosed {}\nrequests {}\ntimed_out {}\n",
         shutdown.phase(),
         s.accepted,
         s.open,
@@ -500,7 +507,8 @@ async fn stats(State(shutdown): State<Shutdown>) -> String {
         s.idle,
         s.upgraded,
         s.closed,
-        s.requests
+        s.requests,
+        s.timed_out
     )
 }
 

@@ -22,7 +22,9 @@ fn cpu_ticks(pid: u32) -> u64 {
 async fn out_of_file_descriptors_neither_kills_nor_spins() {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(r#"ulimit -n 64 && exec "$0" --listen 127.0.0.1:0"#)
+        // A connection limit above the descriptor limit: the default one keeps
+        // descriptors in reserve and would never let the server reach EMFILE.
+        .arg(r#"ulimit -n 64 && exec "$0" --listen 127.0.0.1:0 --max-connections 1000"#)
         .arg(support::hello_exe());
     let mut demo = Demo::spawn(cmd);
 

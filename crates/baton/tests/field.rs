@@ -207,15 +207,11 @@ async fn a_worker_of_its_own_master_restarting_itself_asks_the_master() {
     assert_ne!(first, master);
     let resp = post(&demo.addr, "/restart").await.unwrap();
     assert_eq!(resp.status, 200, "{}", resp.body);
-    demo.wait_log("reloaded: gen 2 serves");
-    let second: u32 = get(&demo.addr, "/pid")
-        .await
-        .unwrap()
-        .body
-        .trim()
-        .parse()
-        .unwrap();
+    // "reloaded: gen 2 serves; gen 1 (pid N) drains pid=MASTER worker=NEW"
+    let line = demo.wait_log("reloaded: gen 2 serves");
+    let second: u32 = line.rsplit("worker=").next().unwrap().trim().parse().unwrap();
     assert!(resp.body.contains(&second.to_string()), "{}", resp.body);
+    support::wait_answered_by(&demo.addr, second).await;
     assert_ne!(second, first);
     assert_eq!(ppid(second), master, "the new worker is the master's");
     wait_until("the old worker is gone", || !support::alive(first));

@@ -9,6 +9,7 @@
 mod admin;
 mod conn;
 mod service;
+mod slots;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -75,8 +76,12 @@ impl<B> HttpBody for B where B: Body<Data: Send, Error: Into<BoxError>> + Send +
 
 /// How long a connection may stay idle after the drain started before it is closed.
 pub const DEFAULT_IDLE_GRACE: Duration = Duration::from_secs(1);
-/// How long an HTTP/1 client may take to send a request's headers by default.
+/// How long a client may take to start a request by default (see
+/// [`Server::header_read_timeout`]).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection may stay idle between requests by default (see
+/// [`Server::idle_timeout`]).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// After an accept error caused by a resource limit (too many open files, no memory),
 /// how long to wait before accepting again. The connection that could not be accepted
 /// stays in the queue, so retrying at once would fail again at once: a busy loop.
@@ -103,6 +108,7 @@ pub struct Server {
     idle_grace: Duration,
     nodelay: bool,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     max_connections: Option<usize>,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
@@ -115,6 +121,7 @@ impl fmt::Debug for Server {
             .field("idle_grace", &self.idle_grace)
             .field("nodelay", &self.nodelay)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .finish_non_exhaustive()
     }
@@ -128,6 +135,7 @@ impl Server {
             idle_grace: DEFAULT_IDLE_GRACE,
             nodelay: true,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
             #[cfg(feature = "tls")]
             tls: None,
@@ -176,10 +184,14 @@ impl Server {
         Ok(self)
     }
 
-    /// An HTTP/1 client that has not sent a request's complete headers this long after
-    /// it began (or after the connection opened) is disconnected: slow clients
-    /// ("slowloris") cannot hold connections open. Default
+    /// A client that has not started a request this long after its connection opened
+    /// (it sent nothing, part of an HTTP/2 preface, or a preface and no stream), or
+    /// whose next HTTP/1 request has not been read this long after its first bytes
+    /// (slowloris), is disconnected: such clients cannot hold descriptors. Default
     /// [`DEFAULT_HEADER_READ_TIMEOUT`] (30 s).
+    ///
+    /// Kept to within about a second: one task looks at every connection once a second
+    /// (no timer per request; see `docs/ARCHITECTURE.md`).
     ///
     /// # Errors
     ///
@@ -189,9 +201,23 @@ impl Server {
         Ok(self)
     }
 
+    /// A connection with no request in flight and nothing read for this long (a
+    /// kept-alive HTTP/1 connection, an HTTP/2 connection without a stream) is closed.
+    /// Default [`DEFAULT_IDLE_TIMEOUT`] (2 minutes). Kept to within about a second.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidDuration`] outside 1 ms..=24 h.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
+        self.idle_timeout = crate::error::check_limit("idle timeout", timeout)?;
+        Ok(self)
+    }
+
     /// Serves at most `n` connections at once (across this server's listeners);
     /// further clients wait in the kernel's accept queue, not refused, until one ends.
-    /// Default: no limit.
+    /// Default: the process's descriptor limit (`RLIMIT_NOFILE`) less an eighth of it
+    /// (at least 32) kept in reserve, so that accepting never runs the process out of
+    /// descriptors.
     ///
     /// # Errors
     ///
@@ -261,23 +287,23 @@ impl Server {
                 io::Error::other(format!("{e}; call `serve` inside a tokio runtime")),
             )
         })?;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout);
+        // No timer in hyper: the header-read and idle timeouts are the tracker's sweep.
+        let builder = auto::Builder::new(TokioExecutor::new());
         let ctx = Arc::new(Ctx {
             builder,
             service,
             shutdown: shutdown.clone(),
             idle_grace: self.idle_grace,
-            limit: self
-                .max_connections
-                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            limits: crate::tracker::Limits {
+                header: Some(self.header_read_timeout),
+                idle: Some(self.idle_timeout),
+            },
+            slots: slots::Slots::new(self.max_connections.unwrap_or_else(slots::default_max)),
             #[cfg(feature = "tls")]
             tls: self.tls,
         });
         shutdown.install_signal_handlers()?;
+        shutdown.tracker().sweep();
         let pid = std::process::id();
         // Register every listener before starting any, so that an error leaves nothing
         // half-started.
@@ -345,8 +371,10 @@ struct Ctx<S> {
     service: S,
     shutdown: Shutdown,
     idle_grace: Duration,
-    /// `max_connections`: a permit per connection, taken before accepting.
-    limit: Option<Arc<tokio::sync::Semaphore>>,
+    /// The timeouts of each connection.
+    limits: crate::tracker::Limits,
+    /// The connection limit.
+    slots: Arc<slots::Slots>,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
 }
@@ -463,21 +491,18 @@ where
             break;
         }
         // At the connection limit, stop accepting: clients wait in the kernel's queue.
-        let permit = match &ctx.limit {
-            Some(limit) => tokio::select! {
-                biased;
-                permit = Arc::clone(limit).acquire_owned() => permit.ok(),
-                () = &mut draining => break,
-            },
-            None => None,
-        };
+        tokio::select! {
+            biased;
+            () = ctx.slots.free() => {}
+            () = &mut draining => break,
+        }
         let accepted = tokio::select! {
             biased;
             res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
             () = &mut draining => break,
         };
         match accepted {
-            Ok(io) => spawn_connection(io, ctx, permit),
+            Ok(io) => spawn_connection(io, ctx),
             Err(e) if is_connection_error(&e) => {
                 debug!(pid, error = %e, "accept on {addr}: connection failed early");
             }
@@ -509,7 +534,7 @@ where
             let n = taken.len();
             for io in taken {
                 // Already accepted by the kernel: served past the limit rather than cut.
-                spawn_connection(io, ctx, None);
+                spawn_connection(io, ctx);
             }
             info!(pid, queued = n, "http server stopped listening on [{addr}]");
         }
@@ -517,22 +542,20 @@ where
     }
 }
 
-fn spawn_connection<IO, S, B>(
-    io: IO,
-    ctx: &Arc<Ctx<S>>,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) where
+fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>)
+where
     IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
     let tracker = ctx.shutdown.tracker();
-    let io = conn::TrackedIo::new(io, |fd| tracker.register(fd));
+    let slot = ctx.slots.take();
+    let io = conn::TrackedIo::new(io, |fd| tracker.register_with(fd, ctx.limits));
     let shared = Arc::clone(io.handle().shared());
     let tracker = Arc::clone(tracker.inner());
     let ctx = Arc::clone(ctx);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _slot = slot;
         #[cfg(feature = "tls")]
         if let Some(tls) = &ctx.tls {
             // In this task, not the accept loop: a slow handshake holds up no one.

@@ -205,6 +205,22 @@ pub(crate) fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The soft limit of open descriptors of this process (`RLIMIT_NOFILE`); `None` when
+/// unlimited or unknown.
+pub(crate) fn nofile_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    Some(limit.rlim_cur)
+}
+
 /// `CLOCK_MONOTONIC` now, in microseconds (systemd's `MONOTONIC_USEC=`).
 pub(crate) fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {

@@ -18,6 +18,8 @@ use tokio::sync::{Notify, watch};
 use crate::sync::lock;
 use crate::sys;
 
+mod sweep;
+
 /// Where a shutdown stands. Phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -76,6 +78,9 @@ pub struct ConnectionStats {
     /// Connections cut by a forced close since start (closed ones, plus open ones that
     /// were cut and are still closing).
     pub forced: u64,
+    /// Connections closed since start because their client sent no request in time
+    /// (the header-read timeout) or stayed idle too long (the idle timeout).
+    pub timed_out: u64,
 }
 
 #[derive(Debug)]
@@ -108,6 +113,9 @@ pub(crate) struct TrackerInner {
     accepted: AtomicU64,
     closed: AtomicU64,
     closed_forced: AtomicU64,
+    closed_timed_out: AtomicU64,
+    /// Whether the sweep of timeouts runs.
+    sweeping: AtomicBool,
     /// Requests of connections already closed.
     closed_requests: AtomicU64,
     /// Whether accept loops take what is left in their queue when they stop (a plain
@@ -137,6 +145,22 @@ pub(crate) struct ConnShared {
     /// The tracker's `close` flag, shared once per connection so that a request reads
     /// it without cloning anything.
     close: Arc<AtomicBool>,
+    /// How long it may wait for a request, and stay idle between requests.
+    limits: Limits,
+    /// Closed by the sweep for a timeout.
+    timed_out: AtomicBool,
+}
+
+/// A connection's timeouts, enforced by the tracker's sweep (see `sweep.rs`): coarse
+/// (a second), and costing the request path nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Limits {
+    /// From the accept to the first request, and from the first byte of a later
+    /// HTTP/1 request to its start: a client that sends nothing, a partial HTTP/2
+    /// preface, a preface and no stream, slowloris. `None`: no limit.
+    pub(crate) header: Option<std::time::Duration>,
+    /// Between requests (keep-alive, an HTTP/2 connection without a stream).
+    pub(crate) idle: Option<std::time::Duration>,
 }
 
 /// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
@@ -250,6 +274,9 @@ impl Drop for ConnHandle {
             if self.shared.forced.load(Ordering::Relaxed) {
                 t.closed_forced.fetch_add(1, Ordering::Relaxed);
             }
+            if self.shared.timed_out.load(Ordering::Relaxed) {
+                t.closed_timed_out.fetch_add(1, Ordering::Relaxed);
+            }
             t.closed.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.closed.store(true, Ordering::Release);
@@ -321,6 +348,8 @@ impl Tracker {
                 accepted: AtomicU64::new(0),
                 closed: AtomicU64::new(0),
                 closed_forced: AtomicU64::new(0),
+                closed_timed_out: AtomicU64::new(0),
+                sweeping: AtomicBool::new(false),
                 closed_requests: AtomicU64::new(0),
                 sweep: AtomicBool::new(true),
             }),
@@ -396,7 +425,13 @@ impl Tracker {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn register(&self, fd: RawFd) -> ConnHandle {
+        self.register_with(fd, Limits::default())
+    }
+
+    /// Registers a connection with its timeouts (enforced once [`Tracker::sweep`] runs).
+    pub(crate) fn register_with(&self, fd: RawFd, limits: Limits) -> ConnHandle {
         let shared = Arc::new(ConnShared {
             fd: Mutex::new(Some(fd)),
             counts: AtomicU64::new(0),
@@ -407,6 +442,8 @@ impl Tracker {
             forced: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             close: Arc::clone(&self.inner.close),
+            limits,
+            timed_out: AtomicBool::new(false),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
         let key = {
@@ -467,11 +504,15 @@ impl Tracker {
             let conns = lock(&t.conns);
             s.closed = t.closed.load(Ordering::Relaxed);
             s.forced = t.closed_forced.load(Ordering::Relaxed);
+            s.timed_out = t.closed_timed_out.load(Ordering::Relaxed);
             s.requests = t.closed_requests.load(Ordering::Relaxed);
             s.accepted = t.accepted.load(Ordering::Relaxed);
             for (_, c) in conns.iter() {
                 if c.forced.load(Ordering::Relaxed) {
                     s.forced += 1;
+                }
+                if c.timed_out.load(Ordering::Relaxed) {
+                    s.timed_out += 1;
                 }
                 let (requests, inflight) = c.counts();
                 s.open += 1;
