@@ -32,7 +32,8 @@ use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// The URL(s) to request (http:// only); workers are spread over them.
+    /// The URL(s) to request (http://, or https:// with --tls-ca); workers are spread
+    /// over them.
     #[arg(required = true, value_name = "URL")]
     urls: Vec<String>,
 

@@ -266,15 +266,25 @@ fn act(t: &Target, request: Request) -> ExitCode {
         Err((code, msg)) => return fail(code, msg),
     };
     let t0 = Instant::now();
+    let mut ready = None;
     let shown = |line: Line| {
         if let Line::Progress(step) = line {
+            if let baton::supervisor::control::Progress::Ready { took, .. } = &step {
+                ready = Some(*took);
+            }
             println!("{} ... {step}", paths.label);
         }
     };
-    match converse(&paths.socket, request, t.timeout, shown) {
+    let ended = converse(&paths.socket, request, t.timeout, shown);
+    match ended {
         Ok(End::Ok(msg)) => {
+            // Two times, named: the new worker's readiness (what `status` shows as the
+            // reload's time) and the whole command, which waits for the old worker.
+            let ready = ready.map_or_else(String::new, |d| {
+                format!(" (new worker ready in {} ms)", d.as_millis())
+            });
             println!(
-                "{}: {command} done in {:.2} s: {msg}",
+                "{}: {command} done in {:.2} s{ready}: {msg}",
                 paths.label,
                 t0.elapsed().as_secs_f64()
             );
@@ -471,9 +481,10 @@ fn table(s: &Status, name: &str) -> String {
     ));
     if let Some(l) = &s.last {
         out.push_str(&format!(
-            "; last: {} {} in {} ms, {} ago ({})",
+            "; last: {} {} ({} in {} ms), {} ago ({})",
             l.kind,
             if l.ok { "ok" } else { "failed" },
+            if l.ok { "new worker ready" } else { "failed" },
             millis(l.took),
             human(millis(l.ago)),
             l.detail
@@ -606,6 +617,6 @@ mod tests {
         assert_eq!(v["listeners"][1]["addr"], "unix:/run/a b.sock");
         assert_eq!(v["last_reload"]["duration_ms"], 42);
         assert_eq!(v["last_reload"]["detail"], "gen 3 pid 12");
-        assert!(table(&s, "web").contains("last: reload ok in 42 ms"));
+        assert!(table(&s, "web").contains("last: reload ok (new worker ready in 42 ms)"));
     }
 }

@@ -83,7 +83,7 @@ impl fmt::Display for RestartFailure {
             RestartFailure::Spawn(e) => write!(f, "cannot start the new generation: {e}"),
             RestartFailure::Exited { pid, status } => write!(
                 f,
-                "the new generation (pid {pid}) exited before it was ready ({status}); see its log"
+                "the new generation (pid {pid}) exited before it was ready ({status}); its own output says why"
             ),
             RestartFailure::NotReady { pid, deadline } => write!(
                 f,

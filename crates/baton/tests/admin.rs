@@ -283,6 +283,22 @@ async fn metrics_parse_and_count_what_was_done() {
     assert_eq!(value("baton_restarts_total", Some(("outcome", "ok"))), 0.0);
     assert_eq!(value("baton_generation", None), 1.0);
     assert_eq!(value("baton_phase", None), 0.0);
+    assert_eq!(value("baton_connections_timed_out_total", None), 0.0);
+    // Regression (new user): the total of restart seconds was a gauge; it only grows.
+    assert!(
+        m.body.contains("# TYPE baton_restart_seconds counter"),
+        "{}",
+        m.body
+    );
+    assert_eq!(value("baton_restart_seconds_total", None), 0.0);
+    // OpenMetrics, which Prometheus scrapes (and the README now says so).
+    assert!(
+        m.headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("application/openmetrics-text")),
+        "{:?}",
+        m.headers
+    );
 }
 
 /// Bad input for the demo: an admin TCP listener without a token, a short token.

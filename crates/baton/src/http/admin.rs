@@ -422,6 +422,11 @@ fn metrics(shutdown: &Shutdown) -> Response<Full<Bytes>> {
         "Connections cut by a forced close (drain deadline or hammer)",
         counter(c.forced),
     );
+    reg.register(
+        "connections_timed_out",
+        "Connections closed for sending no request in time or staying idle too long",
+        counter(c.timed_out),
+    );
     let open: Family<Vec<(String, String)>, Gauge> = Family::default();
     for (state, n) in [
         ("new", c.new),
@@ -461,10 +466,11 @@ fn metrics(shutdown: &Shutdown) -> Response<Full<Bytes>> {
         "Restart requests folded into one in progress",
         counter(r.coalesced),
     );
-    let seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
-    seconds.set(r.seconds_total);
+    // A counter (it only grows), named `baton_restart_seconds_total` by the encoder.
+    let seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+    seconds.inc_by(r.seconds_total);
     reg.register(
-        "restart_seconds_total",
+        "restart_seconds",
         "Seconds spent in restarts (trigger to ready or failure), summed",
         seconds,
     );
