@@ -293,9 +293,10 @@ async fn metrics_parse_and_count_what_was_done() {
     assert_eq!(value("baton_restart_seconds_total", None), 0.0);
     // OpenMetrics, which Prometheus scrapes (and the README now says so).
     assert!(
-        m.headers
-            .get("content-type")
-            .is_some_and(|v| v.to_str().unwrap().starts_with("application/openmetrics-text")),
+        m.headers.get("content-type").is_some_and(|v| v
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")),
         "{:?}",
         m.headers
     );

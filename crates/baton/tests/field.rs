@@ -209,7 +209,13 @@ async fn a_worker_of_its_own_master_restarting_itself_asks_the_master() {
     assert_eq!(resp.status, 200, "{}", resp.body);
     // "reloaded: gen 2 serves; gen 1 (pid N) drains pid=MASTER worker=NEW"
     let line = demo.wait_log("reloaded: gen 2 serves");
-    let second: u32 = line.rsplit("worker=").next().unwrap().trim().parse().unwrap();
+    let second: u32 = line
+        .rsplit("worker=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(resp.body.contains(&second.to_string()), "{}", resp.body);
     support::wait_answered_by(&demo.addr, second).await;
     assert_ne!(second, first);
