@@ -45,8 +45,17 @@ impl Drop for Cleanup {
         if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
             if let Ok(pid) = pid.trim().parse::<u32>() {
                 if alive(pid) {
-                    // Its workers get their drain signal when it dies.
-                    support::signal_pid(pid, "KILL");
+                    // A stop first, so that it removes what it created; a kill if it
+                    // does not end in time (its workers get their drain signal when
+                    // it dies).
+                    support::signal_pid(pid, "TERM");
+                    let deadline = std::time::Instant::now() + support::WAIT;
+                    while alive(pid) && std::time::Instant::now() < deadline {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    if alive(pid) {
+                        support::signal_pid(pid, "KILL");
+                    }
                 }
             }
         }

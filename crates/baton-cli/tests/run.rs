@@ -41,10 +41,14 @@ impl Master {
     }
 
     /// Runs `cmd` (which runs `baton run` on `addr`) and collects its log.
-    fn spawn(mut cmd: Command, addr: String) -> Master {
+    fn spawn(cmd: Command, addr: String) -> Master {
+        Master::spawn_in(tempfile::tempdir().unwrap(), cmd, addr)
+    }
+
+    /// [`Master::spawn`] with private directories in `tmp`.
+    fn spawn_in(tmp: tempfile::TempDir, mut cmd: Command, addr: String) -> Master {
         // Private directories (notify and control sockets) in the test's own
         // directory: one left by a process the test kills goes with it.
-        let tmp = tempfile::tempdir().unwrap();
         cmd.env("TMPDIR", tmp.path()).env_remove("XDG_RUNTIME_DIR");
         let mut child = cmd
             .env("RUST_LOG", "info")
@@ -431,8 +435,10 @@ async fn the_master_takes_its_sockets_from_systemd() {
         "{tool} is missing: install Debian's `systemd` package (.ci/run does)"
     );
     let addr = format!("127.0.0.1:{}", support::free_port());
+    let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(tool);
     cmd.args(["-l", &addr, "--fdname=http"])
+        .args(tool_env(tmp.path()))
         .arg(env!("CARGO_BIN_EXE_baton"))
         .args([
             "run",
@@ -446,7 +452,7 @@ async fn the_master_takes_its_sockets_from_systemd() {
             "python3",
             concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"),
         ]);
-    let master = Master::spawn(cmd, addr.clone());
+    let master = Master::spawn_in(tmp, cmd, addr.clone());
     // The tool starts the master on the first connection, which then waits in the
     // socket's queue until the worker takes it.
     let deadline = Instant::now() + support::WAIT;
@@ -659,12 +665,14 @@ async fn baton_run_without_listen_passes_on_the_sockets_it_was_given() {
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
     let hello = support::hello_exe();
+    let tmp = tempfile::tempdir().unwrap();
     let mut cmd = Command::new("systemd-socket-activate");
     cmd.args(["-l", &addr, "--fdname=web"])
+        .args(tool_env(tmp.path()))
         .arg(env!("CARGO_BIN_EXE_baton"))
         .args(["run", "--"])
         .arg(&hello);
-    let master = Master::spawn(cmd, addr.clone());
+    let master = Master::spawn_in(tmp, cmd, addr.clone());
     master.wait_log_off_runtime("Listening on", 1);
     // The tool starts it on the first connection.
     let resp = get(&addr, "/").await.unwrap();
@@ -687,4 +695,13 @@ fn baton_output(args: &[&str]) -> std::process::Output {
             .output()
             .unwrap()
     })
+}
+
+/// `systemd-socket-activate` passes its child only the environment it is told to:
+/// the log level, and private directories in the test's own `tmp`.
+fn tool_env(tmp: &std::path::Path) -> [String; 2] {
+    [
+        format!("--setenv=TMPDIR={}", tmp.display()),
+        "--setenv=RUST_LOG=info".to_owned(),
+    ]
 }

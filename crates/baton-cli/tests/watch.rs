@@ -27,6 +27,8 @@ struct Watch {
     log: Log,
     addr: String,
     dir: tempfile::TempDir,
+    /// Private directories, outside the watched one.
+    _tmp: tempfile::TempDir,
 }
 
 impl Drop for Watch {
@@ -40,6 +42,7 @@ impl Drop for Watch {
 impl Watch {
     fn start(extra: &[&str]) -> Watch {
         let dir = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("src")).unwrap();
         std::fs::write(dir.path().join("src/version.txt"), "v1\n").unwrap();
         std::fs::write(dir.path().join("build.sh"), BUILD).unwrap();
@@ -64,6 +67,8 @@ impl Watch {
                 concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"),
             ])
             .env("PYWORKER_BODY_FILE", dir.path().join("out/version.txt"))
+            .env("TMPDIR", tmp.path())
+            .env_remove("XDG_RUNTIME_DIR")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -76,6 +81,7 @@ impl Watch {
             log,
             addr,
             dir,
+            _tmp: tmp,
         };
         w.wait_log("[watch] watching", 1);
         w.wait_log(" ready in ", 1);
@@ -283,6 +289,7 @@ async fn builds_are_not_reaped_as_orphans_by_a_subreaper_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn output_written_into_the_watched_directory_is_no_change() {
     let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("src")).unwrap();
     std::fs::write(dir.path().join("src/version.txt"), "v1\n").unwrap();
     std::fs::write(dir.path().join("build.sh"), BUILD).unwrap();
@@ -295,6 +302,8 @@ async fn output_written_into_the_watched_directory_is_no_change() {
         .args(["--ready", "delay=200ms", "--", "python3"])
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"))
         .env("PYWORKER_BODY_FILE", dir.path().join("out/version.txt"))
+        .env("TMPDIR", tmp.path())
+        .env_remove("XDG_RUNTIME_DIR")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)

@@ -73,12 +73,18 @@ async fn systemd_socket_activate_hands_the_demo_its_socket() {
     );
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
+    // The tool passes its children only the environment it is told to: the demo's
+    // private directories go in the test's own directory.
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
     let mut cmd = Command::new(tool);
     cmd.args(["-l", &addr, "--fdname=http"])
+        .arg(format!("--setenv=TMPDIR={}", tmp.display()))
+        .arg("--setenv=RUST_LOG=info")
         .arg(hello_exe())
         .args(["--listen", &addr]);
     // The tool starts the demo on the first connection: connect while it starts.
-    let starting = std::thread::spawn(move || Demo::spawn(cmd));
+    let starting = std::thread::spawn(move || Demo::spawn_in(dir, cmd));
     let deadline = Instant::now() + support::WAIT;
     let first = loop {
         match get(&addr, "/pid").await {

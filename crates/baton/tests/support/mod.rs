@@ -395,7 +395,10 @@ impl Drop for Demo {
         for pid in self.pids() {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            let ours = argv0 == std::os::unix::ffi::OsStrExt::as_bytes(self.program.as_os_str());
+            // The demo as started, or as a tool (socket activation) executed it.
+            let ours = [self.program.as_os_str(), hello_exe().as_os_str()]
+                .iter()
+                .any(|p| argv0 == std::os::unix::ffi::OsStrExt::as_bytes(*p));
             if pid != self.pid && ours && alive(pid) {
                 signal_pid(pid, "KILL");
             }
