@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Instructions per request of the serving path, counted by callgrind (repeatable,
-# whatever else the machine does): plain hyper-util vs baton, the same handler.
+# whatever else the machine does), the same handler served three ways: plain
+# hyper-util as axum::serve does it; plain hyper-util with its own header-read timeout
+# (a timer, 30 s), the fair baseline for a server protected against silent clients;
+# and baton with its defaults (header-read and idle timeouts, connection limit, TLS
+# possible on any listener).
 # Each server runs twice under callgrind, serving N1 and then N2 keep-alive requests
 # (or new-connection requests with MODE=new-conn); the difference divided by N2 - N1 is
 # the cost of one request, with start-up and shutdown cancelled out.
@@ -31,11 +35,17 @@ instructions() { # SIDE N -> total instructions of the server process
   grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
 }
 
-printf '%-6s %14s %14s %12s\n' side "Ir($n1)" "Ir($n2)" "Ir/request"
+printf '%-14s %14s %14s %12s\n' side "Ir($n1)" "Ir($n2)" "Ir/request"
 declare -A per
-for side in plain baton; do
+for side in plain plain-timeout baton; do
   a=$(instructions "$side" "$n1"); b=$(instructions "$side" "$n2")
   per[$side]=$(( (b - a) / (n2 - n1) ))
-  printf '%-6s %14d %14d %12d\n' "$side" "$a" "$b" "${per[$side]}"
+  printf '%-14s %14d %14d %12d\n' "$side" "$a" "$b" "${per[$side]}"
 done
-python3 -c "print(f'baton / plain instructions per request ($mode): {${per[baton]}/${per[plain]}:.3f}')"
+python3 - "$mode" "${per[plain]}" "${per[plain-timeout]}" "${per[baton]}" <<'PY'
+import sys
+mode, plain, timeout, baton = sys.argv[1], *map(int, sys.argv[2:])
+print(f"plain-timeout / plain instructions per request ({mode}): {timeout / plain:.3f}")
+print(f"baton / plain-timeout instructions per request ({mode}): {baton / timeout:.3f}")
+print(f"baton / plain instructions per request ({mode}): {baton / plain:.3f}")
+PY

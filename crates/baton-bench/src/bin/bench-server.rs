@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! bench-server plain --listen 127.0.0.1:8080
+//! bench-server plain-timeout --listen 127.0.0.1:8080
 //! bench-server baton --listen 127.0.0.1:8080
 //! ```
 #![forbid(unsafe_code)]
@@ -14,7 +15,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
 use clap::{Parser, ValueEnum};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 
@@ -22,6 +23,10 @@ use hyper_util::service::TowerToHyperService;
 enum Serving {
     /// hyper-util's auto builder with TowerToHyperService, TCP_NODELAY: axum::serve's way.
     Plain,
+    /// Plain, with hyper's own protection against slow clients switched on: a timer
+    /// and a 30 s header-read timeout (baton's default), the fair baseline for a
+    /// server that times out silent clients.
+    PlainTimeout,
     /// baton::http::Server with its default settings.
     Baton,
 }
@@ -62,7 +67,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     match args.serving {
-        Serving::Plain => {
+        Serving::Plain | Serving::PlainTimeout => {
             let listener = tokio::net::TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("listen on {}", args.listen))?;
@@ -71,7 +76,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 listener.local_addr()?,
                 std::process::id()
             );
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            if matches!(args.serving, Serving::PlainTimeout) {
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(30));
+            }
             let app = app();
             loop {
                 let (stream, _) = match listener.accept().await {

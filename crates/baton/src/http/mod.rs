@@ -548,39 +548,72 @@ where
     S: HttpService<B>,
     B: HttpBody,
 {
+    tokio::spawn(connection_task(io, ctx));
+}
+
+/// The task of one accepted connection: registered with the tracker, holding its slot
+/// of the connection limit until it ends.
+fn connection_task<IO, S, B>(
+    io: IO,
+    ctx: &Arc<Ctx<S>>,
+) -> impl Future<Output = ()> + Send + use<IO, S, B>
+where
+    IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
     let tracker = ctx.shutdown.tracker();
     let slot = ctx.slots.take();
     let io = conn::TrackedIo::new(io, |fd| tracker.register_with(fd, ctx.limits));
     let shared = Arc::clone(io.handle().shared());
     let tracker = Arc::clone(tracker.inner());
     let ctx = Arc::clone(ctx);
-    tokio::spawn(async move {
+    async move {
         let _slot = slot;
         #[cfg(feature = "tls")]
         if let Some(tls) = &ctx.tls {
-            // In this task, not the accept loop: a slow handshake holds up no one.
-            let forced = conn_reached(&tracker, &shared, Phase::Forcing);
-            let handshake =
-                tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(io));
-            let io = tokio::select! {
-                res = handshake => match res {
-                    Ok(Ok(io)) => io,
-                    Ok(Err(e)) => {
-                        debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!("TLS handshake timed out after {:?}", tls.handshake_timeout());
-                        return;
-                    }
-                },
-                () = forced => return,
-            };
-            serve_connection(io, &ctx, &tracker, &shared).await;
+            // Boxed: the TLS stream is twice the size of the task a plain connection
+            // needs, and tokio moves that task several times per connection (a larger
+            // task also moved hyper's read buffer into reallocations that copy). The
+            // plain path pays nothing for TLS being possible.
+            Box::pin(serve_tls(io, tls, &ctx, &tracker, &shared)).await;
             return;
         }
         serve_connection(io, &ctx, &tracker, &shared).await;
-    });
+    }
+}
+
+/// The TLS handshake (in the connection's task, not the accept loop: a slow handshake
+/// holds up no one), then HTTP over it.
+#[cfg(feature = "tls")]
+async fn serve_tls<IO, S, B>(
+    io: IO,
+    tls: &Tls,
+    ctx: &Ctx<S>,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+) where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let forced = conn_reached(tracker, shared, Phase::Forcing);
+    let handshake = tokio::time::timeout(tls.handshake_timeout(), tls.acceptor().accept(io));
+    let io = tokio::select! {
+        res = handshake => match res {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out after {:?}", tls.handshake_timeout());
+                return;
+            }
+        },
+        () = forced => return,
+    };
+    serve_connection(io, ctx, tracker, shared).await;
 }
 
 /// Serves HTTP on one connection (plain, or TLS once the handshake is done) until it
@@ -616,5 +649,54 @@ async fn serve_connection<IO, S, B>(
     conn::note_upgrade(shared, &ended);
     if let conn::Ended::Done(Err(e)) = ended {
         debug!(error = %e, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task spawned per connection stays the size a plain hyper connection needs,
+    /// whatever the listener could be (TLS included): tokio moves it several times per
+    /// connection, and a larger task measurably costs every new connection (see
+    /// docs/BENCHMARKS.md, "serving cost"). With the TLS path inline it was 4.5 KiB.
+    #[cfg(feature = "tls")]
+    #[tokio::test]
+    async fn a_connection_task_is_as_small_as_a_plain_one() {
+        let shutdown = Shutdown::builder().build().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let ctx = Arc::new(Ctx {
+            builder: auto::Builder::new(TokioExecutor::new()),
+            service: app,
+            shutdown,
+            idle_grace: DEFAULT_IDLE_GRACE,
+            limits: crate::tracker::Limits::default(),
+            slots: slots::Slots::new(16),
+            tls: None,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        let (io, _) = accepted.unwrap();
+        let task = connection_task(io, &ctx);
+        let size = std::mem::size_of_val(&task);
+        let plain = {
+            let tracker = Arc::clone(ctx.shutdown.tracker().inner());
+            let (other, _) = tokio::join!(
+                tokio::net::TcpStream::connect(listener.local_addr().unwrap()),
+                listener.accept()
+            );
+            let io = conn::TrackedIo::new(other.unwrap(), |fd| {
+                ctx.shutdown.tracker().register_with(fd, ctx.limits)
+            });
+            let shared = Arc::clone(io.handle().shared());
+            let fut = serve_connection(io, &ctx, &tracker, &shared);
+            std::mem::size_of_val(&fut)
+        };
+        drop((task, client));
+        assert!(
+            size <= plain + 256,
+            "a connection's task is {size} bytes; serving a plain connection needs {plain}"
+        );
     }
 }
