@@ -222,5 +222,124 @@ else
   fail "py.service: does not answer"
 fi
 
+# 6. The FD store: the listening socket outlives the process. Under clients opening a
+#    new connection per request: 3 `systemctl restart` and 2 SIGKILLs of the main
+#    process (Restart=on-failure), one every 3 s. No connection may be refused: the
+#    socket stays open in systemd's store, clients wait in its queue. Requests a
+#    SIGKILL cuts in flight are counted apart (nothing can save those).
+fdstore() {
+  local unit=$1 port=$2 report=$STATE_DIR/$1.fdstore
+  inside systemctl daemon-reload
+  if ! inside systemctl start "$unit" || ! wait_answers "$port"; then
+    fail "$unit: does not answer after start"
+    return
+  fi
+  cat > "$STATE_DIR/$unit.action" <<ACT
+#!/bin/sh
+n=\$(cat "$STATE_DIR/$unit.n" 2>/dev/null || echo 0); echo \$((n + 1)) > "$STATE_DIR/$unit.n"
+case \$n in
+  1|3) exec timeout 60 "$PWD/$H" in sh -c 'kill -KILL \$(systemctl show -p MainPID --value $unit)' ;;
+  *) exec timeout 60 "$PWD/$H" in systemctl restart $unit ;;
+esac
+ACT
+  chmod +x "$STATE_DIR/$unit.action"
+  "$BIN/baton-bench" "http://127.0.0.1:$port/pid" --pid-body -c 4 --mode new-conn -d 19s \
+    --timeout 10s --reload "$STATE_DIR/$unit.action" --reloads 5 --reload-every 3s \
+    --max-failures 1000000 --json "$report.json" --quiet > "$report" 2>&1
+  local counts
+  counts=$(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+f = r["failures"]
+print(r["reloads"], r["requests"], sum(f.values()), f["refused"], " ".join(f"{k}={v}" for k, v in f.items() if v))
+' "$report.json" 2>/dev/null)
+  local reloads requests failed refused classes
+  read -r reloads requests failed refused classes <<<"$counts"
+  if [ -n "$counts" ] && [ "$reloads" = 5 ] && [ "$refused" = 0 ] && [ "$requests" -gt 0 ]; then
+    pass "$unit: 3 restarts + 2 SIGKILLs under new connections: 0 refused of $requests ($failed failed in all${classes:+: $classes})"
+  else
+    fail "$unit: 3 restarts + 2 SIGKILLs: ${counts:-no report} $(tail -n 5 "$report" | tr '\n' '|')"
+  fi
+  FIGURES+=("$unit|$requests|$failed|$refused|${classes:-none}")
+  inside systemctl stop "$unit"
+}
+FIGURES=()
+P=$(free_port)
+install_unit "docs/systemd/hello-$SUFFIX.service" hello.service "$P"
+fdstore hello.service "$P"
+P=$(free_port)
+install_unit "docs/systemd/baton-run-$SUFFIX.service" baton-run.service "$P"
+fdstore baton-run.service "$P"
+P=$(free_port)
+install_unit docs/systemd/web.socket web.socket "$P"
+install_unit docs/systemd/web.service web.service "$P"
+inside systemctl start web.socket
+fdstore web.service "$P"
+inside systemctl stop web.socket
+
+# 7. A long drain under TimeoutStopSec=10: 8 requests ending 5, 10, ... 40 s after the
+#    stop. Extended while requests finish (EXTEND_TIMEOUT_USEC), it completes: every
+#    request answered, Result=success. Then a drain that stops progressing (one
+#    request that would take 300 s): systemd's timeout cuts it, about 15 s after its
+#    last progress, not at the drain deadline (120 s).
+long_drain() {
+  local unit=$1 port=$2 step=$3 i c pids=() outs=() t0 took journal
+  inside systemctl daemon-reload
+  if ! inside systemctl start "$unit" || ! wait_answers "$port"; then
+    fail "$unit: does not answer after start"
+    return
+  fi
+  for i in 1 2 3 4 5 6 7 8; do
+    curl -sS -m 120 -o "$STATE_DIR/$unit.long$i" -w '%{http_code}' \
+      "http://127.0.0.1:$port/sleep?secs=$((i * step))" > "$STATE_DIR/$unit.long$i.code" 2>/dev/null &
+    pids+=($!)
+  done
+  sleep 1
+  c=$(cursor)
+  t0=$(date +%s)
+  inside systemctl stop "$unit"
+  took=$(( $(date +%s) - t0 ))
+  local answered=0
+  for i in 1 2 3 4 5 6 7 8; do
+    wait "${pids[$((i - 1))]}" && [ "$(cat "$STATE_DIR/$unit.long$i.code")" = 200 ] && answered=$((answered + 1))
+  done
+  journal=$(inside journalctl --after-cursor "$c" -o cat --no-pager)
+  if [ "$answered" = 8 ] && grep -q "$unit: Deactivated successfully" <<<"$journal" && ! grep -q "timed out" <<<"$journal"; then
+    pass "$unit: a ${took}s drain under TimeoutStopSec=10 completed, 8 of 8 answered"
+  else
+    fail "$unit: the ${took}s drain under TimeoutStopSec=10: $answered of 8 answered; $(grep "$unit" <<<"$journal" | tail -n 4 | tr '\n' '|')"
+  fi
+  FIGURES+=("$unit long drain|${took}s|$answered of 8 answered")
+  inside systemctl start "$unit"
+  wait_answers "$port" || { fail "$unit: does not answer after the second start"; return; }
+  curl -sS -m 400 "http://127.0.0.1:$port/sleep?secs=300" >/dev/null 2>&1 &
+  local stuck=$!
+  sleep 1
+  c=$(cursor)
+  t0=$(date +%s)
+  inside systemctl stop "$unit"
+  took=$(( $(date +%s) - t0 ))
+  kill "$stuck" 2>/dev/null; wait "$stuck" 2>/dev/null
+  journal=$(inside journalctl --after-cursor "$c" -o cat --no-pager)
+  if grep -q "timed out" <<<"$journal" && [ "$took" -ge 9 ] && [ "$took" -le 40 ]; then
+    pass "$unit: a drain without progress was cut by systemd's timeout after ${took}s"
+  else
+    fail "$unit: the stuck drain ended after ${took}s: $(grep "$unit" <<<"$journal" | tail -n 4 | tr '\n' '|')"
+  fi
+  FIGURES+=("$unit stuck drain|cut after ${took}s")
+}
+P=$(free_port)
+sed -e 's/^TimeoutStopSec=.*/TimeoutStopSec=10/' -e 's#hello --listen 127.0.0.1:8080#hello --listen 127.0.0.1:8080 --drain-timeout 120s#' \
+  "docs/systemd/hello-$SUFFIX.service" > "$STATE_DIR/long.template"
+install_unit "$STATE_DIR/long.template" long.service "$P"
+long_drain long.service "$P" 5
+P=$(free_port)
+sed -e 's/^TimeoutStopSec=.*/TimeoutStopSec=10/' -e 's#baton run #baton run --drain-timeout 120s #' \
+  "docs/systemd/baton-run-$SUFFIX.service" > "$STATE_DIR/longrun.template"
+install_unit "$STATE_DIR/longrun.template" longrun.service "$P"
+long_drain longrun.service "$P" 3
+
+log "figures:"
+for f in "${FIGURES[@]}"; do log "  $f"; done
 log "$CHECKS checks, $FAILED failed"
 [ "$FAILED" = 0 ]

@@ -365,3 +365,60 @@ fn bad_names_and_run_directories_are_refused() {
     assert_eq!(code, Some(1));
     assert!(err.contains("run directory"), "{err}");
 }
+
+/// A worker that does not handle its drain signal (SIGTERM keeps its default action)
+/// would die of it with its requests in flight: `baton reload` refuses, names the
+/// signal, exits non-zero, and the worker serves on (0 failed under load); a passed-on
+/// signal it would die of is not passed. The stop then ends it as it expects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_would_die_of_its_drain_signal_is_reported_not_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let rd = run_dir.to_str().unwrap();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["start", "--name", "py", "--run-dir", rd, "--listen", &addr])
+            .args(["--", "python3"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py"))
+            .env("PYWORKER_NOTIFY", "1")
+            .env("PYWORKER_NO_TERM_HANDLER", "1")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap()
+    });
+    let _cleanup = Cleanup {
+        pidfile: run_dir.join("py.pid"),
+    };
+    assert_eq!(text(&out).0, Some(0));
+    let first = serving_pid(&status_json(&run_dir, "py"));
+    let load = Load::start(&addr, 2, false);
+    let keep_alive = Load::start(&addr, 1, true);
+
+    let (code, out, err) = text(&baton(&["reload", "--name", "py", "--run-dir", rd]));
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("reload refused"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "worker gen 1 (pid {first}) does not handle SIGTERM, its drain signal"
+        )),
+        "{err}"
+    );
+    let (code, _, err) = text(&baton(&["restart", "--name", "py", "--run-dir", rd]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("does not handle SIGTERM"), "{err}");
+
+    let v = status_json(&run_dir, "py");
+    assert_eq!(serving_pid(&v), first, "the worker serves on");
+    assert!(alive(first));
+    assert_eq!(v["state"], "serving");
+    for l in [load, keep_alive] {
+        let tally = l.stop().await;
+        assert!(tally.failures.is_empty(), "{:?}", tally.failures);
+        assert!(tally.ok > 0);
+        assert_eq!(tally.pids.iter().copied().collect::<Vec<_>>(), vec![first]);
+    }
+    let (code, _, _) = text(&baton(&["stop", "--name", "py", "--run-dir", rd]));
+    assert_eq!(code, Some(0));
+    wait_until("the worker has ended", || !alive(first));
+}

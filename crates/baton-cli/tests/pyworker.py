@@ -34,6 +34,8 @@ def drain(*_):
     threading.Thread(target=server.shutdown).start()
 if os.environ.get("PYWORKER_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+elif os.environ.get("PYWORKER_NO_TERM_HANDLER"):
+    pass  # SIGTERM keeps its default action: it ends this server at once
 else:
     signal.signal(signal.SIGTERM, drain)
 if os.environ.get("PYWORKER_NOTIFY"):

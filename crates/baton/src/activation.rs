@@ -96,6 +96,20 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
         reason,
     };
     if let Some(i) = set.iter().position(|s| s.name.as_deref() == Some(name)) {
+        if !matches(asked, &set[i].local) && from_fd_store() {
+            // Kept in systemd's FD store by an earlier start whose listener of this
+            // name listened elsewhere: the configuration changed. Give it back and
+            // bind the address asked for.
+            let old = set.swap_remove(i);
+            crate::notify::remove_stored_fd(name);
+            tracing::warn!(
+                pid = std::process::id(),
+                listener = name,
+                "the socket kept in the service manager's FD store for this listener listens on [{}]; removed from the store, binding [{asked}] as configured now",
+                old.local
+            );
+            return Ok(None);
+        }
         if !matches(asked, &set[i].local) {
             let fix = if crate::supervisor::is_worker() {
                 "this program runs as a master's worker: start it with the address its master listens on, or without an address where it serves what it is passed"
@@ -126,6 +140,16 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
     Ok(None)
 }
 
+/// Whether named sockets passed to this process may come from systemd's FD store: the
+/// service manager started it (not a previous generation, a full restart or a master)
+/// and its unit has a store (systemd 254 and later say so in `FDSTORE=`).
+fn from_fd_store() -> bool {
+    crate::notify::fd_store_max().is_some_and(|max| max > 0)
+        && crate::notify::origin().parent.is_none()
+        && std::env::var_os(LISTEN_FDS_AT).is_none()
+        && !crate::supervisor::is_worker()
+}
+
 /// Takes every socket passed to this process that no listener took yet, in the order
 /// passed, with its name (if one was passed) and address.
 ///
@@ -152,6 +176,10 @@ pub(crate) fn take_all() -> Result<Vec<(Option<String>, Socket, ListenAddr)>, Er
 pub(crate) fn close_unclaimed() {
     if let Ok(set) = set() {
         for s in lock(set).drain(..) {
+            // Kept for a listener in systemd's FD store: not any more.
+            if let Some(name) = &s.name {
+                crate::notify::remove_stored_fd(name);
+            }
             tracing::warn!(
                 pid = std::process::id(),
                 listener = s.name.as_deref().unwrap_or("(unnamed)"),

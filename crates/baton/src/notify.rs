@@ -15,7 +15,7 @@ use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// Set by a restarting generation for its successor: its private socket, where the
@@ -178,6 +178,158 @@ pub(crate) fn ready_as(pid: u32) {
 /// Tells the service manager that the service is stopping.
 pub(crate) fn stopping() {
     upstream("STOPPING=1");
+}
+
+/// `FDSTORE=` in the environment (systemd 254 and later set it to the unit's
+/// `FileDescriptorStoreMax=` when that is not 0): `Some(0)` when set to nothing usable.
+/// `None` when absent: an older systemd (which does not say), or a unit without a store.
+pub(crate) fn fd_store_max() -> Option<u32> {
+    std::env::var("FDSTORE")
+        .ok()
+        .map(|v| v.trim().parse().unwrap_or(0))
+}
+
+/// Whether this process keeps its own listening sockets in the service manager's FD
+/// store: it has a service manager (not a master: a master's worker never does, its
+/// master does) whose unit has a store, or an older systemd that does not say.
+pub(crate) fn keeps_fd_store() -> bool {
+    origin().upstream.is_some() && !crate::supervisor::is_worker() && fd_store_max() != Some(0)
+}
+
+/// Keeps listening sockets in systemd's FD store (`FDSTORE=1`, `FDNAME=` its listener's
+/// name), so that they outlive this process: across `systemctl restart`, a crash or a
+/// SIGKILL, clients wait in the socket's accept queue instead of being refused, and the
+/// next start takes them back by name (`LISTEN_FDNAMES`). Called once per socket, by the
+/// process that bound it. A store that is full or absent is logged, never fatal.
+pub(crate) fn store_fds(sockets: &[(&str, std::os::fd::BorrowedFd<'_>)]) {
+    if sockets.is_empty() || !keeps_fd_store() {
+        return;
+    }
+    let Some(socket) = &origin().upstream else {
+        return;
+    };
+    let pid = std::process::id();
+    if let Some(max) = fd_store_max().filter(|max| (*max as usize) < sockets.len()) {
+        warn!(
+            pid,
+            max,
+            listeners = sockets.len(),
+            "the unit's FD store holds {max} descriptors, fewer than this process's listeners: raise FileDescriptorStoreMax="
+        );
+    }
+    let mut kept = Vec::new();
+    for (name, fd) in sockets {
+        match send_fds(socket, &format!("FDSTORE=1\nFDNAME={name}"), &[*fd]) {
+            Ok(()) => kept.push(*name),
+            Err(e) => warn!(
+                pid,
+                listener = name,
+                error = %e,
+                "cannot keep the listening socket in the service manager's FD store; it closes with this process"
+            ),
+        }
+    }
+    if !kept.is_empty() {
+        info!(
+            pid,
+            listeners = ?kept,
+            "listening sockets kept in the service manager's FD store: clients wait in their queues across a restart or a crash (needs FileDescriptorStoreMax= in the unit)"
+        );
+    }
+}
+
+/// Removes the socket kept under `name` from systemd's FD store: its listener is gone
+/// from the configuration, or listens elsewhere now.
+pub(crate) fn remove_stored_fd(name: &str) {
+    if keeps_fd_store() {
+        upstream(&format!("FDSTOREREMOVE=1\nFDNAME={name}"));
+    }
+}
+
+/// Asks the service manager for `usec` more microseconds before its start or stop
+/// timeout fires (`EXTEND_TIMEOUT_USEC=`): sent while a drain or a start makes progress.
+pub(crate) fn extend_timeout(usec: u64) {
+    upstream(&format!("EXTEND_TIMEOUT_USEC={usec}"));
+}
+
+/// What the service is doing, in a line for `systemctl status` (`STATUS=`).
+pub(crate) fn status(text: &str) {
+    upstream(&format!("STATUS={}", text.replace('\n', " ")));
+}
+
+/// How often a drain's progress is looked at.
+pub(crate) const PROGRESS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long after its last progress a drain still has its stop timeout extended.
+pub(crate) const PROGRESS_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+/// How much each extension asks for (`EXTEND_TIMEOUT_USEC=`): the service manager's own
+/// timeout fires at most this long after the last one.
+pub(crate) const EXTENSION: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps systemd's start or stop timeout (`TimeoutStopSec=`) from cutting work that
+/// makes progress: told the state of the work about once a second, it asks for
+/// [`EXTENSION`] more (`EXTEND_TIMEOUT_USEC=`) for as long as the state changed within
+/// [`PROGRESS_WINDOW`], and says what the state is (`STATUS=`) when it changes. Work
+/// that stops progressing is no longer extended: the service manager's timeout cuts it
+/// [`PROGRESS_WINDOW`] + [`EXTENSION`] after its last progress at the latest (or at its
+/// own timeout, if that comes later).
+#[derive(Debug)]
+pub(crate) struct TimeoutKeeper<S> {
+    last: Option<S>,
+    last_progress: std::time::Instant,
+    extending: bool,
+}
+
+impl<S: PartialEq> TimeoutKeeper<S> {
+    /// A keeper that tells the service manager, if this process has one of its own.
+    pub(crate) fn new() -> Self {
+        TimeoutKeeper {
+            last: None,
+            last_progress: std::time::Instant::now(),
+            extending: false,
+        }
+    }
+
+    fn active() -> bool {
+        origin().upstream.is_some() && !crate::supervisor::is_worker()
+    }
+
+    /// The work's state now; `describe` makes its `STATUS=` line.
+    pub(crate) fn observe(&mut self, now: S, describe: impl FnOnce(&S) -> String) {
+        if !Self::active() {
+            return;
+        }
+        if self.last.as_ref() != Some(&now) {
+            self.last_progress = std::time::Instant::now();
+            status(&describe(&now));
+            self.last = Some(now);
+        }
+        let progressing = self.last_progress.elapsed() < PROGRESS_WINDOW;
+        if progressing {
+            extend_timeout(EXTENSION.as_micros() as u64);
+        } else if self.extending {
+            warn!(
+                pid = std::process::id(),
+                "no progress for {PROGRESS_WINDOW:?}: no longer asking the service manager to wait (its stop timeout applies)"
+            );
+        }
+        self.extending = progressing;
+    }
+}
+
+/// Sends one notify message with descriptors attached (`SCM_RIGHTS`) to `socket`.
+fn send_fds(
+    socket: &OsString,
+    message: &str,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    let sock = StdDatagram::unbound()?;
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(socket.as_os_str());
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        crate::sys::connect_abstract(&sock, name)?;
+    } else {
+        sock.connect(Path::new(socket.as_os_str()))?;
+    }
+    crate::sys::send_with_fds(&sock, message.as_bytes(), fds)
 }
 
 /// A private notify socket for one successor: a datagram socket in a fresh directory

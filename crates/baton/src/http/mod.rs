@@ -314,7 +314,11 @@ impl Server {
             let addr = listener.local_addr().clone();
             let inherited = listener.is_inherited();
             let register = |e| Error::io(format!("register listener {addr} with tokio"), e);
-            dups.push((name.clone(), listener.duplicate().map_err(register)?));
+            dups.push((
+                name.clone(),
+                listener.duplicate().map_err(register)?,
+                inherited,
+            ));
             let socket = listener.into_socket();
             let accept = match addr {
                 ListenAddr::Tcp(_) => Registered::Tcp(Tcp {

@@ -172,6 +172,22 @@ impl Intake<'_> {
     }
 }
 
+/// Tells the service manager how the drain progresses, once a second, forever.
+async fn keep_extending(tracker: &Tracker) {
+    let mut keeper = notify::TimeoutKeeper::new();
+    let mut tick = tokio::time::interval(notify::PROGRESS_CHECK);
+    loop {
+        tick.tick().await;
+        let s = tracker.stats();
+        keeper.observe(
+            (s.open, s.requests_in_flight, s.requests, s.closed),
+            |(open, in_flight, _, _)| {
+                format!("draining: {open} connections open, {in_flight} requests in flight")
+            },
+        );
+    }
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -255,7 +271,17 @@ pub(super) async fn drain(plan: DrainPlan, parts: Parts<'_>, intake: &mut Intake
     let mut forced_by = hammered.then_some(Forced::Hammer);
     if forced_by.is_none() {
         let deadline = drain_started + drain_timeout;
-        match intake.wait(tracker.idle(), Some(deadline), false).await {
+        // While the service manager waits for this process to stop (or to come back,
+        // at a full restart), its timeout is extended for as long as the drain makes
+        // progress (see `TimeoutKeeper`).
+        let extend = matches!(plan.kind, DrainKind::Shutdown | DrainKind::FullRestart);
+        let work = async {
+            tokio::select! {
+                () = tracker.idle() => {}
+                () = keep_extending(tracker), if extend => {}
+            }
+        };
+        match intake.wait(work, Some(deadline), false).await {
             Waited::Done(()) | Waited::Again(_) => {}
             Waited::Deadline => forced_by = Some(Forced::Deadline),
             Waited::Hammer(reason) => {

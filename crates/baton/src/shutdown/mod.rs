@@ -255,11 +255,12 @@ impl Shutdown {
     }
 
     #[cfg(feature = "http")]
-    /// Registers a server's listeners to be handed over at a restart, all or none.
-    /// Called by servers.
+    /// Registers a server's listeners to be handed over at a restart, all or none, and
+    /// keeps those this process bound itself (`false`: not inherited) in systemd's FD
+    /// store. Called by servers.
     pub(crate) fn register_listeners(
         &self,
-        new: Vec<(String, std::os::fd::OwnedFd)>,
+        new: Vec<(String, std::os::fd::OwnedFd, bool)>,
     ) -> Result<(), Error> {
         let mut listeners = lock(&self.inner.listeners);
         if self.phase() >= Phase::Draining {
@@ -268,14 +269,23 @@ impl Shutdown {
                 std::io::Error::other("the coordinator is draining already"),
             ));
         }
-        for (i, (name, _)) in new.iter().enumerate() {
+        for (i, (name, _, _)) in new.iter().enumerate() {
             let taken = listeners.iter().any(|l| &l.name == name)
-                || new[..i].iter().any(|(other, _)| other == name);
+                || new[..i].iter().any(|(other, _, _)| other == name);
             if taken {
                 return Err(Error::DuplicateListenerName { name: name.clone() });
             }
         }
-        listeners.extend(new.into_iter().map(|(name, fd)| Passed { name, fd }));
+        {
+            use std::os::fd::AsFd;
+            let bound: Vec<_> = new
+                .iter()
+                .filter(|(_, _, inherited)| !inherited)
+                .map(|(name, fd, _)| (name.as_str(), fd.as_fd()))
+                .collect();
+            notify::store_fds(&bound);
+        }
+        listeners.extend(new.into_iter().map(|(name, fd, _)| Passed { name, fd }));
         Ok(())
     }
 
@@ -550,6 +560,10 @@ impl Shutdown {
             None => {
                 write_pidfile()?;
                 notify::ready();
+                notify::status(&format!(
+                    "serving: generation {} (pid {pid})",
+                    origin.generation
+                ));
             }
         }
         let listeners: Vec<String> = lock(&self.inner.listeners)

@@ -152,6 +152,7 @@ impl Shutdown {
         let generation = self.generation() + 1;
         info!(pid, %reason, generation = self.generation(), "server reloading");
         notify::reloading();
+        notify::status(&format!("reloading: starting generation {generation}"));
         // Keep-alive clients answered from now on reconnect: the new connection goes to
         // whichever generation accepts it, never to one idle on a generation that drains.
         inner.tracker.set_closing(true);
@@ -164,6 +165,10 @@ impl Shutdown {
                 warn!(pid, error = %e, "cannot rewrite the pidfile after the failed restart");
             }
             notify::ready();
+            notify::status(&format!(
+                "serving: generation {} (pid {pid}); the restart failed",
+                generation - 1
+            ));
         };
         // Nothing is forced for a restart that cannot even start.
         if let Err(e) = inner.program.check() {
@@ -242,6 +247,11 @@ impl Shutdown {
             warn!(pid, error = %e, "cannot write the new generation's PID to the pidfile");
         }
         notify::ready_as(restarted.pid);
+        notify::status(&format!(
+            "serving: generation {generation} (pid {}); generation {} (pid {pid}) drains",
+            restarted.pid,
+            generation - 1
+        ));
         info!(
             pid,
             new_pid = restarted.pid,

@@ -190,6 +190,48 @@ pub(crate) fn open_sockets(pid: u32) -> Option<usize> {
     )
 }
 
+/// What process `pid` does with `signal`, from `/proc/PID/status` (`SigCgt`, `SigIgn`,
+/// and `SigBlk` of its main thread); `None` where it cannot be read.
+pub(crate) fn signal_disposition(pid: u32, signal: i32) -> Option<super::Disposition> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    disposition_in(&status, signal)
+}
+
+fn disposition_in(status: &str, signal: i32) -> Option<super::Disposition> {
+    use super::Disposition;
+    Some(if parse_sig_mask(status, "SigCgt:", signal)? {
+        Disposition::Caught
+    } else if parse_sig_mask(status, "SigIgn:", signal)? {
+        Disposition::Ignored
+    } else if parse_sig_mask(status, "SigBlk:", signal)? {
+        // Read by `sigwait` or a `signalfd`, as some runtimes do.
+        Disposition::Blocked
+    } else {
+        Disposition::Default
+    })
+}
+
+/// Whether the signal's bit is set in the hexadecimal mask of the `key` line.
+fn parse_sig_mask(status: &str, key: &str, signal: i32) -> Option<bool> {
+    let hex = status.lines().find_map(|l| l.strip_prefix(key))?.trim();
+    let bit = u32::try_from(signal).ok()?.checked_sub(1)?;
+    // Masks are 64 bits per line on Linux (more only with many real-time signals).
+    let digit = usize::try_from(bit / 4).ok()?;
+    let c = hex.as_bytes().get(hex.len().checked_sub(digit + 1)?)?;
+    let nibble = (*c as char).to_digit(16)?;
+    Some(nibble & (1 << (bit % 4)) != 0)
+}
+
+/// Connects a datagram socket to the abstract Unix socket `name` (the part after `@`).
+pub(crate) fn connect_abstract(
+    sock: &std::os::unix::net::UnixDatagram,
+    name: &[u8],
+) -> io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    sock.connect_addr(&addr)
+}
+
 /// Sends one datagram to the abstract Unix socket `name` (the part after `@`).
 pub(crate) fn send_to_abstract(
     sock: &std::os::unix::net::UnixDatagram,
@@ -219,4 +261,57 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: the kernel just created this descriptor for us (close-on-exec); nobody
     // else owns it.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caught_signals_are_read_from_the_mask() {
+        // SIGHUP (1), SIGINT (2), SIGTERM (15) caught; SIGUSR2 (12) not.
+        let status = "Name:\tx\nSigIgn:\t0000000000001000\nSigCgt:\t0000000000004003\n";
+        assert_eq!(parse_sig_mask(status, "SigCgt:", libc::SIGHUP), Some(true));
+        assert_eq!(parse_sig_mask(status, "SigCgt:", libc::SIGINT), Some(true));
+        assert_eq!(parse_sig_mask(status, "SigCgt:", libc::SIGTERM), Some(true));
+        assert_eq!(
+            parse_sig_mask(status, "SigCgt:", libc::SIGUSR2),
+            Some(false)
+        );
+        assert_eq!(
+            parse_sig_mask(status, "SigIgn:", libc::SIGUSR2),
+            Some(false)
+        );
+        assert_eq!(parse_sig_mask(status, "SigIgn:", libc::SIGPIPE), Some(true));
+        assert_eq!(parse_sig_mask("Name:\tx\n", "SigCgt:", 1), None);
+        assert_eq!(parse_sig_mask(status, "SigCgt:", 0), None);
+    }
+
+    #[test]
+    fn dispositions_are_read_in_order_caught_ignored_blocked() {
+        use super::super::Disposition;
+        let status =
+            "SigBlk:\t0000000000000200\nSigIgn:\t0000000000001000\nSigCgt:\t0000000000004003\n";
+        assert_eq!(
+            disposition_in(status, libc::SIGTERM),
+            Some(Disposition::Caught)
+        );
+        assert_eq!(
+            disposition_in(status, libc::SIGPIPE),
+            Some(Disposition::Ignored)
+        );
+        assert_eq!(
+            disposition_in(status, libc::SIGUSR1),
+            Some(Disposition::Blocked)
+        );
+        assert_eq!(
+            disposition_in(status, libc::SIGUSR2),
+            Some(Disposition::Default)
+        );
+        // This test process: nothing here handles SIGUSR2.
+        assert_eq!(
+            signal_disposition(std::process::id(), libc::SIGUSR2),
+            Some(Disposition::Default)
+        );
+    }
 }

@@ -14,8 +14,9 @@ mod platform;
 mod platform;
 
 pub(crate) use platform::{
-    become_subreaper, children, generation_force_signal, is_alive, is_locked, open_sockets,
-    pidfd_open, process_uid, reap_orphans, send_to_abstract, start_time, try_lock,
+    become_subreaper, children, connect_abstract, generation_force_signal, is_alive, is_locked,
+    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, signal_disposition,
+    start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
@@ -219,6 +220,69 @@ pub(crate) fn nofile_limit() -> Option<u64> {
         return None;
     }
     Some(limit.rlim_cur)
+}
+
+/// What a process does with a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// A handler runs.
+    Caught,
+    /// `SIG_IGN`.
+    Ignored,
+    /// Blocked: taken by `sigwait` or a `signalfd`, or waiting.
+    Blocked,
+    /// The default action (for most signals, the end of the process).
+    Default,
+}
+
+/// Sends one datagram with descriptors attached (`SCM_RIGHTS`) on a connected Unix
+/// datagram socket: systemd's `FDSTORE=1`.
+pub(crate) fn send_with_fds(
+    sock: &std::os::unix::net::UnixDatagram,
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let payload = std::mem::size_of_val(raw.as_slice());
+    let payload_len =
+        u32::try_from(payload).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: CMSG_SPACE computes a size from an integer.
+    let space = unsafe { libc::CMSG_SPACE(payload_len) } as usize;
+    // u64 elements: the control buffer must be aligned for `cmsghdr`.
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr() as *mut libc::c_void,
+        iov_len: message.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: the control buffer holds CMSG_SPACE(payload) aligned bytes, so the
+        // first header and its data (CMSG_LEN(payload) bytes) fit in it; we write
+        // exactly `payload` bytes of descriptors.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload_len) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                payload,
+            );
+        }
+    }
+    // SAFETY: `msg` points at `iov`, `message` and `control`, all alive for the call;
+    // the descriptors are borrowed, open for the call.
+    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `CLOCK_MONOTONIC` now, in microseconds (systemd's `MONOTONIC_USEC=`).

@@ -71,6 +71,17 @@ pub(crate) fn send_to_abstract(
     Err(unsupported("an abstract Unix socket"))
 }
 
+pub(crate) fn signal_disposition(_pid: u32, _signal: i32) -> Option<super::Disposition> {
+    None
+}
+
+pub(crate) fn connect_abstract(
+    _sock: &std::os::unix::net::UnixDatagram,
+    _name: &[u8],
+) -> io::Result<()> {
+    Err(unsupported("an abstract Unix socket"))
+}
+
 pub(crate) fn process_uid(_pid: u32) -> io::Result<u32> {
     Err(unsupported("looking up a process's user"))
 }

@@ -149,6 +149,15 @@ impl Master {
                 if l.is_inherited() { " (inherited)" } else { "" }
             );
         }
+        {
+            use std::os::fd::AsFd;
+            let bound: Vec<_> = listeners
+                .iter()
+                .filter(|l| !l.is_inherited())
+                .map(|l| (l.name(), l.as_fd()))
+                .collect();
+            crate::notify::store_fds(&bound);
+        }
         if let Some(c) = &control {
             info!(pid = me, "control socket at {}", c.path().display());
         }
@@ -180,6 +189,8 @@ impl Master {
             escalation: Escalation::new(false),
         };
         let mut reap_tick = tokio::time::interval(Duration::from_secs(1));
+        let mut progress_tick = tokio::time::interval(crate::notify::PROGRESS_CHECK);
+        let mut stop_keeper = crate::notify::TimeoutKeeper::new();
         loop {
             if sv.state.is_stopping() && sv.drains.is_empty() {
                 break;
@@ -201,6 +212,10 @@ impl Master {
                 () = sleep_until(respawn_at) => Event::Respawn,
                 _ = recv_sigchld(&mut sigchld) => Event::Reap,
                 _ = reap_tick.tick(), if cfg.reap_orphans => Event::Reap,
+                _ = progress_tick.tick(), if sv.state.is_stopping() => {
+                    sv.observe_stop(&mut stop_keeper);
+                    continue;
+                }
             };
             match event {
                 Event::Command(cmd) => sv.on_command(cmd),

@@ -139,10 +139,23 @@ impl Supervisor<'_> {
                 self.hammer();
             }
             Command::Pass { signal } => {
-                if let Some(g) = self.state.serving_mut()
-                    && let Err(e) = g.worker.signal(signal)
-                {
-                    warn!(pid = me, worker = g.worker.pid(), error = %e, "cannot pass {signal} on");
+                if let Some(g) = self.state.serving_mut() {
+                    let pid = g.worker.pid();
+                    // A signal passed on for the worker to act on (reload its
+                    // configuration, reopen its logs) must not be the one that kills it.
+                    if crate::sys::signal_disposition(pid, signal.as_raw())
+                        == Some(crate::sys::Disposition::Default)
+                        && signal != crate::Signal::Winch
+                    {
+                        warn!(
+                            pid = me,
+                            worker = pid,
+                            "{signal} not passed on: worker gen {} (pid {pid}) does not handle it and would die of it",
+                            g.generation
+                        );
+                    } else if let Err(e) = g.worker.signal(signal) {
+                        warn!(pid = me, worker = pid, error = %e, "cannot pass {signal} on");
+                    }
                 }
             }
             Command::Status { reply } => {
@@ -217,6 +230,24 @@ impl Supervisor<'_> {
                     replies: waiting,
                 }
             }
+            State::Serving(current) if self.drain_would_end(&current).is_some() => {
+                let why = self.drain_would_end(&current).unwrap_or_default();
+                warn!(pid = me, "reload refused: {why}");
+                // A reload asked by systemd (Type=notify-reload) waits for these.
+                notify::reloading();
+                notify::ready();
+                notify::status(&format!("reload refused: {why}"));
+                for r in &replies {
+                    r.error(format!("reload refused: {why}"));
+                }
+                self.history.record(
+                    Kind::Reload,
+                    false,
+                    Duration::ZERO,
+                    format!("refused: {why}"),
+                );
+                State::Serving(current)
+            }
             State::Serving(current) => {
                 notify::reloading();
                 match self.start(Kind::Reload, replies) {
@@ -263,6 +294,12 @@ impl Supervisor<'_> {
                 );
                 reply.error("a reload or restart is in progress; try again when it ended");
                 busy
+            }
+            State::Serving(current) if self.drain_would_end(&current).is_some() => {
+                let why = self.drain_would_end(&current).unwrap_or_default();
+                warn!(pid = std::process::id(), "full restart refused: {why}");
+                reply.error(format!("full restart refused: {why}"));
+                State::Serving(current)
             }
             State::Serving(current) => {
                 notify::reloading();
@@ -337,6 +374,38 @@ impl Supervisor<'_> {
             pid,
             status: None,
             replies: vec![reply],
+        });
+    }
+
+    /// Why the drain signal would end worker `g` rather than drain it: it neither
+    /// catches, ignores nor blocks the signal (`/proc/PID/status`), and the signal's
+    /// default action ends (or stops) the process. `None` when it handles the signal,
+    /// or where that cannot be known. systemd checks the same before it sends a reload
+    /// signal: a missing handler must not turn a reload into a crash.
+    fn drain_would_end(&self, g: &Gen) -> Option<String> {
+        let sig = self.cfg.drain_signal;
+        let pid = g.worker.pid();
+        let fate = crate::sys::signal_disposition(pid, sig.as_raw())?;
+        (fate == crate::sys::Disposition::Default && sig != crate::Signal::Winch).then(|| {
+            format!(
+                "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
+                g.generation,
+                if sig == crate::Signal::Tstp { "stop" } else { "die" },
+            )
+        })
+    }
+
+    /// Once a second while stopping: what the workers that drain still hold, for the
+    /// service manager's stop timeout (see `TimeoutKeeper`).
+    pub(super) fn observe_stop(&self, keeper: &mut notify::TimeoutKeeper<(usize, usize)>) {
+        let pids: Vec<u32> = self.draining.iter().map(|d| d.pid).collect();
+        let sockets: usize = pids
+            .iter()
+            .filter_map(|pid| crate::sys::open_sockets(*pid))
+            .map(|n| n.saturating_sub(self.listeners.len()))
+            .sum();
+        keeper.observe((pids.len(), sockets), |(workers, sockets)| {
+            format!("stopping: {workers} worker(s) draining, {sockets} connections open")
         });
     }
 
@@ -437,6 +506,7 @@ impl Supervisor<'_> {
                     });
                 }
                 notify::ready();
+                notify::status(&format!("serving: worker gen {generation} (pid {pid})"));
                 self.last_exit = None;
                 match serving {
                     Some(old) => {
