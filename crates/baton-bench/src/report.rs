@@ -238,6 +238,7 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
         })
         .collect();
     let in_window = |us: u64| windows.iter().any(|(a, b)| (*a..*b).contains(&us));
+    let mut failed_per_trigger = vec![0u64; windows.len()];
 
     let mut classes: BTreeMap<&'static str, u64> =
         Outcome::FAILURES.iter().map(|o| (o.name(), 0)).collect();
@@ -253,6 +254,11 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
             *classes.entry(r.outcome.name()).or_default() += 1;
             if windowed {
                 failed_in_windows += 1;
+            }
+            for (n, (a, b)) in failed_per_trigger.iter_mut().zip(&windows) {
+                if (*a..*b).contains(&r.start_us) {
+                    *n += 1;
+                }
             }
         } else {
             ok += 1;
@@ -292,6 +298,9 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
     let failed = requests - ok;
     let count = facts.triggers.len();
     let mut triggers = facts.triggers;
+    for (t, n) in triggers.iter_mut().zip(failed_per_trigger) {
+        t.failed_requests = n;
+    }
     let (mut new_pid_latency_ms, mut triggers_without_new_pid, mut new_pids_after_trigger) =
         (None, None, None);
     if facts.pid_source {

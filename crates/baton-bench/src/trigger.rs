@@ -36,6 +36,9 @@ pub(crate) struct Trigger {
     /// without a PID source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) new_pid_ms: Option<Option<f64>>,
+    /// Failed requests that started in this trigger's window (`--window`; windows of
+    /// triggers closer than that overlap, and a request in both counts in both).
+    pub(crate) failed_requests: u64,
 }
 
 /// Replaces `{pid}` and `{pidfile}` in `template`.
@@ -116,6 +119,7 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
                     None => "the reload command was killed by a signal".to_owned(),
                 }),
                 new_pid_ms: None,
+                failed_requests: 0,
             },
             Err(e) => Trigger {
                 start_s: since(start),
@@ -123,6 +127,7 @@ pub(crate) async fn run(cfg: TriggerConfig, shared: Arc<Shared>) -> Vec<Trigger>
                 exit_code: None,
                 error: Some(e),
                 new_pid_ms: None,
+                failed_requests: 0,
             },
         };
         if let (Some(e), false) = (&trigger.error, cfg.quiet) {

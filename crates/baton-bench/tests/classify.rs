@@ -247,12 +247,18 @@ async fn max_failures_gates_the_exit_status_and_reload_commands_are_recorded() {
     assert_eq!(std::fs::read_to_string(&marks).unwrap(), "77\n77\n77\n");
     let triggers = report["reloads"]["triggers"].as_array().unwrap();
     assert!(triggers[0]["start_s"].as_f64().unwrap() >= 0.2);
-    assert!(
-        report["reloads"]["failed_requests_in_windows"]
-            .as_u64()
-            .unwrap()
-            > 0
-    );
+    let in_windows = report["reloads"]["failed_requests_in_windows"]
+        .as_u64()
+        .unwrap();
+    assert!(in_windows > 0);
+    // Every request fails here and the windows do not overlap: each trigger has its
+    // own, and they add up to the total.
+    let per_trigger: Vec<u64> = triggers
+        .iter()
+        .map(|t| t["failed_requests"].as_u64().unwrap())
+        .collect();
+    assert!(per_trigger.iter().all(|n| *n > 0), "{per_trigger:?}");
+    assert_eq!(per_trigger.iter().sum::<u64>(), in_windows);
 }
 
 /// HTTP/2 (h2c) against a real baton server: zero failures and one PID; the server then
