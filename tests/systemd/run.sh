@@ -281,6 +281,40 @@ FIGURES=()
 P=$(free_port)
 install_unit "docs/systemd/hello-$SUFFIX.service" hello.service "$P"
 fdstore hello.service "$P"
+# 6b. A listener moved to another port in the unit file: the next start gives the
+#     socket kept for it back to systemd (FDSTOREREMOVE=1) and binds the new address;
+#     the old port refuses connections (nothing keeps it open), the store holds one.
+fdstore_moved() {
+  local unit=$1 old=$2 new c stored code
+  inside systemctl daemon-reload
+  if ! inside systemctl start "$unit" || ! wait_answers "$old"; then
+    fail "$unit: does not answer after start"
+    return
+  fi
+  stored=$(inside systemctl show -p NFileDescriptorStore --value "$unit")
+  new=$(free_port)
+  install_unit "docs/systemd/hello-$SUFFIX.service" "$unit" "$new"
+  inside systemctl daemon-reload
+  c=$(cursor)
+  inside systemctl restart "$unit"
+  if ! wait_answers "$new"; then
+    fail "$unit: moved from port $old to $new: does not answer on $new; $(inside journalctl --after-cursor "$c" -o cat --no-pager | tail -n 4 | tr '\n' '|')"
+    inside systemctl stop "$unit"
+    return
+  fi
+  code=0
+  curl -sS -m 3 -o /dev/null "http://127.0.0.1:$old/" 2>/dev/null || code=$?
+  local after
+  after=$(inside systemctl show -p NFileDescriptorStore --value "$unit")
+  if [ "$stored" = 1 ] && [ "$code" = 7 ] && [ "$after" = 1 ] &&
+    inside journalctl --after-cursor "$c" -o cat --no-pager | grep -q "removed from the store"; then
+    pass "$unit: moved from port $old to $new: answers on $new, the old port refuses (curl exit 7), one socket stored before and after"
+  else
+    fail "$unit: moved from port $old to $new: stored before $stored, after $after, old port curl exit $code (7 = refused)"
+  fi
+  inside systemctl stop "$unit"
+}
+fdstore_moved hello.service "$P"
 P=$(free_port)
 grep -v '^FileDescriptorStoreMax=' "docs/systemd/hello-$SUFFIX.service" > "$STATE_DIR/nostore.template"
 install_unit "$STATE_DIR/nostore.template" nostore.service "$P"

@@ -105,7 +105,7 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
             tracing::warn!(
                 pid = std::process::id(),
                 listener = name,
-                "the socket kept in the service manager's FD store for this listener listens on [{}]; removed from the store, binding [{asked}] as configured now",
+                "the socket the service manager passed for this listener (kept in its FD store by an earlier start, or from a .socket unit) listens on [{}]; removed from the store, binding [{asked}] as configured now",
                 old.local
             );
             return Ok(None);
@@ -141,10 +141,12 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
 }
 
 /// Whether named sockets passed to this process may come from systemd's FD store: the
-/// service manager started it (not a previous generation, a full restart or a master)
-/// and its unit has a store (systemd 254 and later say so in `FDSTORE=`).
+/// service manager started it (it has one, and this is not a previous generation's
+/// successor, a full restart or a master's worker) and its unit may have a store
+/// (systemd 254 and later say so in `FDSTORE=`; 252 does not say, so it may).
 fn from_fd_store() -> bool {
-    crate::notify::fd_store_max().is_some_and(|max| max > 0)
+    crate::notify::fd_store_max() != Some(0)
+        && crate::notify::origin().upstream.is_some()
         && crate::notify::origin().parent.is_none()
         && std::env::var_os(LISTEN_FDS_AT).is_none()
         && !crate::supervisor::is_worker()
