@@ -291,10 +291,12 @@ async fn notify_garbage_and_a_worker_that_ignores_its_drain_signal() {
 /// A worker that runs the server as its own child (`sh -c 'server & wait'`, `npm
 /// start`) and exits on the drain signal: what it started is killed with it (the
 /// worker leads a process group of its own), instead of serving on with the sockets.
+/// (The shell handles SIGTERM, by exiting: one that does not would die of it, and the
+/// master refuses to reload it, see `control.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_worker_started_does_not_outlive_it() {
     let script = format!(
-        "PYWORKER_CHILD=1 python3 {} & wait",
+        "trap 'exit 0' TERM; PYWORKER_CHILD=1 python3 {} & wait",
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py")
     );
     let master = Master::start("delay=300ms", &["sh", "-c", &script]);
@@ -394,10 +396,16 @@ async fn the_master_speaks_the_notify_protocol_to_systemd() {
     let path = dir.path().join("notify");
     let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(support::WAIT)).unwrap();
-    let recv = || {
+    // The next message that is not a STATUS= line; those are kept.
+    let statuses = std::cell::RefCell::new(Vec::new());
+    let recv = || loop {
         let mut buf = [0u8; 512];
         let n = tokio::task::block_in_place(|| sock.recv(&mut buf)).unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        match m.strip_prefix("STATUS=") {
+            Some(s) => statuses.borrow_mut().push(s.to_string()),
+            None => return m,
+        }
     };
     let hello = support::hello_exe();
     let mut master = Master::start_with(
@@ -406,6 +414,8 @@ async fn the_master_speaks_the_notify_protocol_to_systemd() {
         "notify",
         &[hello.to_str().unwrap(), "--listen", "127.0.0.1:0"],
     );
+    // The master, which bound the socket, keeps it in the FD store, once.
+    assert_eq!(recv(), "FDSTORE=1\nFDNAME=http");
     assert_eq!(recv(), "READY=1");
     signal_pid(master.pid, "HUP");
     let reloading = recv();
@@ -421,7 +431,23 @@ async fn the_master_speaks_the_notify_protocol_to_systemd() {
     assert_eq!(status.code(), Some(0));
     sock.set_nonblocking(true).unwrap();
     let mut buf = [0u8; 512];
-    assert!(sock.recv(&mut buf).is_err(), "nothing else was sent");
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // While the stop drains: what it does, and more time while it progresses.
+        if m.starts_with("EXTEND_TIMEOUT_USEC=") {
+            continue;
+        }
+        let status = m.strip_prefix("STATUS=");
+        assert!(status.is_some(), "nothing else was sent but STATUS=: {m:?}");
+        statuses.borrow_mut().extend(status.map(str::to_string));
+    }
+    let statuses = statuses.into_inner();
+    for expected in ["serving: worker gen 1 (pid ", "serving: worker gen 2 (pid "] {
+        assert!(
+            statuses.iter().any(|s| s.starts_with(expected)),
+            "{expected:?} among the STATUS lines {statuses:?}"
+        );
+    }
 }
 
 /// Under systemd's socket activation (`systemd-socket-activate`, which executes the

@@ -113,8 +113,18 @@ async fn a_new_generation_ready_after_the_old_one_gave_up_claims_nothing() {
     .env("NOTIFY_SOCKET", &notify_path);
     let demo = Demo::spawn_in(app_dir, cmd);
     let mut buf = [0u8; 4096];
-    let n = manager.recv(&mut buf).unwrap();
-    assert_eq!(&buf[..n], b"READY=1");
+    // Before READY=1: the socket for the FD store, and what it does (STATUS=).
+    loop {
+        let n = manager.recv(&mut buf).unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m == "READY=1" {
+            break;
+        }
+        assert!(
+            m.starts_with("FDSTORE=1\n") || m.starts_with("STATUS="),
+            "{m:?} before READY=1"
+        );
+    }
     // The next build takes 3 s to start and ignores SIGTERM meanwhile: the old
     // generation gives up after 1 s, and it becomes ready anyway.
     demo.replace_app(
@@ -151,6 +161,10 @@ async fn a_new_generation_ready_after_the_old_one_gave_up_claims_nothing() {
     assert!(
         !heard.iter().any(|m| m.contains("MAINPID")),
         "no MAINPID= from the late generation: {heard:?}"
+    );
+    assert!(
+        !heard.iter().any(|m| m.contains(&format!("pid {late}"))),
+        "no STATUS= naming the late generation: {heard:?}"
     );
     assert_eq!(
         get(&demo.addr, "/pid").await.unwrap().body.trim(),

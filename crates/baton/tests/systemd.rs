@@ -20,9 +20,47 @@ fn recv(sock: &UnixDatagram) -> String {
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
 
-/// A `Type=notify-reload` unit: `READY=1` at start; at a restart `RELOADING=1` with
-/// `MONOTONIC_USEC`, then `MAINPID=` of the new generation with `READY=1`; at the
-/// shutdown `STOPPING=1`. Nothing else, in this order.
+/// One notify message and the descriptors sent with it (`SCM_RIGHTS`), waiting at most
+/// `support::WAIT`.
+fn recv_with_fds(sock: &UnixDatagram) -> (String, Vec<std::os::fd::OwnedFd>) {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
+    sock.set_read_timeout(Some(support::WAIT)).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = recvmsg(
+        sock,
+        &mut [std::io::IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("a notify message in time");
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    (String::from_utf8(buf[..got.bytes].to_vec()).unwrap(), fds)
+}
+
+/// The next message that is not a `STATUS=` line; those go to `statuses`.
+fn recv_skipping_status(sock: &UnixDatagram, statuses: &mut Vec<String>) -> String {
+    loop {
+        let m = recv(sock);
+        match m.strip_prefix("STATUS=") {
+            Some(status) => statuses.push(status.to_string()),
+            None => return m,
+        }
+    }
+}
+
+/// A `Type=notify-reload` unit with an FD store: at start the listening socket goes to
+/// the store once (`FDSTORE=1`, `FDNAME=http`, the socket attached), then `READY=1`; at a
+/// restart `RELOADING=1` with `MONOTONIC_USEC`, then `MAINPID=` of the new generation
+/// with `READY=1` (the new generation stores nothing: the store has the socket); at the
+/// shutdown `STOPPING=1`. Nothing else, in this order, but `STATUS=` lines that say what
+/// the process does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_messages_are_those_systemd_expects_in_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -32,15 +70,28 @@ async fn notify_messages_are_those_systemd_expects_in_order() {
     cmd.args(["--listen", "127.0.0.1:0"])
         .env("NOTIFY_SOCKET", &path);
     let mut demo = Demo::spawn(cmd);
-    assert_eq!(recv(&sock), "READY=1");
+    let first = demo.pid;
+    let (stored, fds) = recv_with_fds(&sock);
+    assert_eq!(stored, "FDSTORE=1\nFDNAME=http");
+    assert_eq!(fds.len(), 1, "one socket attached");
+    let kept = std::net::TcpListener::from(fds.into_iter().next().unwrap());
+    let mut statuses = Vec::new();
+    assert_eq!(recv_skipping_status(&sock, &mut statuses), "READY=1");
+    // The socket kept is the one the demo serves on.
+    let port = kept.local_addr().unwrap().port();
+    let served = get(&format!("127.0.0.1:{port}"), "/pid").await.unwrap();
+    assert_eq!(served.body.trim(), first.to_string());
     demo.signal("HUP");
-    let reloading = recv(&sock);
+    let reloading = recv_skipping_status(&sock, &mut statuses);
     let usec = reloading
         .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
         .unwrap_or_else(|| panic!("{reloading:?}"));
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     let new = demo.wait_ready(2);
-    assert_eq!(recv(&sock), format!("MAINPID={new}\nREADY=1"));
+    assert_eq!(
+        recv_skipping_status(&sock, &mut statuses),
+        format!("MAINPID={new}\nREADY=1")
+    );
     // The new generation's NOTIFY_SOCKET still names the manager's socket, so that the
     // app's own messages (WATCHDOG=1, STATUS=) reach it after a restart too.
     let environ = std::fs::read(format!("/proc/{new}/environ")).unwrap();
@@ -55,11 +106,26 @@ async fn notify_messages_are_those_systemd_expects_in_order() {
     assert!(demo.wait_exit().success());
     // The new generation talks to systemd itself from now on.
     signal_pid(new, "TERM");
-    assert_eq!(recv(&sock), "STOPPING=1");
+    assert_eq!(recv_skipping_status(&sock, &mut statuses), "STOPPING=1");
     demo.wait_log("shutdown complete: drained 0 connections");
     sock.set_nonblocking(true).unwrap();
-    let mut buf = [0u8; 64];
-    assert!(sock.recv(&mut buf).is_err(), "no further message");
+    let mut buf = [0u8; 256];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let status = m.strip_prefix("STATUS=");
+        assert!(status.is_some(), "no further message but STATUS=: {m:?}");
+        statuses.extend(status.map(str::to_string));
+    }
+    for expected in [
+        format!("serving: generation 1 (pid {first})"),
+        "reloading: starting generation 2".to_string(),
+        format!("serving: generation 2 (pid {new}); generation 1 (pid {first}) drains"),
+    ] {
+        assert!(
+            statuses.contains(&expected),
+            "{expected:?} among the STATUS lines {statuses:?}"
+        );
+    }
 }
 
 /// Under `systemd-socket-activate` the demo takes its socket from it (no bind), serves

@@ -120,12 +120,16 @@ where
     C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + ?Sized,
 {
     tokio::pin!(draining, forced);
-    // `biased`: this select runs on every wake-up of a busy connection; polling hyper
-    // first and drawing no random number keeps it cheap.
-    tokio::select! {
-        biased;
-        res = conn.as_mut() => return Ended::Done(res),
-        () = &mut draining => {}
+    // hyper first, then the drain: this runs on every wake-up of a busy connection, so
+    // it is written out rather than a `select!` (no branch mask, no random start).
+    let until_drain = std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+            return Poll::Ready(Some(res));
+        }
+        draining.as_mut().poll(cx).map(|()| None)
+    });
+    if let Some(res) = until_drain.await {
+        return Ended::Done(res);
     }
     let mut closing = false;
     if shared.is_h2() {

@@ -636,12 +636,16 @@ async fn serve_connection<IO, S, B>(
     let draining = conn_reached(tracker, shared, Phase::Draining);
     let forced = conn_reached(tracker, shared, Phase::Forcing);
     let ended = {
-        let conn = ctx
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
+        // On the heap: hyper's connection is most of what a connection's task holds,
+        // and tokio copies the task, whole, several times as it spawns and first polls
+        // it (a copy of 2 KiB per move). Boxed, the task is a few hundred bytes, and the
+        // connection is allocated once where it stays.
+        let mut conn = Box::pin(
+            ctx.builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service),
+        );
         conn::drive(
-            conn,
+            conn.as_mut(),
             |c| c.graceful_shutdown(),
             shared,
             draining,

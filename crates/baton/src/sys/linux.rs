@@ -193,8 +193,32 @@ pub(crate) fn open_sockets(pid: u32) -> Option<usize> {
 /// What process `pid` does with `signal`, from `/proc/PID/status` (`SigCgt`, `SigIgn`,
 /// and `SigBlk` of its main thread); `None` where it cannot be read.
 pub(crate) fn signal_disposition(pid: u32, signal: i32) -> Option<super::Disposition> {
+    use super::Disposition;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    disposition_in(&status, signal)
+    let fate = disposition_in(&status, signal)?;
+    if fate != Disposition::Blocked {
+        return Some(fate);
+    }
+    // Blocked in the main thread. A program that reads the signal from a `signalfd` or
+    // `sigwait` blocks it in every thread, for good; glibc blocks every signal for a
+    // moment in a thread that starts another (a server starting a thread per request
+    // does so all the time). Blocked counts only if it is so in every thread, three
+    // times in 20 ms.
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+        for task in tasks.flatten() {
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            if !parse_sig_mask(&status, "SigBlk:", signal)? {
+                return Some(Disposition::Default);
+            }
+        }
+    }
+    Some(Disposition::Blocked)
 }
 
 fn disposition_in(status: &str, signal: i32) -> Option<super::Disposition> {

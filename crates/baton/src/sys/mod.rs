@@ -208,6 +208,7 @@ pub(crate) fn euid() -> u32 {
 
 /// The soft limit of open descriptors of this process (`RLIMIT_NOFILE`); `None` when
 /// unlimited or unknown.
+#[cfg(feature = "http")]
 pub(crate) fn nofile_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

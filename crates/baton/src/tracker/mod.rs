@@ -307,16 +307,30 @@ pub(crate) fn conn_reached<'a>(
     conn: &'a ConnShared,
     phase: Phase,
 ) -> impl Future<Output = ()> + Send + 'a {
+    // The phase at which the waker was last registered, and a clone of it: `advance`
+    // takes the registered waker (wakes it) only when the phase changes, so while the
+    // phase and the task's waker are the same, the registration stands and a poll is
+    // one load and a pointer comparison (a busy connection polls this on every wake).
+    let mut registered: Option<(u8, std::task::Waker)> = None;
     std::future::poll_fn(move |cx| {
-        if tracker.phase.load(Ordering::Relaxed) >= phase as u8 {
+        let now = tracker.phase.load(Ordering::Relaxed);
+        if now >= phase as u8 {
             return std::task::Poll::Ready(());
+        }
+        if let Some((at, waker)) = &registered
+            && *at == now
+            && waker.will_wake(cx.waker())
+        {
+            return std::task::Poll::Pending;
         }
         conn.waker.register(cx.waker());
         // Check again after registering: `advance` stores the phase before it wakes,
         // so either this load sees it or the wake reaches the waker just registered.
-        if tracker.phase.load(Ordering::SeqCst) >= phase as u8 {
+        let now = tracker.phase.load(Ordering::SeqCst);
+        if now >= phase as u8 {
             std::task::Poll::Ready(())
         } else {
+            registered = Some((now, cx.waker().clone()));
             std::task::Poll::Pending
         }
     })

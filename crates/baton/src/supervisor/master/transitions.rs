@@ -382,11 +382,26 @@ impl Supervisor<'_> {
     /// default action ends (or stops) the process. `None` when it handles the signal,
     /// or where that cannot be known. systemd checks the same before it sends a reload
     /// signal: a missing handler must not turn a reload into a crash.
+    ///
+    /// A worker that serves since less than [`SETTLING`] may still be installing its
+    /// handlers (readiness by a delay says nothing about them): it is looked at again
+    /// every 50 ms until then, which holds the master up for at most that long, and
+    /// only when the signal would end the worker.
     fn drain_would_end(&self, g: &Gen) -> Option<String> {
+        const SETTLING: Duration = Duration::from_secs(2);
         let sig = self.cfg.drain_signal;
+        if sig == crate::Signal::Winch {
+            return None; // its default action is to do nothing
+        }
         let pid = g.worker.pid();
-        let fate = crate::sys::signal_disposition(pid, sig.as_raw())?;
-        (fate == crate::sys::Disposition::Default && sig != crate::Signal::Winch).then(|| {
+        let would_end = || {
+            crate::sys::signal_disposition(pid, sig.as_raw())
+                == Some(crate::sys::Disposition::Default)
+        };
+        while would_end() && g.since.elapsed() < SETTLING {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        would_end().then(|| {
             format!(
                 "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
                 g.generation,
