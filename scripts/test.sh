@@ -36,8 +36,27 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# What the tests start, they stop: no process of theirs and no private directory
+# (/tmp/baton-*) may outlive the run.
+leftovers() {
+  pgrep -af "$PWD/target/|baton-cli/tests/pyworker.py|/examples/hello|/tmp/\.tmp[^ ]*/(app|hello|good)" |
+    grep -v -e "^$$ " -e pgrep || true
+}
+dirs_before=$(ls -d /tmp/baton-* 2>/dev/null | sort || true)
+
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features
+
+for _ in $(seq 20); do [ -z "$(leftovers)" ] && break; sleep 0.5; done
+left=$(leftovers)
+new_dirs=$(comm -13 <(echo "$dirs_before") <(ls -d /tmp/baton-* 2>/dev/null | sort || true) | grep . || true)
+if [ -n "$left" ] || [ -n "$new_dirs" ]; then
+  echo "scripts/test.sh: the tests left behind:" >&2
+  [ -n "$left" ] && echo "$left" >&2
+  [ -n "$new_dirs" ] && echo "$new_dirs" >&2
+  exit 1
+fi
+echo "== the tests left no process and no /tmp/baton-* directory behind"
 
 if [ "${BATON_SKIP_SYSTEMD:-}" = 1 ]; then
   echo "== real-systemd tests NOT RUN (BATON_SKIP_SYSTEMD=1)"

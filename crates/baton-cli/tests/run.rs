@@ -98,11 +98,37 @@ impl Master {
 impl Drop for Master {
     fn drop(&mut self) {
         let workers = self.worker_pids();
+        let private = private_dirs(&workers);
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Each worker leads a process group of its own: what it started goes with it.
         for w in workers {
             support::kill_group(w);
+        }
+        remove_private_dirs(private);
+    }
+}
+
+/// The master's private directory (its workers' control socket), which a killed master
+/// cannot remove: named in its workers' environment.
+fn private_dirs(workers: &[u32]) -> Vec<std::path::PathBuf> {
+    workers
+        .iter()
+        .filter_map(|w| std::fs::read(format!("/proc/{w}/environ")).ok())
+        .flat_map(|env| {
+            env.split(|b| *b == 0)
+                .filter_map(|kv| kv.strip_prefix(b"BATON_MASTER_CONTROL="))
+                .map(|v| std::path::PathBuf::from(String::from_utf8_lossy(v).into_owned()))
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|socket| socket.parent().map(std::path::Path::to_path_buf))
+        .collect()
+}
+
+fn remove_private_dirs(dirs: Vec<std::path::PathBuf>) {
+    for dir in dirs {
+        if dir.starts_with(std::env::temp_dir()) {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -211,10 +237,17 @@ async fn a_killed_master_leaves_no_worker_behind() {
     let master = Master::start("delay=300ms", &["python3", script]);
     let worker = master.worker_pids()[0];
     assert!(alive(worker));
+    let private = private_dirs(&[worker]);
+    assert_eq!(
+        private.len(),
+        1,
+        "the worker knows its master's private socket"
+    );
     signal_pid(master.pid, "KILL");
     tokio::task::block_in_place(|| {
         wait_until("the worker of the killed master exits", || !alive(worker));
     });
+    remove_private_dirs(private);
 }
 
 /// SIGKILL of the serving worker under load: the master starts a new one at once (the
@@ -359,6 +392,8 @@ fn as_pid_1_the_master_reaps_orphans() {
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pyworker.py")
     );
     let addr = format!("127.0.0.1:{}", support::free_port());
+    // The master is killed: its private directory goes in one of the test's own.
+    let tmp = tempfile::tempdir().unwrap();
     // --kill-child: when `unshare` is killed, so is the namespace's init, and with it
     // every process in the namespace.
     let mut child = Command::new("unshare")
@@ -373,6 +408,7 @@ fn as_pid_1_the_master_reaps_orphans() {
         .args(["run", "--listen", &addr, "--ready", "delay=200ms"])
         .args(["--", "sh", "-c", &script])
         .env("RUST_LOG", "info")
+        .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
