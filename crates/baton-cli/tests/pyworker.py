@@ -2,6 +2,10 @@ import http.server, os, signal, socket, sys, threading
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # A connection that sends nothing holds its thread, and the drain joins every
+    # thread: at most 5 s (seen once in ~40 drains under the reload test's load: a
+    # drain held to the master's 10 s deadline).
+    timeout = 5
     def do_GET(self):
         if self.path == "/version":
             body = VERSION
