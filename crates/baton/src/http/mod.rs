@@ -702,6 +702,7 @@ mod tests {
             std::mem::size_of_val(&fut)
         };
         drop((task, client));
+        println!("a connection's task: {size} bytes; serving a plain connection: {plain}");
         assert!(
             size <= plain + 256,
             "a connection's task is {size} bytes; serving a plain connection needs {plain}"
