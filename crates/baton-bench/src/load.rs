@@ -183,6 +183,10 @@ pub(crate) struct Shared {
     pub(crate) failed: AtomicU64,
     /// HTTP/2 connections ended by the server (GOAWAY, or closed) and replaced.
     pub(crate) replaced: AtomicU64,
+    /// Connections the clients opened (successfully), first ones included: beyond one
+    /// per client in keep-alive and idle modes, each is one the server had closed (or
+    /// one a failure made the client drop).
+    pub(crate) opened: AtomicU64,
     /// HTTP/2 requests that the server did not process (refused by GOAWAY or
     /// `REFUSED_STREAM`, or not sent on a connection already ended) and that were sent
     /// again.
@@ -204,6 +208,7 @@ impl Shared {
             done: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
             resent: AtomicU64::new(0),
             first_failure: std::sync::Mutex::new(Vec::new()),
             failure_lines: std::sync::Mutex::new(FailureLines::default()),
@@ -445,6 +450,7 @@ async fn one(
     for attempt in 0..2 {
         if conn.is_none() {
             *conn = Some(connect(cfg, target).await?);
+            shared.opened.fetch_add(1, Ordering::Relaxed);
         }
         match conn.as_mut().expect("just connected") {
             Conn::H1(s) => {
@@ -634,12 +640,14 @@ impl H2Slot {
     async fn get(
         &self,
         target: &Target,
+        opened: &AtomicU64,
     ) -> Result<(u64, http2::SendRequest<Empty<Bytes>>), Failure> {
         let mut slot = self.conn.lock().await;
         if let Some(s) = &slot.1 {
             return Ok((slot.0, s.clone()));
         }
         let s = connect_h2(target).await?;
+        opened.fetch_add(1, Ordering::Relaxed);
         slot.0 += 1;
         slot.1 = Some(s.clone());
         Ok((slot.0, s))
@@ -719,7 +727,7 @@ async fn stream_one(
     used: &mut Option<u64>,
 ) -> Result<(u16, u32, bool), Failure> {
     for attempt in 0..2 {
-        let (generation, mut s) = slot.get(target).await?;
+        let (generation, mut s) = slot.get(target, &shared.opened).await?;
         *used = Some(generation);
         match h2_request(cfg, target, &mut s).await {
             H2::Done(result) => return result,

@@ -112,7 +112,8 @@ struct Args {
     #[arg(long, value_name = "PID")]
     server_pid: Option<u32>,
 
-    /// A reload window lasts from its trigger to trigger + this.
+    /// A reload window lasts from its trigger to trigger + this (in idle mode, at least
+    /// --idle-spread: every request of a trigger falls in its spread).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     window: Duration,
 
@@ -468,9 +469,15 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             },
             duration_s: elapsed,
             triggers,
-            window_s: args.window.as_secs_f64(),
+            // In idle mode every request falls in its trigger's spread: that is its
+            // window, when longer than --window.
+            window_s: args
+                .window
+                .max(idle_spread.unwrap_or_default())
+                .as_secs_f64(),
             pid_source,
             replaced_connections: shared.replaced.load(Ordering::Relaxed),
+            connections_opened: shared.opened.load(Ordering::Relaxed),
             resent_requests: shared.resent.load(Ordering::Relaxed),
             client_cpu_cores,
             server_cpu_s,

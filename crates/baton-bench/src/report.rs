@@ -138,6 +138,12 @@ pub(crate) struct Report {
     pub(crate) pids_seen: usize,
     pub(crate) replaced_connections: u64,
     pub(crate) resent_requests: u64,
+    /// Connections the clients opened, first ones included.
+    pub(crate) connections_opened: u64,
+    /// Keep-alive and idle modes: connections opened beyond one per client (`null` in
+    /// new-connection mode), each one after the server closed the previous one or a
+    /// failure dropped it: what a restart costs the clients in new connections.
+    pub(crate) connections_reopened: Option<u64>,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_us_per_request: Option<f64>,
     pub(crate) first_failures: Vec<FailureSample>,
@@ -166,6 +172,7 @@ pub(crate) struct RunFacts {
     pub(crate) pid_source: bool,
     pub(crate) replaced_connections: u64,
     pub(crate) resent_requests: u64,
+    pub(crate) connections_opened: u64,
     pub(crate) client_cpu_cores: Option<f64>,
     pub(crate) server_cpu_s: Option<f64>,
     pub(crate) first_failures: Vec<(u64, Outcome, String)>,
@@ -342,6 +349,11 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
             .cmp(&a.count)
             .then(a.first_t_s.total_cmp(&b.first_t_s))
     });
+    let connections_reopened = (facts.client.mode != crate::load::Mode::NewConn).then(|| {
+        facts
+            .connections_opened
+            .saturating_sub(facts.client.concurrency as u64)
+    });
     Report {
         label: facts.label,
         client: facts.client,
@@ -369,6 +381,8 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
         pids_seen: pids.len(),
         replaced_connections: facts.replaced_connections,
         resent_requests: facts.resent_requests,
+        connections_opened: facts.connections_opened,
+        connections_reopened,
         client_cpu_cores: facts.client_cpu_cores,
         server_cpu_us_per_request: facts
             .server_cpu_s
@@ -497,6 +511,13 @@ pub(crate) fn text(r: &Report) -> String {
             s,
             "  replaced    {} HTTP/2 connections ended by GOAWAY were replaced",
             r.replaced_connections
+        );
+    }
+    if let Some(n) = r.connections_reopened {
+        let _ = writeln!(
+            s,
+            "  connections {} opened by {} clients: {n} reopened (the server closed the previous one, or a failure dropped it)",
+            r.connections_opened, r.client.concurrency
         );
     }
     if r.resent_requests > 0 {

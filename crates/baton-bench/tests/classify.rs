@@ -168,6 +168,10 @@ async fn a_keep_alive_connection_closed_under_a_busy_client_counts() {
     for (class, _) in failures(&report) {
         assert!(class == "eof" || class == "reset", "{class}: {report:#}");
     }
+    // Each answered request had a connection of its own: the first, then one reopened
+    // after each failure on the closed one.
+    assert_eq!(report["connections_opened"], 5, "{report:#}");
+    assert_eq!(report["connections_reopened"], 4);
     // With a new connection per request nothing is lost.
     let url = format!("http://{addr}/answer-then-close");
     let (code, report) = tokio::task::spawn_blocking(move || {
@@ -176,6 +180,11 @@ async fn a_keep_alive_connection_closed_under_a_busy_client_counts() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["connections_opened"], 10);
+    assert!(
+        report["connections_reopened"].is_null(),
+        "not counted in new-conn mode"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,6 +218,9 @@ async fn a_steady_server_gives_zero_failures_and_its_pid() {
     assert_eq!(report["failed"], 0);
     assert_eq!(report["pids_seen"], 1);
     assert!(failures(&report).is_empty());
+    // One connection per client, kept for all 500 requests.
+    assert_eq!(report["connections_opened"], 4);
+    assert_eq!(report["connections_reopened"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
