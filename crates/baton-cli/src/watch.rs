@@ -93,10 +93,10 @@ impl Filter {
             };
             let mut b = GitignoreBuilder::new(&base);
             let gi = base.join(".gitignore");
-            if gi.is_file() {
-                if let Some(e) = b.add(&gi) {
-                    eprintln!("[watch] warning: {}: {e}", gi.display());
-                }
+            if gi.is_file()
+                && let Some(e) = b.add(&gi)
+            {
+                eprintln!("[watch] warning: {}: {e}", gi.display());
             }
             for g in globs {
                 b.add_line(None, g)
@@ -172,10 +172,10 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
         }
     }
     let mut own = Vec::new();
-    if args.run.name.is_some() {
-        if let Ok(dir) = crate::client::run_dir(args.run.run_dir.as_deref(), false) {
-            own.push(dir);
-        }
+    if args.run.name.is_some()
+        && let Ok(dir) = crate::client::run_dir(args.run.run_dir.as_deref(), false)
+    {
+        own.push(dir);
     }
     let filter = match Filter::new(&paths, &args.ignores, own) {
         Ok(f) => f,

@@ -42,21 +42,20 @@ struct Cleanup {
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(&self.pidfile) {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                if alive(pid) {
-                    // A stop first, so that it removes what it created; a kill if it
-                    // does not end in time (its workers get their drain signal when
-                    // it dies).
-                    support::signal_pid(pid, "TERM");
-                    let deadline = std::time::Instant::now() + support::WAIT;
-                    while alive(pid) && std::time::Instant::now() < deadline {
-                        std::thread::sleep(std::time::Duration::from_millis(20));
-                    }
-                    if alive(pid) {
-                        support::signal_pid(pid, "KILL");
-                    }
-                }
+        if let Ok(pid) = std::fs::read_to_string(&self.pidfile)
+            && let Ok(pid) = pid.trim().parse::<u32>()
+            && alive(pid)
+        {
+            // A stop first, so that it removes what it created; a kill if it
+            // does not end in time (its workers get their drain signal when
+            // it dies).
+            support::signal_pid(pid, "TERM");
+            let deadline = std::time::Instant::now() + support::WAIT;
+            while alive(pid) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if alive(pid) {
+                support::signal_pid(pid, "KILL");
             }
         }
     }
