@@ -16,22 +16,11 @@ mode=${MODE:-keep-alive}; n1=${N1:-5000}; n2=${N2:-25000}
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 cargo build --release -p baton-bench >&2
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/callgrind-lib.sh  # from the repository root (cd above)
 
 instructions() { # SIDE N -> total instructions of the server process
-  local side=$1 n=$2 p out
-  p=$(port); out=$tmp/cg.$side.$n
-  # One runtime worker: with two, the scheduling under valgrind varies from run to run
-  # (seen: ±6% per new connection for the same binary); with one, counts repeat.
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --callgrind-out-file="$out" \
-    target/release/bench-server "$side" --listen "127.0.0.1:$p" 2>"$tmp/vg.log" &
-  local vg=$!
-  for _ in $(seq 1 600); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1',$p),0.2).close()" 2>/dev/null && break
-    sleep 0.1
-  done
-  target/release/baton-bench "http://127.0.0.1:$p/" -n "$n" -c 8 --threads 1 --mode "$mode" --quiet --timeout 30s >/dev/null
-  kill -TERM $vg; wait $vg 2>/dev/null || true
+  local out=$tmp/cg.$1.$2
+  cg_profile "$1" "$2" "$mode" "$out"
   grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}'
 }
 

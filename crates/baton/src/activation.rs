@@ -145,11 +145,9 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
 /// successor, a full restart or a master's worker) and its unit may have a store
 /// (systemd 254 and later say so in `FDSTORE=`; 252 does not say, so it may).
 fn from_fd_store() -> bool {
-    crate::notify::fd_store_max() != Some(0)
-        && crate::notify::origin().upstream.is_some()
+    crate::notify::keeps_fd_store()
         && crate::notify::origin().parent.is_none()
         && std::env::var_os(LISTEN_FDS_AT).is_none()
-        && !crate::supervisor::is_worker()
 }
 
 /// Takes every socket passed to this process that no listener took yet, in the order

@@ -193,7 +193,13 @@ pub(crate) fn fd_store_max() -> Option<u32> {
 /// store: it has a service manager (not a master: a master's worker never does, its
 /// master does) whose unit has a store, or an older systemd that does not say.
 pub(crate) fn keeps_fd_store() -> bool {
-    origin().upstream.is_some() && !crate::supervisor::is_worker() && fd_store_max() != Some(0)
+    has_own_manager() && fd_store_max() != Some(0)
+}
+
+/// Whether this process speaks to a service manager of its own: it has one, and it is
+/// not a master's worker (whose master speaks for it).
+fn has_own_manager() -> bool {
+    origin().upstream.is_some() && !crate::supervisor::is_worker()
 }
 
 /// Keeps listening sockets in systemd's FD store (`FDSTORE=1`, `FDNAME=` its listener's
@@ -289,13 +295,9 @@ impl<S: PartialEq> TimeoutKeeper<S> {
         }
     }
 
-    fn active() -> bool {
-        origin().upstream.is_some() && !crate::supervisor::is_worker()
-    }
-
     /// The work's state now; `describe` makes its `STATUS=` line.
     pub(crate) fn observe(&mut self, now: S, describe: impl FnOnce(&S) -> String) {
-        if !Self::active() {
+        if !has_own_manager() {
             return;
         }
         if self.last.as_ref() != Some(&now) {

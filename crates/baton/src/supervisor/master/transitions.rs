@@ -143,10 +143,7 @@ impl Supervisor<'_> {
                     let pid = g.worker.pid();
                     // A signal passed on for the worker to act on (reload its
                     // configuration, reopen its logs) must not be the one that kills it.
-                    if crate::sys::signal_disposition(pid, signal.as_raw())
-                        == Some(crate::sys::Disposition::Default)
-                        && signal != crate::Signal::Winch
-                    {
+                    if dies_of(pid, signal) {
                         warn!(
                             pid = me,
                             worker = pid,
@@ -230,40 +227,41 @@ impl Supervisor<'_> {
                     replies: waiting,
                 }
             }
-            State::Serving(current) if self.drain_would_end(&current).is_some() => {
-                let why = self.drain_would_end(&current).unwrap_or_default();
-                warn!(pid = me, "reload refused: {why}");
-                // A reload asked by systemd (Type=notify-reload) waits for these.
-                notify::reloading();
-                notify::ready();
-                notify::status(&format!("reload refused: {why}"));
-                for r in &replies {
-                    r.error(format!("reload refused: {why}"));
+            State::Serving(current) => match self.drain_would_end(&current) {
+                Some(why) => {
+                    warn!(pid = me, "reload refused: {why}");
+                    // A reload asked by systemd (Type=notify-reload) waits for these.
+                    notify::reloading();
+                    notify::ready();
+                    notify::status(&format!("reload refused: {why}"));
+                    for r in &replies {
+                        r.error(format!("reload refused: {why}"));
+                    }
+                    self.history.record(
+                        Kind::Reload,
+                        false,
+                        Duration::ZERO,
+                        format!("refused: {why}"),
+                    );
+                    State::Serving(current)
                 }
-                self.history.record(
-                    Kind::Reload,
-                    false,
-                    Duration::ZERO,
-                    format!("refused: {why}"),
-                );
-                State::Serving(current)
-            }
-            State::Serving(current) => {
-                notify::reloading();
-                match self.start(Kind::Reload, replies) {
-                    Ok(start) => State::Reloading {
-                        serving: Some(current),
-                        start,
-                    },
-                    Err(e) => {
-                        self.history
-                            .record(Kind::Reload, false, Duration::ZERO, e.to_string());
-                        notify::ready();
-                        warn!(pid = me, "reload failed, the serving worker serves on: {e}");
-                        State::Serving(current)
+                None => {
+                    notify::reloading();
+                    match self.start(Kind::Reload, replies) {
+                        Ok(start) => State::Reloading {
+                            serving: Some(current),
+                            start,
+                        },
+                        Err(e) => {
+                            self.history
+                                .record(Kind::Reload, false, Duration::ZERO, e.to_string());
+                            notify::ready();
+                            warn!(pid = me, "reload failed, the serving worker serves on: {e}");
+                            State::Serving(current)
+                        }
                     }
                 }
-            }
+            },
             State::Idle { .. } => {
                 notify::reloading();
                 match self.start(Kind::Respawn, replies) {
@@ -295,21 +293,21 @@ impl Supervisor<'_> {
                 reply.error("a reload or restart is in progress; try again when it ended");
                 busy
             }
-            State::Serving(current) if self.drain_would_end(&current).is_some() => {
-                let why = self.drain_would_end(&current).unwrap_or_default();
-                warn!(pid = std::process::id(), "full restart refused: {why}");
-                reply.error(format!("full restart refused: {why}"));
-                State::Serving(current)
-            }
             State::Serving(current) => {
-                notify::reloading();
-                let pid = current.worker.pid();
-                reply.progress(self.draining_step(&current, true));
-                self.drain(current);
-                State::Restarting {
-                    pid,
-                    since: Instant::now(),
-                    replies: vec![reply],
+                if let Some(why) = self.drain_would_end(&current) {
+                    warn!(pid = std::process::id(), "full restart refused: {why}");
+                    reply.error(format!("full restart refused: {why}"));
+                    State::Serving(current)
+                } else {
+                    notify::reloading();
+                    let pid = current.worker.pid();
+                    reply.progress(self.draining_step(&current, true));
+                    self.drain(current);
+                    State::Restarting {
+                        pid,
+                        since: Instant::now(),
+                        replies: vec![reply],
+                    }
                 }
             }
             State::Idle { .. } => {
@@ -390,18 +388,11 @@ impl Supervisor<'_> {
     fn drain_would_end(&self, g: &Gen) -> Option<String> {
         const SETTLING: Duration = Duration::from_secs(2);
         let sig = self.cfg.drain_signal;
-        if sig == crate::Signal::Winch {
-            return None; // its default action is to do nothing
-        }
         let pid = g.worker.pid();
-        let would_end = || {
-            crate::sys::signal_disposition(pid, sig.as_raw())
-                == Some(crate::sys::Disposition::Default)
-        };
-        while would_end() && g.since.elapsed() < SETTLING {
+        while dies_of(pid, sig) && g.since.elapsed() < SETTLING {
             std::thread::sleep(Duration::from_millis(50));
         }
-        would_end().then(|| {
+        dies_of(pid, sig).then(|| {
             format!(
                 "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
                 g.generation,
@@ -740,4 +731,13 @@ impl Supervisor<'_> {
         pids.extend(crate::supervisor::own_children());
         pids
     }
+}
+
+/// Whether process `pid` would end (or stop) of `sig`: it neither catches, ignores nor
+/// blocks it, and the signal's default action is not to do nothing (SIGWINCH's is).
+/// `false` where that cannot be known.
+fn dies_of(pid: u32, sig: crate::Signal) -> bool {
+    sig != crate::Signal::Winch
+        && crate::sys::signal_disposition(pid, sig.as_raw())
+            == Some(crate::sys::Disposition::Default)
 }
