@@ -180,7 +180,7 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 11] = [
+    const OURS: [&str; 12] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
@@ -192,6 +192,7 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         notify::MASTER_PID,
         notify::MASTER_CONTROL,
         notify::IGNORED_AT_EXEC,
+        crate::channel::CHANNEL_FD,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))
@@ -287,12 +288,13 @@ pub(crate) struct Launch {
     pub(crate) sitter: bool,
 }
 
-/// Starts the next generation with `listeners` at descriptors 3, 4, ... and a private
-/// notify socket. `draining` are the older generations still alive, passed on for the
-/// cap.
+/// Starts the next generation with `listeners` at descriptors 3, 4, ..., `channel`
+/// (its end of the generation channel) after them, and a private notify socket.
+/// `draining` are the older generations still alive, passed on for the cap.
 pub(crate) fn spawn(
     program: &Program,
     listeners: &[Passed],
+    channel: Option<BorrowedFd<'_>>,
     generation: u32,
     draining: &[Generation],
 ) -> Result<Spawned, RestartFailure> {
@@ -319,17 +321,18 @@ pub(crate) fn spawn(
         sitter: cfg!(target_os = "linux"),
         ..Launch::default()
     };
-    launch(&program.exe, &program.args, &fds, env, notify, how)
+    launch(&program.exe, &program.args, &fds, channel, env, notify, how)
 }
 
 /// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
 /// baton's and the socket-activation variables, plus `env`, and `listeners` at
 /// descriptors 3, 4, ... (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` written by
-/// the child itself).
+/// the child itself), then `channel` at the next descriptor (`BATON_CHANNEL_FD`).
 pub(crate) fn launch(
     exe: &std::path::Path,
     argv: &[OsString],
     listeners: &[(&str, BorrowedFd<'_>)],
+    channel: Option<BorrowedFd<'_>>,
     env: Vec<(OsString, OsString)>,
     notify: notify::Listener,
     how: Launch,
@@ -347,9 +350,15 @@ pub(crate) fn launch(
         (LISTEN_FDS.into(), listeners.len().to_string().into()),
         (LISTEN_FDNAMES.into(), names),
     ]);
+    if channel.is_some() {
+        full.push((
+            crate::channel::CHANNEL_FD.into(),
+            (3 + listeners.len()).to_string().into(),
+        ));
+    }
     let env_refs: Vec<(&OsStr, &OsStr)> = full.iter().map(|(k, v)| (&**k, &**v)).collect();
     let argv: Vec<&OsStr> = argv.iter().map(|a| &**a).collect();
-    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).collect();
+    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).chain(channel).collect();
     let mut plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
     if let Some(signal) = how.parent_death_signal {
@@ -374,9 +383,7 @@ pub(crate) fn launch(
     let started = Instant::now();
     // Keep std's error-report pipe out of 3..3+n: the child's dup2 would close it.
     let placeholders = std::fs::File::open("/dev/null")
-        .map(|null| {
-            crate::sys::occupy_free(null.as_fd(), 3..3 + listeners.len() as std::os::fd::RawFd)
-        })
+        .map(|null| crate::sys::occupy_free(null.as_fd(), 3..3 + fds.len() as std::os::fd::RawFd))
         .unwrap_or_default();
     let spawned = cmd.spawn();
     drop(placeholders);

@@ -63,6 +63,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod activation;
+mod channel;
 mod command;
 mod error;
 mod handoff;

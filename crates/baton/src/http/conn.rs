@@ -1,11 +1,12 @@
 //! One connection: its tracked socket and the loop that drives hyper through the drain.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::tracker::{ConnHandle, ConnShared};
@@ -36,6 +37,163 @@ impl<T: AsRawFd> TrackedIo<T> {
     }
 }
 
+/// A connection's socket as the next generation needs it: `None` for one that cannot
+/// move to another process (TLS: its session state lives in this one).
+pub(crate) trait Movable {
+    fn socket(&self) -> Option<BorrowedFd<'_>>;
+}
+
+impl<T: AsFd> Movable for TrackedIo<T> {
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.io.as_fd())
+    }
+}
+
+#[cfg(feature = "tls")]
+impl<T> Movable for tokio_rustls::server::TlsStream<T> {
+    fn socket(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A socket with bytes read from it already (what the protocol check read, or what
+    /// the previous generation had read and not served) that are read first.
+    #[derive(Debug)]
+    pub(crate) struct Rewind<T> {
+        pre: Option<Bytes>,
+        #[pin]
+        inner: T,
+    }
+}
+
+impl<T> Rewind<T> {
+    pub(crate) fn new(inner: T, pre: Bytes) -> Self {
+        Rewind {
+            pre: (!pre.is_empty()).then_some(pre),
+            inner,
+        }
+    }
+
+    /// The socket, and the bytes not read yet.
+    pub(crate) fn into_parts(self) -> (T, Option<Bytes>) {
+        (self.inner, self.pre)
+    }
+}
+
+impl<T: AsyncRead> AsyncRead for Rewind<T> {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        if let Some(mut pre) = this.pre.take() {
+            let n = pre.len().min(buf.remaining());
+            buf.put_slice(&pre.split_to(n));
+            if !pre.is_empty() {
+                *this.pre = Some(pre);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for Rewind<T> {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// HTTP/2's connection preface: a connection that starts with it speaks HTTP/2.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// The first bytes of a connection, read until they tell its protocol.
+#[derive(Debug, Default)]
+pub(crate) struct Preface {
+    buf: [u8; 24],
+    filled: usize,
+}
+
+impl Preface {
+    /// Starts from bytes read already (by the previous generation); at most 24 are kept
+    /// for the check, and more than that cannot be the start of the preface.
+    pub(crate) fn with(bytes: &[u8]) -> Preface {
+        let mut p = Preface::default();
+        let n = bytes.len().min(24);
+        p.buf[..n].copy_from_slice(&bytes[..n]);
+        p.filled = n;
+        p
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// `Some(true)`: HTTP/2; `Some(false)`: not HTTP/2; `None`: not known yet.
+    fn decided(&self) -> Option<bool> {
+        if self.buf[..self.filled] != H2_PREFACE[..self.filled] {
+            Some(false)
+        } else if self.filled == H2_PREFACE.len() {
+            Some(true)
+        } else {
+            None
+        }
+    }
+
+    /// Reads until the protocol is known: `Ready(Ok(Some(h2)))`, or `Ok(None)` at end
+    /// of file before that.
+    pub(crate) fn poll_read<T: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut T,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<bool>>> {
+        loop {
+            if let Some(h2) = self.decided() {
+                return Poll::Ready(Ok(Some(h2)));
+            }
+            let mut buf = ReadBuf::new(&mut self.buf[self.filled..]);
+            std::task::ready!(Pin::new(&mut *io).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                return Poll::Ready(Ok(None));
+            }
+            self.filled += n;
+        }
+    }
+}
+
 impl<T: AsyncRead> AsyncRead for TrackedIo<T> {
     #[inline]
     fn poll_read(
@@ -62,7 +220,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
+        let this = self.project();
+        this.handle.shared().note_unflushed(true);
+        this.io.poll_write(cx, buf)
     }
 
     #[inline]
@@ -71,7 +231,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        this.handle.shared().note_unflushed(true);
+        this.io.poll_write_vectored(cx, bufs)
     }
 
     #[inline]
@@ -81,22 +243,38 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
 
     #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
+        let this = self.project();
+        let res = this.io.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = res {
+            // hyper writes out its buffer before it flushes the socket: nothing of a
+            // response waits in it now.
+            this.handle.shared().note_unflushed(false);
+        }
+        res
     }
 
     #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
+        let this = self.project();
+        if this.handle.shared().is_detaching() {
+            // Taken out of hyper to move to the next generation: the socket stays open
+            // in both directions.
+            return Poll::Ready(Ok(()));
+        }
+        this.io.poll_shutdown(cx)
     }
 }
 
 /// How a connection's drive loop ended.
 #[derive(Debug)]
-pub(crate) enum Ended {
+pub(crate) enum Ended<E> {
     /// hyper finished the connection (closed, or handed it to an upgrade).
-    Done(Result<(), Box<dyn std::error::Error + Send + Sync>>),
+    Done(Result<(), E>),
     /// The drain was forced; the connection is dropped unfinished.
     Forced,
+    /// hyper stopped between two requests, with the socket left open, for the
+    /// connection to move to the next generation (take it with `into_parts`).
+    Detached,
 }
 
 /// Serves one connection through the phases of a shutdown.
@@ -108,16 +286,22 @@ pub(crate) enum Ended {
 /// `Connection: close` (see `DrainFuture`), so a busy connection closes after its next
 /// response; one that stays idle (or never sent a first request) for a whole
 /// `idle_grace` is closed then.
-pub(crate) async fn drive<C>(
+///
+/// Unless `moves` says, when the drain starts, that the next generation takes the
+/// connection (plain HTTP/1): then it is left to finish the response in progress, if
+/// any, and taken out of hyper at the first moment it is between two requests (see
+/// `detach`), instead of being closed.
+pub(crate) async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
     shared: &ConnShared,
     draining: impl Future<Output = ()>,
     forced: impl Future<Output = ()>,
     idle_grace: Duration,
-) -> Ended
+    moves: impl FnOnce() -> bool,
+) -> Ended<E>
 where
-    C: Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + ?Sized,
+    C: Future<Output = Result<(), E>> + ?Sized,
 {
     tokio::pin!(draining, forced);
     // hyper first, then the drain: this runs on every wake-up of a busy connection, so
@@ -135,6 +319,29 @@ where
     if shared.is_h2() {
         graceful_shutdown(conn.as_mut());
         closing = true;
+    } else if moves() {
+        let detached = std::future::poll_fn(|cx| {
+            if let Poll::Ready(res) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Some(Ended::Done(res)));
+            }
+            if forced.as_mut().poll(cx).is_ready() {
+                shared.mark_forced();
+                return Poll::Ready(Some(Ended::Forced));
+            }
+            if !shared.at_boundary() {
+                // A response in progress, or bytes of one in hyper's buffer: wait
+                // (this runs again on every wake-up of the connection).
+                return Poll::Pending;
+            }
+            detach(conn.as_mut(), &graceful_shutdown, shared, cx)
+        })
+        .await;
+        match detached {
+            Some(ended) => return ended,
+            // hyper was not between requests after all: it closes after the request
+            // it was reading, as in a drain without a next generation.
+            None => closing = true,
+        }
     }
     let mut seen = shared.activity();
     loop {
@@ -166,9 +373,42 @@ where
     }
 }
 
+/// Takes the connection out of hyper when no request is in flight and no response
+/// waits to be written: hyper's graceful shutdown on an idle connection closes it at
+/// once (with the socket's own `shutdown` made a no-op, see `TrackedIo`), so if the
+/// very next poll finishes without reading anything, hyper was between two requests
+/// and everything it had read but not served is in its read buffer.
+///
+/// Returns `Ready(None)` when hyper was not idle (reading the rest of a request body
+/// that the handler did not read): it now finishes that request and closes, which is
+/// what it would do in a plain drain.
+fn detach<C, E>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: &impl Fn(Pin<&mut C>),
+    shared: &ConnShared,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Ended<E>>>
+where
+    C: Future<Output = Result<(), E>> + ?Sized,
+{
+    let reads = shared.activity().reads;
+    shared.set_detaching(true);
+    graceful_shutdown(conn.as_mut());
+    let res = conn.as_mut().poll(cx);
+    shared.set_detaching(false);
+    match res {
+        Poll::Ready(Ok(())) if shared.activity().reads == reads => {
+            Poll::Ready(Some(Ended::Detached))
+        }
+        // Finished after reading: not at a boundary. Dropping it closes the socket.
+        Poll::Ready(res) => Poll::Ready(Some(Ended::Done(res))),
+        Poll::Pending => Poll::Ready(None),
+    }
+}
+
 /// After hyper finished and the connection future was dropped: if the socket is still
 /// open, an upgrade holds it now (WebSocket); count it as upgraded.
-pub(crate) fn note_upgrade(shared: &ConnShared, ended: &Ended) {
+pub(crate) fn note_upgrade<E>(shared: &ConnShared, ended: &Ended<E>) {
     if matches!(ended, Ended::Done(Ok(()))) && !shared.is_closed() {
         shared.mark_upgraded();
     }
@@ -191,7 +431,7 @@ mod tests {
         tracker: Tracker,
         shared: Arc<ConnShared>,
         graceful: Arc<AtomicUsize>,
-        task: tokio::task::JoinHandle<Ended>,
+        task: tokio::task::JoinHandle<Ended<BoxError>>,
     }
 
     const GRACE: Duration = Duration::from_secs(1);
@@ -229,6 +469,7 @@ mod tests {
                     conn_reached(&inner, &shared, Phase::Draining),
                     conn_reached(&inner, &shared, Phase::Forcing),
                     GRACE,
+                    || false,
                 )
                 .await
             }

@@ -15,19 +15,20 @@ mod tls;
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
+use crate::channel::{Message, Proto};
 use crate::tracker::{Phase, conn_reached};
 use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
 
@@ -110,6 +111,7 @@ pub struct Server {
     header_read_timeout: Duration,
     idle_timeout: Duration,
     max_connections: Option<usize>,
+    hand_over: bool,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
 }
@@ -123,6 +125,7 @@ impl fmt::Debug for Server {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("hand_over", &self.hand_over)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +140,7 @@ impl Server {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_connections: None,
+            hand_over: true,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -245,6 +249,24 @@ impl Server {
         self
     }
 
+    /// At a graceful restart, passes open HTTP/1 connections to the next generation
+    /// instead of closing them (default `true`): each one moves as soon as it is between
+    /// two requests (at once if idle, after its response if busy), with the bytes of a
+    /// next request read already, and the new generation serves it as if it had
+    /// accepted it. Its client never sees the restart: no closed keep-alive connection,
+    /// no reconnect.
+    ///
+    /// What cannot move drains as without it: HTTPS (its TLS session lives in this
+    /// process), HTTP/2, upgraded connections (WebSocket), a connection whose request
+    /// body the handler left unread, and every connection when the next generation does
+    /// not take this listener's connections (built without it, or with it off).
+    /// Only for the self-restarting model ([`Shutdown`]'s restart): a master's workers
+    /// drain as before.
+    pub fn hand_over(mut self, on: bool) -> Self {
+        self.hand_over = on;
+        self
+    }
+
     /// Sets `TCP_NODELAY` on accepted TCP connections (default `true`).
     pub fn nodelay(mut self, nodelay: bool) -> Self {
         self.nodelay = nodelay;
@@ -287,17 +309,24 @@ impl Server {
                 io::Error::other(format!("{e}; call `serve` inside a tokio runtime")),
             )
         })?;
+        #[cfg(feature = "tls")]
+        let plain = self.tls.is_none();
+        #[cfg(not(feature = "tls"))]
+        let plain = true;
+        let names: Vec<String> = self.listeners.iter().map(|l| l.name().to_owned()).collect();
         // No timer in hyper: the header-read and idle timeouts are the tracker's sweep.
-        let builder = auto::Builder::new(TokioExecutor::new());
         let ctx = Arc::new(Ctx {
-            builder,
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
             service,
             shutdown: shutdown.clone(),
             idle_grace: self.idle_grace,
             limits: crate::tracker::Limits {
                 header: Some(self.header_read_timeout),
                 idle: Some(self.idle_timeout),
+                movable: self.hand_over && plain,
             },
+            names,
             slots: slots::Slots::new(self.max_connections.unwrap_or_else(slots::default_max)),
             #[cfg(feature = "tls")]
             tls: self.tls,
@@ -309,6 +338,7 @@ impl Server {
         // half-started.
         let mut ready = Vec::new();
         let mut dups = Vec::new();
+        let mut kinds = Vec::new();
         for listener in self.listeners {
             let name = listener.name().to_owned();
             let addr = listener.local_addr().clone();
@@ -320,6 +350,7 @@ impl Server {
                 inherited,
             ));
             let socket = listener.into_socket();
+            kinds.push(matches!(addr, ListenAddr::Tcp(_)));
             let accept = match addr {
                 ListenAddr::Tcp(_) => Registered::Tcp(Tcp {
                     listener: tokio::net::TcpListener::from_std(socket.into()).map_err(register)?,
@@ -333,7 +364,10 @@ impl Server {
             ready.push((name, addr, accept, inherited));
         }
         shutdown.register_listeners(dups)?;
-        for (name, addr, accept, inherited) in ready {
+        if ctx.limits.movable {
+            shutdown.take_connections(&ctx.names, taker(&ctx, kinds));
+        }
+        for (index, (name, addr, accept, inherited)) in ready.into_iter().enumerate() {
             if inherited && shutdown.generation() > 1 {
                 info!(pid, listener = %name, "http server reloaded listening on [{addr}]");
             } else if inherited {
@@ -345,8 +379,8 @@ impl Server {
             let ctx = Arc::clone(&ctx);
             tokio::spawn(async move {
                 match accept {
-                    Registered::Tcp(l) => accept_loop(l, &addr, &ctx).await,
-                    Registered::Unix(l) => accept_loop(l, &addr, &ctx).await,
+                    Registered::Tcp(l) => accept_loop(l, &addr, &ctx, index).await,
+                    Registered::Unix(l) => accept_loop(l, &addr, &ctx, index).await,
                 }
                 drop(guard);
             });
@@ -371,12 +405,15 @@ impl Server {
 }
 
 struct Ctx<S> {
-    builder: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
     service: S,
     shutdown: Shutdown,
     idle_grace: Duration,
-    /// The timeouts of each connection.
+    /// The timeouts of each connection, and whether it can move to the next generation.
     limits: crate::tracker::Limits,
+    /// The listeners' names, by index.
+    names: Vec<String>,
     /// The connection limit.
     slots: Arc<slots::Slots>,
     #[cfg(feature = "tls")]
@@ -393,7 +430,7 @@ enum Registered {
 /// A listener kind. Accept loops are generic over it so the connection type is known
 /// statically (no dispatch on every read and write).
 trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static;
+    type Io: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
     /// Takes what is left in the kernel's accept queue, without waiting, and closes
     /// the listener.
@@ -478,8 +515,12 @@ fn is_connection_error(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
-async fn accept_loop<A: Accept, S, B>(listener: A, addr: &ListenAddr, ctx: &Arc<Ctx<S>>)
-where
+async fn accept_loop<A: Accept, S, B>(
+    listener: A,
+    addr: &ListenAddr,
+    ctx: &Arc<Ctx<S>>,
+    index: usize,
+) where
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -506,7 +547,7 @@ where
             () = &mut draining => break,
         };
         match accepted {
-            Ok(io) => spawn_connection(io, ctx),
+            Ok(io) => spawn_connection(io, ctx, index),
             Err(e) if is_connection_error(&e) => {
                 debug!(pid, error = %e, "accept on {addr}: connection failed early");
             }
@@ -538,7 +579,7 @@ where
             let n = taken.len();
             for io in taken {
                 // Already accepted by the kernel: served past the limit rather than cut.
-                spawn_connection(io, ctx);
+                spawn_connection(io, ctx, index);
             }
             info!(pid, queued = n, "http server stopped listening on [{addr}]");
         }
@@ -546,23 +587,63 @@ where
     }
 }
 
-fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>)
+fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>, listener: usize)
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
-    tokio::spawn(connection_task(io, ctx));
+    tokio::spawn(connection_task(io, ctx, listener, None));
 }
 
-/// The task of one accepted connection: registered with the tracker, holding its slot
-/// of the connection limit until it ends.
+/// What the previous generation knew of a connection it passed on.
+type Handed = (Proto, Bytes);
+
+/// Serves the connections the previous generation passes to this server's listeners
+/// (`tcp`: whether each is a TCP listener).
+fn taker<S, B>(ctx: &Arc<Ctx<S>>, tcp: Vec<bool>) -> crate::shutdown::Sink
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let ctx = Arc::clone(ctx);
+    Arc::new(move |listener, fd, proto, buffered| {
+        let Some(index) = ctx.names.iter().position(|n| n == listener) else {
+            return;
+        };
+        let handed = Some((proto, Bytes::from(buffered)));
+        // Socket options (`TCP_NODELAY`) travel with the socket.
+        let spawned = if tcp[index] {
+            let std = std::net::TcpStream::from(fd);
+            std.set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpStream::from_std(std))
+                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed)))
+        } else {
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(std))
+                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed)))
+        };
+        match spawned {
+            Ok(_) => ctx.shutdown.tracker().note_taken_over(),
+            Err(e) => {
+                warn!(listener, error = %e, "cannot serve a connection of the previous generation: closed")
+            }
+        }
+    })
+}
+
+/// The task of one accepted connection (or one received from the previous
+/// generation, `handed`): registered with the tracker, holding its slot of the
+/// connection limit until it ends.
 fn connection_task<IO, S, B>(
     io: IO,
     ctx: &Arc<Ctx<S>>,
+    listener: usize,
+    handed: Option<Handed>,
 ) -> impl Future<Output = ()> + Send + use<IO, S, B>
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -583,7 +664,7 @@ where
             Box::pin(serve_tls(io, tls, &ctx, &tracker, &shared)).await;
             return;
         }
-        serve_connection(io, &ctx, &tracker, &shared).await;
+        serve_connection(io, &ctx, &tracker, &shared, listener, handed).await;
     }
 }
 
@@ -591,7 +672,7 @@ where
 /// holds up no one), then HTTP over it.
 #[cfg(feature = "tls")]
 async fn serve_tls<IO, S, B>(
-    io: IO,
+    io: conn::TrackedIo<IO>,
     tls: &Tls,
     ctx: &Ctx<S>,
     tracker: &Arc<crate::tracker::TrackerInner>,
@@ -617,13 +698,145 @@ async fn serve_tls<IO, S, B>(
         },
         () = forced => return,
     };
-    serve_connection(io, ctx, tracker, shared).await;
+    serve_connection(io, ctx, tracker, shared, 0, None).await;
 }
 
 /// Serves HTTP on one connection (plain, or TLS once the handshake is done) until it
-/// ends, drains or is forced.
+/// ends, drains, moves to the next generation or is forced. The first bytes tell
+/// HTTP/2 (its preface) from HTTP/1, unless the previous generation knew already.
 async fn serve_connection<IO, S, B>(
+    mut io: IO,
+    ctx: &Ctx<S>,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+    listener: usize,
+    handed: Option<Handed>,
+) where
+    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let pre = match handed {
+        Some((Proto::Http1, pre)) => pre,
+        handed => {
+            let mut preface = match &handed {
+                Some((_, bytes)) => conn::Preface::with(bytes),
+                None => conn::Preface::default(),
+            };
+            match read_preface(&mut io, &mut preface, ctx, tracker, shared, listener).await {
+                Some(true) => {
+                    serve_h2(
+                        io,
+                        Bytes::copy_from_slice(preface.bytes()),
+                        ctx,
+                        tracker,
+                        shared,
+                    )
+                    .await;
+                    return;
+                }
+                Some(false) => Bytes::copy_from_slice(preface.bytes()),
+                None => return,
+            }
+        }
+    };
+    serve_h1(conn::Rewind::new(io, pre), ctx, tracker, shared, listener).await;
+}
+
+/// Reads the first bytes of a connection until they tell its protocol (`Some(true)`
+/// for HTTP/2). `None`: the connection ended, was forced, moved to the next generation,
+/// or stayed silent through a whole idle grace of a drain.
+async fn read_preface<IO, S>(
+    io: &mut IO,
+    preface: &mut conn::Preface,
+    ctx: &Ctx<S>,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+    listener: usize,
+) -> Option<bool>
+where
+    IO: AsyncRead + AsyncWrite + conn::Movable + Unpin,
+{
+    let draining = conn_reached(tracker, shared, Phase::Draining);
+    let forced = conn_reached(tracker, shared, Phase::Forcing);
+    tokio::pin!(draining, forced);
+    let until_drain = std::future::poll_fn(|cx| {
+        if let Poll::Ready(res) = preface.poll_read(io, cx) {
+            return Poll::Ready(Some(res));
+        }
+        draining.as_mut().poll(cx).map(|()| None)
+    });
+    match until_drain.await {
+        Some(Ok(Some(h2))) => return Some(h2),
+        Some(Ok(None)) => return None,
+        Some(Err(e)) => {
+            debug!(error = %e, "connection failed before its first request");
+            return None;
+        }
+        None => {}
+    }
+    // The drain started before the first request: move to the next generation with
+    // what was read of it, or wait a grace for it.
+    if shared.moves()
+        && hand_over(io.socket(), Proto::Unknown, preface.bytes(), ctx, listener).await
+    {
+        return None;
+    }
+    let mut seen = shared.activity().reads;
+    loop {
+        tokio::select! {
+            biased;
+            res = std::future::poll_fn(|cx| preface.poll_read(io, cx)) => return res.ok().flatten(),
+            () = &mut forced => {
+                shared.mark_forced();
+                return None;
+            }
+            () = tokio::time::sleep(ctx.idle_grace) => {
+                let now = shared.activity().reads;
+                if now == seen {
+                    return None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// Sends the connection to the next generation, if it takes this listener's
+/// connections; `true` once sent (it is the next generation's then: this one closes
+/// its descriptor). `false` leaves it here, to drain as usual.
+async fn hand_over<S>(
+    socket: Option<std::os::fd::BorrowedFd<'_>>,
+    proto: Proto,
+    buffered: &[u8],
+    ctx: &Ctx<S>,
+    listener: usize,
+) -> bool {
+    let name = &ctx.names[listener];
+    let (Some(successor), Some(socket)) = (ctx.shutdown.successor(), socket) else {
+        return false;
+    };
+    if !successor.takes(name) || !Message::fits(name, buffered.len()) {
+        return false;
+    }
+    let message = Message::Conn {
+        listener: name.clone(),
+        proto,
+        buffered: buffered.to_vec(),
+    };
+    match successor.channel.send(&message, &[socket]).await {
+        Ok(()) => true,
+        Err(e) => {
+            debug!(error = %e, "cannot pass a connection to the next generation; it drains here");
+            false
+        }
+    }
+}
+
+/// HTTP/2: hyper serves it until the drain, which sends GOAWAY.
+async fn serve_h2<IO, S, B>(
     io: IO,
+    pre: Bytes,
     ctx: &Ctx<S>,
     tracker: &Arc<crate::tracker::TrackerInner>,
     shared: &Arc<crate::tracker::ConnShared>,
@@ -632,31 +845,97 @@ async fn serve_connection<IO, S, B>(
     S: HttpService<B>,
     B: HttpBody,
 {
+    // Not marked HTTP/2 before its first stream: one that opened just before the
+    // drain gets a grace to send it (a GOAWAY before it would cancel it), as an idle
+    // connection does.
     let service = service::DrainService::new(ctx.service.clone(), Arc::clone(shared));
     let draining = conn_reached(tracker, shared, Phase::Draining);
     let forced = conn_reached(tracker, shared, Phase::Forcing);
-    let ended = {
+    let mut conn = Box::pin(
+        ctx.http2
+            .serve_connection(TokioIo::new(conn::Rewind::new(io, pre)), service),
+    );
+    let ended = conn::drive(
+        conn.as_mut(),
+        |c| c.graceful_shutdown(),
+        shared,
+        draining,
+        forced,
+        ctx.idle_grace,
+        || false,
+    )
+    .await;
+    if let conn::Ended::Done(Err(e)) = ended {
+        debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// HTTP/1 with upgrades (WebSocket); at a restart it moves to the next generation
+/// between two requests, if it can (see [`Server::hand_over`]).
+async fn serve_h1<IO, S, B>(
+    mut io: conn::Rewind<IO>,
+    ctx: &Ctx<S>,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+    listener: usize,
+) where
+    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let mut may_move = true;
+    loop {
+        let service = service::DrainService::new(ctx.service.clone(), Arc::clone(shared));
+        let draining = conn_reached(tracker, shared, Phase::Draining);
+        let forced = conn_reached(tracker, shared, Phase::Forcing);
         // On the heap: hyper's connection is most of what a connection's task holds,
         // and tokio copies the task, whole, several times as it spawns and first polls
         // it (a copy of 2 KiB per move). Boxed, the task is a few hundred bytes, and the
         // connection is allocated once where it stays.
         let mut conn = Box::pin(
-            ctx.builder
-                .serve_connection_with_upgrades(TokioIo::new(io), service),
+            ctx.http1
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
         );
-        conn::drive(
+        let moves = || {
+            may_move
+                && shared.moves()
+                && ctx
+                    .shutdown
+                    .successor()
+                    .is_some_and(|s| s.takes(&ctx.names[listener]))
+        };
+        let ended = conn::drive(
             conn.as_mut(),
             |c| c.graceful_shutdown(),
             shared,
             draining,
             forced,
             ctx.idle_grace,
+            moves,
         )
-        .await
-    };
-    conn::note_upgrade(shared, &ended);
-    if let conn::Ended::Done(Err(e)) = ended {
-        debug!(error = %e, "connection ended with an error");
+        .await;
+        if !matches!(ended, conn::Ended::Detached) {
+            drop(conn);
+            conn::note_upgrade(shared, &ended);
+            if let conn::Ended::Done(Err(e)) = ended {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        let Some(parts) = std::pin::Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        let (inner, unread) = parts.io.into_inner().into_parts();
+        let mut buffered = unread.map(|b| b.to_vec()).unwrap_or_default();
+        buffered.extend_from_slice(&parts.read_buf);
+        if hand_over(inner.socket(), Proto::Http1, &buffered, ctx, listener).await {
+            shared.mark_handed_over();
+            return;
+        }
+        // It stays: served again from where hyper stopped, to drain as usual.
+        may_move = false;
+        io = conn::Rewind::new(inner, Bytes::from(buffered));
     }
 }
 
@@ -674,11 +953,13 @@ mod tests {
         let shutdown = Shutdown::builder().build().unwrap();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let ctx = Arc::new(Ctx {
-            builder: auto::Builder::new(TokioExecutor::new()),
+            http1: http1::Builder::new(),
+            http2: http2::Builder::new(TokioExecutor::new()),
             service: app,
             shutdown,
             idle_grace: DEFAULT_IDLE_GRACE,
             limits: crate::tracker::Limits::default(),
+            names: vec!["http".into()],
             slots: slots::Slots::new(16),
             tls: None,
         });
@@ -686,7 +967,7 @@ mod tests {
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (io, _) = accepted.unwrap();
-        let task = connection_task(io, &ctx);
+        let task = connection_task(io, &ctx, 0, None);
         let size = std::mem::size_of_val(&task);
         let plain = {
             let tracker = Arc::clone(ctx.shutdown.tracker().inner());
@@ -698,7 +979,7 @@ mod tests {
                 ctx.shutdown.tracker().register_with(fd, ctx.limits)
             });
             let shared = Arc::clone(io.handle().shared());
-            let fut = serve_connection(io, &ctx, &tracker, &shared);
+            let fut = serve_connection(io, &ctx, &tracker, &shared, 0, None);
             std::mem::size_of_val(&fut)
         };
         drop((task, client));

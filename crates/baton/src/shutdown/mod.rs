@@ -5,6 +5,7 @@
 
 mod builder;
 mod drain;
+mod generations;
 mod restart;
 
 use std::fmt;
@@ -38,6 +39,7 @@ pub use builder::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
     ShutdownBuilder,
 };
+pub(crate) use generations::Sink;
 pub use restart::{LastRestart, RestartRequest, RestartStats};
 
 type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -106,6 +108,13 @@ struct Inner {
     /// Restarts attempted by this generation (a lock per restart, never per request).
     restarts: Mutex<RestartStats>,
     started: std::time::Instant,
+    /// The generation channel from the previous generation.
+    inbound: Mutex<generations::Inbound>,
+    inbound_channel: Mutex<Option<Arc<crate::channel::Channel>>>,
+    /// The totals the previous generations last reported.
+    inherited_totals: Mutex<crate::channel::Totals>,
+    /// The generation channel to the next generation, once handed over.
+    outbound: Mutex<Option<Arc<generations::Outbound>>>,
 }
 
 struct Pending {
@@ -169,6 +178,10 @@ impl Shutdown {
                 stop_asked: AtomicBool::new(false),
                 restarts: Mutex::new(RestartStats::default()),
                 started: std::time::Instant::now(),
+                inbound: generations::Inbound::new(generations::inherited()),
+                inbound_channel: Mutex::new(None),
+                inherited_totals: Mutex::new(crate::channel::Totals::default()),
+                outbound: Mutex::new(None),
             }),
         }
     }

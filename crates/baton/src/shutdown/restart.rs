@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{Cmd, End, RestartReply, Shutdown};
 use crate::command::{Command, FollowUp};
@@ -158,6 +159,7 @@ impl Shutdown {
         inner.tracker.set_closing(true);
         let back_to_ready = || {
             inner.tracker.set_closing(false);
+            inner.tracker.set_hand_over(false);
             // The failed generation may have written its PID already.
             if let Some(path) = &inner.pidfile
                 && let Err(e) = notify::write_pidfile(path, pid)
@@ -176,12 +178,28 @@ impl Shutdown {
             return Err((e, None));
         }
         let draining = self.enforce_generation_cap();
+        // The generation channel: open connections and totals go to the new generation
+        // on it. Without one (not on this platform) they drain here, as before.
+        let channel = match crate::channel::Channel::pair() {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                debug!(error = %e, "no generation channel: open connections drain here");
+                None
+            }
+        };
+        // Until the new generation says which listeners it takes, expect it to take
+        // them: a keep-alive response now keeps its connection, which moves at the
+        // drain (if it takes none after all, such a connection closes after the idle
+        // grace, as before the channel).
+        inner.tracker.set_hand_over(channel.is_some());
         let spawned = handoff::spawn(
             &inner.program,
             &lock(&inner.listeners),
+            channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
             generation,
             &draining,
         );
+        let ours = channel.map(|(ours, _)| ours);
         let mut spawned = match spawned {
             Ok(s) => s,
             Err(e) => {
@@ -237,6 +255,8 @@ impl Shutdown {
             ready: spawned.started.elapsed(),
             coalesced: follow_up.asked(),
         };
+        let takes = ours.map_or(0, |ours| self.connect_successor(ours));
+        inner.tracker.set_hand_over(takes > 0);
         // Released first: the new generation is then the service manager's child when
         // the manager hears `MAINPID=` (one that is not is killed at once at a stop).
         spawned.release().await;

@@ -88,7 +88,7 @@ impl Worker {
             sitter: false,
         };
         let spawned =
-            handoff::launch(&exe, command, &fds, env, notify, how).map_err(Error::Worker)?;
+            handoff::launch(&exe, command, &fds, None, env, notify, how).map_err(Error::Worker)?;
         let exit = crate::sys::ExitWatch::new(spawned.pid).ok();
         Ok(Worker {
             spawned,

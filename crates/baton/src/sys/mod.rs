@@ -15,13 +15,13 @@ mod platform;
 
 pub(crate) use platform::{
     become_subreaper, children, connect_abstract, generation_force_signal, is_alive, is_locked,
-    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, signal_disposition,
-    start_time, try_lock,
+    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, seqpacket_pair,
+    signal_disposition, start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// `shutdown(fd, SHUT_RDWR)`: ends both directions of a connected socket. Any task
@@ -165,6 +165,17 @@ impl ExitWatch {
     }
 }
 
+/// Registers an owned descriptor with the current tokio runtime for `interest`.
+pub(crate) fn register_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is an open descriptor owned by the `AsyncFd` for its whole lifetime,
+    // and `as_raw_fd` of an `OwnedFd` always returns that descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(io::Error::from)
+}
+
 /// Gives `signal` its default disposition back (`SIG_DFL`).
 pub(crate) fn default_signal(signal: i32) {
     // SAFETY: restoring the default disposition installs no code of ours.
@@ -243,6 +254,90 @@ pub(crate) fn send_with_fds(
     message: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    send_message(sock.as_fd(), message, fds, 0)
+}
+
+/// Sends one message with descriptors attached (`SCM_RIGHTS`) on a connected Unix
+/// socket, without blocking (`WouldBlock` when its buffer is full) and without
+/// `SIGPIPE` (`BrokenPipe` when the peer is gone): the generation channel.
+pub(crate) fn send_nonblocking_with_fds(
+    sock: BorrowedFd<'_>,
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    send_message(sock, message, fds, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+}
+
+/// Receives one message of a Unix seqpacket or datagram socket into `buf`, without
+/// blocking, with the descriptors attached to it (close-on-exec); at most `MAX_FDS`
+/// are kept, more are closed. `Ok(None)` when the peer closed its end.
+pub(crate) fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    const MAX_FDS: usize = 4;
+    let payload = (MAX_FDS * std::mem::size_of::<RawFd>()) as u32;
+    // SAFETY: CMSG_SPACE computes a size from an integer.
+    let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `iov` (over `buf`) and `control`, both alive and writable
+    // for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` up to `msg_controllen`; the CMSG macros walk
+    // the headers inside it, and each SCM_RIGHTS header's data holds descriptors that
+    // are now ours (received, close-on-exec).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let len = (*cmsg).cmsg_len as usize - (data as usize - cmsg as usize);
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    let raw = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "a message longer than the buffer (cut)",
+        ));
+    }
+    Ok(Some((n as usize, fds)))
+}
+
+fn send_message(
+    sock: BorrowedFd<'_>,
+    message: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: libc::c_int,
+) -> io::Result<()> {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let payload = std::mem::size_of_val(raw.as_slice());
     let payload_len =
@@ -279,7 +374,7 @@ pub(crate) fn send_with_fds(
     }
     // SAFETY: `msg` points at `iov`, `message` and `control`, all alive for the call;
     // the descriptors are borrowed, open for the call.
-    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) };
+    let sent = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, flags) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }

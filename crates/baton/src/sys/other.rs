@@ -89,3 +89,9 @@ pub(crate) fn process_uid(_pid: u32) -> io::Result<u32> {
 pub(crate) fn pidfd_open(_pid: u32) -> io::Result<std::os::fd::OwnedFd> {
     Err(unsupported("a process descriptor"))
 }
+
+pub(crate) fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    Err(unsupported(
+        "the generation channel (a Unix seqpacket socket pair)",
+    ))
+}

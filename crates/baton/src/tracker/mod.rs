@@ -81,6 +81,12 @@ pub struct ConnectionStats {
     /// Connections closed since start because their client sent no request in time
     /// (the header-read timeout) or stayed idle too long (the idle timeout).
     pub timed_out: u64,
+    /// Open connections passed to the next generation at a restart since start (counted
+    /// in `closed` too): their clients kept them.
+    pub handed_over: u64,
+    /// Open connections received from the previous generation since start (counted in
+    /// `accepted` too).
+    pub taken_over: u64,
 }
 
 #[derive(Debug)]
@@ -100,11 +106,13 @@ impl Clone for Tracker {
 pub(crate) struct TrackerInner {
     /// Mirror of the phase for cheap checks (one relaxed load).
     phase: Arc<AtomicU8>,
-    /// HTTP/1 responses carry `Connection: close`: from the drain on, and already while
-    /// a restart starts the next generation (so that a keep-alive client answered in
-    /// that window reconnects instead of staying on a generation about to drain). The
-    /// per-request check is this one relaxed load.
-    close: Arc<AtomicBool>,
+    /// `CLOSE`: HTTP/1 responses carry `Connection: close`: from the drain on, and
+    /// already while a restart starts the next generation (so that a keep-alive client
+    /// answered in that window reconnects instead of staying on a generation about to
+    /// drain). `HAND_OVER`: except on connections that can move to the next generation,
+    /// which takes them (see `ConnShared::closes_responses`). The per-request check is
+    /// one relaxed load.
+    flags: Arc<AtomicU8>,
     phase_tx: watch::Sender<Phase>,
     conns: Mutex<Slab<Arc<ConnShared>>>,
     /// Open connections plus running accept loops; the drain is over at zero.
@@ -114,6 +122,8 @@ pub(crate) struct TrackerInner {
     closed: AtomicU64,
     closed_forced: AtomicU64,
     closed_timed_out: AtomicU64,
+    closed_handed_over: AtomicU64,
+    taken_over: AtomicU64,
     /// Whether the sweep of timeouts runs.
     sweeping: AtomicBool,
     /// Requests of connections already closed.
@@ -142,14 +152,25 @@ pub(crate) struct ConnShared {
     /// The connection task's waker, woken when the phase changes. Per connection, so
     /// that waiting for the drain costs a busy connection nothing shared.
     waker: AtomicWaker,
-    /// The tracker's `close` flag, shared once per connection so that a request reads
-    /// it without cloning anything.
-    close: Arc<AtomicBool>,
+    /// The tracker's flags, shared once per connection so that a request reads them
+    /// without cloning anything.
+    flags: Arc<AtomicU8>,
     /// How long it may wait for a request, and stay idle between requests.
     limits: Limits,
     /// Closed by the sweep for a timeout.
     timed_out: AtomicBool,
+    /// Written to since the socket was last flushed: bytes may wait in hyper's buffer.
+    /// Written only by the connection's own socket wrapper.
+    unflushed: AtomicBool,
+    /// Being taken out of hyper to move to the next generation: the socket wrapper
+    /// makes hyper's closing `shutdown` a no-op.
+    detaching: AtomicBool,
+    /// Passed to the next generation (counted when it closes here).
+    handed_over: AtomicBool,
 }
+
+const CLOSE: u8 = 1;
+const HAND_OVER: u8 = 2;
 
 /// A connection's timeouts, enforced by the tracker's sweep (see `sweep.rs`): coarse
 /// (a second), and costing the request path nothing.
@@ -161,6 +182,9 @@ pub(crate) struct Limits {
     pub(crate) header: Option<std::time::Duration>,
     /// Between requests (keep-alive, an HTTP/2 connection without a stream).
     pub(crate) idle: Option<std::time::Duration>,
+    /// Not a timeout: whether the connection may move to the next generation at a
+    /// restart (plain HTTP/1, with the hand-over on).
+    pub(crate) movable: bool,
 }
 
 /// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
@@ -193,9 +217,43 @@ impl ConnShared {
 
     /// `true` once the drain has started, or while a restart starts the next
     /// generation: HTTP/1 responses must close their connection.
+    ///
+    /// Not on a connection that can move to the next generation while a hand-over is
+    /// expected: it moves after its response instead of closing.
     #[inline]
     pub(crate) fn closes_responses(&self) -> bool {
-        self.close.load(Ordering::Relaxed)
+        let flags = self.flags.load(Ordering::Relaxed);
+        flags & CLOSE != 0 && !(self.limits.movable && flags & HAND_OVER != 0)
+    }
+
+    /// Whether this connection moves to the next generation when the drain starts.
+    pub(crate) fn moves(&self) -> bool {
+        self.limits.movable && self.flags.load(Ordering::SeqCst) & HAND_OVER != 0
+    }
+
+    /// Called by the socket wrapper on every write (`true`) and every completed flush
+    /// (`false`). hyper flushes its buffer into the socket before it flushes the
+    /// socket, so `false` means nothing of a response waits in hyper.
+    #[inline]
+    pub(crate) fn note_unflushed(&self, unflushed: bool) {
+        self.unflushed.store(unflushed, Ordering::Relaxed);
+    }
+
+    /// No request in flight and nothing of a response waiting to be written.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.counts().1 == 0 && !self.unflushed.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_detaching(&self, on: bool) {
+        self.detaching.store(on, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_detaching(&self) -> bool {
+        self.detaching.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_handed_over(&self) {
+        self.handed_over.store(true, Ordering::Relaxed);
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -277,6 +335,9 @@ impl Drop for ConnHandle {
             if self.shared.timed_out.load(Ordering::Relaxed) {
                 t.closed_timed_out.fetch_add(1, Ordering::Relaxed);
             }
+            if self.shared.handed_over.load(Ordering::Relaxed) {
+                t.closed_handed_over.fetch_add(1, Ordering::Relaxed);
+            }
             t.closed.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.closed.store(true, Ordering::Release);
@@ -354,7 +415,7 @@ impl Tracker {
         Tracker {
             inner: Arc::new(TrackerInner {
                 phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
-                close: Arc::new(AtomicBool::new(false)),
+                flags: Arc::new(AtomicU8::new(0)),
                 phase_tx,
                 conns: Mutex::new(Slab::new()),
                 busy: AtomicUsize::new(0),
@@ -363,6 +424,8 @@ impl Tracker {
                 closed: AtomicU64::new(0),
                 closed_forced: AtomicU64::new(0),
                 closed_timed_out: AtomicU64::new(0),
+                closed_handed_over: AtomicU64::new(0),
+                taken_over: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),
                 closed_requests: AtomicU64::new(0),
                 sweep: AtomicBool::new(true),
@@ -382,7 +445,7 @@ impl Tracker {
     /// task so that it sees the new phase.
     pub(crate) fn advance(&self, phase: Phase) {
         if phase >= Phase::Draining {
-            self.inner.close.store(true, Ordering::SeqCst);
+            self.inner.flags.fetch_or(CLOSE, Ordering::SeqCst);
         }
         let before = self.inner.phase.fetch_max(phase as u8, Ordering::SeqCst);
         if before >= phase as u8 {
@@ -406,8 +469,27 @@ impl Tracker {
     /// Asks HTTP/1 responses to close their connection (`true`, a restart starts) or not
     /// (`false`, the restart failed: unless the drain has started meanwhile).
     pub(crate) fn set_closing(&self, close: bool) {
-        let close = close || self.phase() >= Phase::Draining;
-        self.inner.close.store(close, Ordering::SeqCst);
+        if close || self.phase() >= Phase::Draining {
+            self.inner.flags.fetch_or(CLOSE, Ordering::SeqCst);
+        } else {
+            self.inner.flags.fetch_and(!CLOSE, Ordering::SeqCst);
+        }
+    }
+
+    /// Whether the next generation takes (or, while it starts, is expected to take)
+    /// the connections that can move: they then keep their keep-alive and move at the
+    /// drain instead of closing.
+    pub(crate) fn set_hand_over(&self, on: bool) {
+        if on {
+            self.inner.flags.fetch_or(HAND_OVER, Ordering::SeqCst);
+        } else {
+            self.inner.flags.fetch_and(!HAND_OVER, Ordering::SeqCst);
+        }
+    }
+
+    /// Counts a connection received from the previous generation.
+    pub(crate) fn note_taken_over(&self) {
+        self.inner.taken_over.fetch_add(1, Ordering::Relaxed);
     }
 
     /// See `TrackerInner::sweep`; call before advancing to `Draining`.
@@ -455,9 +537,12 @@ impl Tracker {
             closed: AtomicBool::new(false),
             forced: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            close: Arc::clone(&self.inner.close),
+            flags: Arc::clone(&self.inner.flags),
             limits,
             timed_out: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            detaching: AtomicBool::new(false),
+            handed_over: AtomicBool::new(false),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
         let key = {
@@ -519,6 +604,8 @@ impl Tracker {
             s.closed = t.closed.load(Ordering::Relaxed);
             s.forced = t.closed_forced.load(Ordering::Relaxed);
             s.timed_out = t.closed_timed_out.load(Ordering::Relaxed);
+            s.handed_over = t.closed_handed_over.load(Ordering::Relaxed);
+            s.taken_over = t.taken_over.load(Ordering::Relaxed);
             s.requests = t.closed_requests.load(Ordering::Relaxed);
             s.accepted = t.accepted.load(Ordering::Relaxed);
             for (_, c) in conns.iter() {

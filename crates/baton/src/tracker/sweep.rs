@@ -176,6 +176,7 @@ mod tests {
         Limits {
             header: Some(Duration::from_secs(2)),
             idle: Some(Duration::from_secs(5)),
+            movable: false,
         }
     }
 
