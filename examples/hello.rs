@@ -59,6 +59,11 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = limit)]
     idle_grace: Duration,
 
+    /// At a restart, close open keep-alive connections (after the idle grace) instead
+    /// of passing them to the new generation.
+    #[arg(long)]
+    no_hand_over: bool,
+
     /// How long a new generation may take to report ready at a restart.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     ready_timeout: Duration,
@@ -329,6 +334,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         })?
     };
     let mut server = server
+        .hand_over(!args.no_hand_over)
         .idle_grace(args.idle_grace)?
         .header_read_timeout(args.header_read_timeout)?
         .idle_timeout(args.idle_timeout)?;

@@ -5,8 +5,9 @@
 //!
 //! The successor says which listeners it takes open connections for ([`Message::Takes`],
 //! sent as its servers start, so before it reports ready); the predecessor sends it
-//! connections ([`Message::Conn`], the socket attached) and, while it drains, its
-//! counters ([`Message::Totals`]). A connection whose message was sent belongs to the
+//! connections ([`Message::Conn`], the socket attached) and its counters
+//! ([`Message::Totals`]: at the hand-over, whenever the successor asks with
+//! [`Message::TotalsPlease`] while it drains, and at its end). A connection whose message was sent belongs to the
 //! successor (if it dies before reading it, the kernel closes the socket with the
 //! channel); one that could not be sent stays with the predecessor.
 
@@ -33,50 +34,124 @@ pub(crate) enum Proto {
     Http1,
 }
 
-/// Counters a generation carries over to the next one (its own plus what it was given
-/// by its predecessor), so that totals never go back at a restart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub(crate) accepted: u64,
-    pub(crate) closed: u64,
-    pub(crate) requests: u64,
-    pub(crate) forced: u64,
-    pub(crate) timed_out: u64,
-    pub(crate) handed_over: u64,
-    /// Connections still open in the sender (and in the generations before it).
-    pub(crate) open: u64,
-    pub(crate) requests_in_flight: u64,
+/// Counters a generation carries over to the next one: its own plus what it was given
+/// by its predecessor (see `Shutdown::connections_all_generations`): the fields of
+/// [`ConnectionStats`](crate::ConnectionStats), then the restart counters of
+/// [`RestartStats`](crate::RestartStats) (successes, coalesced requests, microseconds,
+/// failures by kind in the order of [`RESTART_FAILURES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Totals(pub(crate) [u64; Totals::FIELDS]);
+
+impl Default for Totals {
+    fn default() -> Self {
+        Totals([0; Totals::FIELDS])
+    }
 }
 
 impl Totals {
-    const FIELDS: usize = 8;
+    pub(crate) const FIELDS: usize = 16 + RESTART_FAILURES.len();
+    const RESTARTS: usize = 13;
+    /// The fields that are gauges (the state now), not counters: `open`, `new`,
+    /// `active`, `idle`, `upgraded`, `requests_in_flight`.
+    const GAUGES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
-    fn to_array(self) -> [u64; Self::FIELDS] {
-        [
-            self.accepted,
-            self.closed,
-            self.requests,
-            self.forced,
-            self.timed_out,
-            self.handed_over,
-            self.open,
-            self.requests_in_flight,
-        ]
+    pub(crate) fn from_stats(s: &crate::ConnectionStats) -> Totals {
+        let n = |v: usize| v as u64;
+        let mut t = Totals::default();
+        t.0[..Totals::RESTARTS].copy_from_slice(&[
+            s.accepted,
+            n(s.open),
+            n(s.new),
+            n(s.active),
+            n(s.idle),
+            n(s.upgraded),
+            s.closed,
+            s.requests,
+            s.requests_in_flight,
+            s.forced,
+            s.timed_out,
+            s.handed_over,
+            s.taken_over,
+        ]);
+        t
     }
 
-    fn from_array(a: [u64; Self::FIELDS]) -> Totals {
-        Totals {
-            accepted: a[0],
-            closed: a[1],
-            requests: a[2],
-            forced: a[3],
-            timed_out: a[4],
-            handed_over: a[5],
-            open: a[6],
-            requests_in_flight: a[7],
+    pub(crate) fn to_stats(self) -> crate::ConnectionStats {
+        let a = self.0;
+        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+        let mut s = crate::ConnectionStats::default();
+        s.accepted = a[0];
+        s.open = n(a[1]);
+        s.new = n(a[2]);
+        s.active = n(a[3]);
+        s.idle = n(a[4]);
+        s.upgraded = n(a[5]);
+        s.closed = a[6];
+        s.requests = a[7];
+        s.requests_in_flight = a[8];
+        s.forced = a[9];
+        s.timed_out = a[10];
+        s.handed_over = a[11];
+        s.taken_over = a[12];
+        s
+    }
+
+    /// Takes a later report: the gauges as reported, each counter at least where it
+    /// was (reports sent by two tasks may arrive out of order).
+    pub(crate) fn update(&mut self, later: Totals) {
+        for (i, (mine, new)) in self.0.iter_mut().zip(later.0).enumerate() {
+            *mine = if Totals::GAUGES.contains(&i) {
+                new
+            } else {
+                (*mine).max(new)
+            };
+        }
+    }
+
+    pub(crate) fn set_restarts(&mut self, r: &crate::RestartStats) {
+        let at = Totals::RESTARTS;
+        self.0[at] = r.ok;
+        self.0[at + 1] = r.coalesced;
+        // Rounded up: the next generation never shows less than this one did.
+        self.0[at + 2] = (r.seconds_total * 1e6).ceil() as u64;
+        for (i, kind) in RESTART_FAILURES.iter().enumerate() {
+            self.0[at + 3 + i] = r.failed.get(kind).copied().unwrap_or(0);
+        }
+    }
+
+    /// Adds the restart counters to `r`.
+    pub(crate) fn add_restarts(&self, r: &mut crate::RestartStats) {
+        let at = Totals::RESTARTS;
+        r.ok += self.0[at];
+        r.coalesced += self.0[at + 1];
+        r.seconds_total += self.0[at + 2] as f64 / 1e6;
+        for (i, kind) in RESTART_FAILURES.iter().enumerate() {
+            let n = self.0[at + 3 + i];
+            if n > 0 {
+                *r.failed.entry(kind).or_default() += n;
+            }
+        }
+    }
+
+    /// The generation is gone: nothing of it is open any more.
+    pub(crate) fn gone(&mut self) {
+        for i in Totals::GAUGES {
+            self.0[i] = 0;
         }
     }
 }
+
+/// The kinds of failed restarts carried over (`RestartFailure::kind`).
+pub(crate) const RESTART_FAILURES: [&str; 8] = [
+    "executable",
+    "spawn",
+    "exited",
+    "not-ready",
+    "aborted",
+    "busy",
+    "draining",
+    "master",
+];
 
 /// One message of the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,13 +166,17 @@ pub(crate) enum Message {
         proto: Proto,
         buffered: Vec<u8>,
     },
-    /// Predecessor to successor: its totals, sent while it drains and once at its end.
+    /// Predecessor to successor: its totals, sent at the hand-over, when asked, and
+    /// once at its end.
     Totals { totals: Totals, last: bool },
+    /// Successor to predecessor: send the totals now.
+    TotalsPlease,
 }
 
 const TAKES: u8 = b'T';
 const CONN: u8 = b'C';
 const TOTALS: u8 = b'N';
+const TOTALS_PLEASE: u8 = b'Q';
 
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -122,10 +201,11 @@ impl Message {
                 out.extend_from_slice(listener.as_bytes());
                 out.extend_from_slice(buffered);
             }
+            Message::TotalsPlease => out.push(TOTALS_PLEASE),
             Message::Totals { totals, last } => {
                 out.push(TOTALS);
                 out.push(u8::from(*last));
-                for n in totals.to_array() {
+                for n in totals.0 {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
             }
@@ -179,10 +259,11 @@ impl Message {
                     *slot = u64::from_le_bytes(chunk.try_into().ok()?);
                 }
                 Some(Message::Totals {
-                    totals: Totals::from_array(a),
+                    totals: Totals(a),
                     last: last != 0,
                 })
             }
+            TOTALS_PLEASE if rest.is_empty() => Some(Message::TotalsPlease),
             _ => None,
         }
     }
@@ -270,6 +351,7 @@ mod tests {
         let messages = [
             Message::Takes(vec!["http".into(), "admin".into()]),
             Message::Takes(vec![]),
+            Message::TotalsPlease,
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,
@@ -281,16 +363,9 @@ mod tests {
                 buffered: vec![],
             },
             Message::Totals {
-                totals: Totals {
-                    accepted: 1,
-                    closed: 2,
-                    requests: u64::MAX,
-                    forced: 4,
-                    timed_out: 5,
-                    handed_over: 6,
-                    open: 7,
-                    requests_in_flight: 8,
-                },
+                totals: Totals(std::array::from_fn(|i| {
+                    if i == 7 { u64::MAX } else { i as u64 }
+                })),
                 last: true,
             },
         ];
@@ -311,6 +386,41 @@ mod tests {
             "short name"
         );
         assert_eq!(Message::decode(&[VERSION, TOTALS, 0, 1, 2]), None, "short");
+    }
+
+    #[test]
+    fn counters_never_go_back_and_gauges_follow_the_last_report() {
+        let mut t = Totals::default();
+        let mut s = crate::ConnectionStats::default();
+        s.accepted = 10;
+        s.open = 4;
+        s.requests = 100;
+        t.update(Totals::from_stats(&s));
+        let mut older = s;
+        older.accepted = 8;
+        older.open = 6;
+        older.requests = 90;
+        t.update(Totals::from_stats(&older)); // a report that overtook it
+        let got = t.to_stats();
+        assert_eq!((got.accepted, got.requests, got.open), (10, 100, 6));
+        t.gone();
+        assert_eq!((t.to_stats().open, t.to_stats().accepted), (0, 10));
+        assert_eq!(Totals::from_stats(&s).to_stats(), s);
+    }
+
+    #[test]
+    fn restart_counters_add_up() {
+        let mut r = crate::RestartStats::default();
+        r.ok = 1;
+        r.coalesced = 2;
+        r.seconds_total = 0.5;
+        r.failed.insert("exited", 3);
+        let mut t = Totals::default();
+        t.set_restarts(&r);
+        let mut sum = r.clone();
+        t.add_restarts(&mut sum);
+        assert_eq!((sum.ok, sum.coalesced, sum.failed["exited"]), (2, 4, 6));
+        assert!((sum.seconds_total - 1.0).abs() < 1e-6);
     }
 
     #[test]

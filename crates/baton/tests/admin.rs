@@ -322,3 +322,79 @@ fn admin_without_a_usable_token_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("at least 16 printable"), "{err}");
 }
+
+/// The counters of `/metrics` (`*_total`) as name (with labels) → value.
+fn counters(body: &str) -> std::collections::BTreeMap<String, f64> {
+    let lines = body.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+    scrape
+        .samples
+        .into_iter()
+        .filter_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v)
+                if s.metric.ends_with("_total") =>
+            {
+                Some((format!("{}{:?}", s.metric, s.labels), v))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Totals carried over the generation channel: across 20 restarts under load, no
+/// counter of `/metrics` ever goes back, whichever generation answers the scrape, and
+/// the last one counts the 20 restarts of the generations before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_totals_never_go_back_across_twenty_restarts_under_load() {
+    let (demo, admin) = Demo::start_admin(TOKEN);
+    let load = support::Load::start(&demo.addr, 2, true);
+    let fresh = support::Load::start(&demo.addr, 1, false);
+    let mut last = std::collections::BTreeMap::new();
+    let mut scrapes = 0;
+    let mut check = |body: &str, when: &str| {
+        let now = counters(body);
+        assert!(now.len() >= 5, "{body}");
+        for (name, v) in &now {
+            if let Some(before) = last.get(name) {
+                assert!(v >= before, "{name} went back from {before} to {v} {when}");
+            }
+        }
+        last = now;
+        scrapes += 1;
+    };
+    let mut pid = demo.pid;
+    for generation in 2..=21u32 {
+        let m = call(&admin, "GET", "/metrics", &[BEARER], &[]).await;
+        check(&m.body, &format!("before restart {generation}"));
+        support::signal_pid(pid, "HUP");
+        pid = demo.wait_ready(generation);
+        let m = call(&admin, "GET", "/metrics", &[BEARER], &[]).await;
+        check(&m.body, &format!("right after restart {generation}"));
+    }
+    let (a, b) = (load.stop().await, fresh.stop().await);
+    assert!(
+        a.failures.is_empty() && b.failures.is_empty(),
+        "{:?} {:?}",
+        a.failures,
+        b.failures
+    );
+    let m = call(&admin, "GET", "/metrics", &[BEARER], &[]).await;
+    check(&m.body, "at the end");
+    let end = counters(&m.body);
+    let restarts = end
+        .iter()
+        .find(|(k, _)| k.starts_with("baton_restarts_total") && k.contains("\"ok\""))
+        .map(|(_, v)| *v);
+    assert_eq!(restarts, Some(20.0), "{}", m.body);
+    let requests = end
+        .iter()
+        .find(|(k, _)| k.starts_with("baton_requests_total"))
+        .map(|(_, v)| *v)
+        .unwrap();
+    assert!(
+        requests >= (a.ok + b.ok) as f64,
+        "requests_total {requests} counts the clients' {} requests",
+        a.ok + b.ok
+    );
+    assert_eq!(scrapes, 41);
+}

@@ -164,8 +164,14 @@ impl Admin {
             );
         }
         match action.as_deref() {
-            None if path == "/metrics" => metrics(&self.inner.shutdown),
-            None => json(StatusCode::OK, &status_json(&self.inner.shutdown)),
+            None if path == "/metrics" => {
+                self.inner.shutdown.totals_settled().await;
+                metrics(&self.inner.shutdown)
+            }
+            None => {
+                self.inner.shutdown.totals_settled().await;
+                json(StatusCode::OK, &status_json(&self.inner.shutdown))
+            }
             Some(action) => self.act(action, &query).await,
         }
     }
@@ -328,8 +334,8 @@ fn json_str(s: &str) -> String {
 }
 
 fn status_json(shutdown: &Shutdown) -> String {
-    let c = shutdown.connections();
-    let r = shutdown.restart_stats();
+    let c = shutdown.connections_all_generations();
+    let r = shutdown.restart_stats_all_generations();
     let listeners: Vec<String> = shutdown
         .listeners()
         .iter()
@@ -393,8 +399,8 @@ fn metrics(shutdown: &Shutdown) -> Response<Full<Bytes>> {
     use prometheus_client::metrics::gauge::Gauge;
     use prometheus_client::registry::Registry;
 
-    let c = shutdown.connections();
-    let r = shutdown.restart_stats();
+    let c = shutdown.connections_all_generations();
+    let r = shutdown.restart_stats_all_generations();
     let mut reg = Registry::with_prefix("baton");
     let counter = |v: u64| {
         let m = Counter::<u64>::default();

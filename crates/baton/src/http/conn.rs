@@ -304,6 +304,9 @@ where
     C: Future<Output = Result<(), E>> + ?Sized,
 {
     tokio::pin!(draining, forced);
+    // Requests before this hyper connection (one received from the previous generation
+    // counts from 0 here too).
+    let before = shared.activity().requests;
     // hyper first, then the drain: this runs on every wake-up of a busy connection, so
     // it is written out rather than a `select!` (no branch mask, no random start).
     let until_drain = std::future::poll_fn(|cx| {
@@ -332,6 +335,13 @@ where
                 // A response in progress, or bytes of one in hyper's buffer: wait
                 // (this runs again on every wake-up of the connection).
                 return Poll::Pending;
+            }
+            if shared.activity().requests == before {
+                // No request started on this hyper connection: hyper holds nothing
+                // but bytes read of the first one (a request head is served as soon as
+                // it is complete). Its state is not "idle" (a fresh connection's is
+                // not), so its graceful shutdown would not stop it; take it as it is.
+                return Poll::Ready(Some(Ended::Detached));
             }
             detach(conn.as_mut(), &graceful_shutdown, shared, cx)
         })

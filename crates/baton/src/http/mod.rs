@@ -931,8 +931,9 @@ async fn serve_h1<IO, S, B>(
             return;
         };
         let (inner, unread) = parts.io.into_inner().into_parts();
-        let mut buffered = unread.map(|b| b.to_vec()).unwrap_or_default();
-        buffered.extend_from_slice(&parts.read_buf);
+        // What hyper read first, then what it had not read yet of what came before.
+        let mut buffered = parts.read_buf.to_vec();
+        buffered.extend_from_slice(unread.as_deref().unwrap_or_default());
         if hand_over(inner.socket(), Proto::Http1, &buffered, ctx, listener).await {
             shared.mark_handed_over();
             return;

@@ -73,26 +73,38 @@ impl Inbound {
 }
 
 impl Shutdown {
+    /// Starts reading the channel from the previous generation, if there is one (once;
+    /// by the first server that starts, or by `run`). Call within the runtime.
+    pub(super) fn start_inbound(&self) {
+        let mut inbound = lock(&self.inner.inbound);
+        self.start_inbound_locked(&mut inbound);
+    }
+
+    fn start_inbound_locked(&self, inbound: &mut Inbound) {
+        if inbound.started {
+            return;
+        }
+        inbound.started = true;
+        let Some(fd) = inbound.fd.take() else {
+            return;
+        };
+        let channel = match Channel::new(fd) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                warn!(error = %e, "cannot register the generation channel; no connection will be taken over");
+                return;
+            }
+        };
+        *lock(&self.inner.inbound_channel) = Some(Arc::clone(&channel));
+        tokio::spawn(receive(self.clone(), channel));
+    }
+
     /// Called by a server of this generation as it starts: its `listeners` take the open
     /// connections of the previous generation, served by `sink`. Tells the previous
     /// generation (before this one reports ready); does nothing for a first generation.
     pub(crate) fn take_connections(&self, listeners: &[String], sink: Sink) {
         let mut inbound = lock(&self.inner.inbound);
-        if !inbound.started {
-            let Some(fd) = inbound.fd.take() else {
-                return;
-            };
-            let channel = match Channel::new(fd) {
-                Ok(c) => Arc::new(c),
-                Err(e) => {
-                    warn!(error = %e, "cannot register the generation channel; no connection will be taken over");
-                    return;
-                }
-            };
-            inbound.started = true;
-            *lock(&self.inner.inbound_channel) = Some(Arc::clone(&channel));
-            tokio::spawn(receive(self.clone(), channel));
-        }
+        self.start_inbound_locked(&mut inbound);
         for name in listeners {
             inbound.sinks.insert(name.clone(), Arc::clone(&sink));
         }
@@ -110,7 +122,7 @@ impl Shutdown {
     }
 
     /// The channel to the next generation and the listeners it takes connections of,
-    /// once this generation handed over (`None` before, and when it takes none).
+    /// once this generation handed over (`None` before).
     pub(crate) fn successor(&self) -> Option<Arc<Outbound>> {
         lock(&self.inner.outbound).clone()
     }
@@ -133,23 +145,127 @@ impl Shutdown {
             }
         }
         let n = takes.len();
-        if n > 0 {
-            *lock(&self.inner.outbound) = Some(Arc::new(Outbound { channel, takes }));
-        }
+        *lock(&self.inner.outbound) = Some(Arc::new(Outbound { channel, takes }));
         n
     }
 
-    /// The totals of the generations before this one, as they last reported them.
-    pub(crate) fn inherited_totals(&self) -> Totals {
-        *lock(&self.inner.inherited_totals)
+    /// Once the restart is counted: sends the totals to the next generation now, and
+    /// whenever it asks (its admin endpoints ask before they answer, while this one
+    /// drains); the last ones when this one is done (`report_end`).
+    pub(super) fn start_reporting(&self) {
+        let Some(to) = self.successor() else {
+            return;
+        };
+        let shutdown = self.clone();
+        let reporter = tokio::spawn(async move {
+            shutdown.send_totals(&to, false).await;
+            while let Ok(Some((message, _))) = to.channel.recv().await {
+                if message == Message::TotalsPlease {
+                    shutdown.send_totals(&to, false).await;
+                }
+            }
+        });
+        *lock(&self.inner.totals_reporter) = Some(reporter);
+    }
+
+    /// Sends this generation's totals (with those of the ones before it) to the next.
+    pub(crate) async fn send_totals(&self, to: &Outbound, last: bool) {
+        let mut totals = Totals::from_stats(&self.connections_all_generations());
+        totals.set_restarts(&self.restart_stats_all_generations());
+        if let Err(e) = to
+            .channel
+            .send(&Message::Totals { totals, last }, &[])
+            .await
+        {
+            debug!(error = %e, "cannot send the totals to the next generation");
+        }
+    }
+
+    /// After the drain of a hand-over: the last totals to the next generation.
+    pub(super) async fn report_end(&self) {
+        if let Some(reporter) = lock(&self.inner.totals_reporter).take() {
+            reporter.abort();
+        }
+        if let Some(to) = self.successor() {
+            let _ = tokio::time::timeout(TOTALS_WAIT, self.send_totals(&to, true)).await;
+        }
+    }
+
+    /// The connections of the whole service: this generation's and those of the ones
+    /// before it, as they last reported them (they report while they drain, a few
+    /// times a second, and once at their end).
+    ///
+    /// The totals (`accepted`, `closed`, `requests`, `forced`, `timed_out`) count from the
+    /// start of the first generation and never go back at a restart; a connection that
+    /// moved to the next generation counts once (accepted where it was accepted, closed
+    /// where it closed). The state now (`open` and its parts, `requests_in_flight`)
+    /// includes older generations still draining. [`connections`](Shutdown::connections)
+    /// is this generation's alone.
+    pub fn connections_all_generations(&self) -> crate::ConnectionStats {
+        let own = self.inner.tracker.stats();
+        let mut own_t = Totals::from_stats(&own);
+        // Moved connections: counted as accepted where they were accepted, as closed
+        // where they closed.
+        own_t.0[0] = own.accepted.saturating_sub(own.taken_over);
+        own_t.0[6] = own.closed.saturating_sub(own.handed_over);
+        let base = *lock(&self.inner.inherited_totals);
+        let mut sum = Totals::default();
+        for (i, slot) in sum.0.iter_mut().enumerate() {
+            *slot = base.0[i].saturating_add(own_t.0[i]);
+        }
+        sum.to_stats()
+    }
+
+    /// The graceful restarts of the whole service: this generation's and those of the
+    /// ones before it (counters only: `last` is this generation's).
+    /// [`restart_stats`](Shutdown::restart_stats) is this generation's alone.
+    pub fn restart_stats_all_generations(&self) -> crate::RestartStats {
+        let mut r = self.restart_stats();
+        lock(&self.inner.inherited_totals).add_restarts(&mut r);
+        r
+    }
+
+    /// While the previous generation still drains: asks it for its totals now and
+    /// waits (a second at most) until they came, so that
+    /// [`connections_all_generations`](Shutdown::connections_all_generations) counts
+    /// everything it counted until now. At once for a first generation, or once the
+    /// previous one is gone (its last totals came with its end).
+    pub async fn totals_settled(&self) {
+        let Some(channel) = lock(&self.inner.inbound_channel).clone() else {
+            return;
+        };
+        let mut rx = self.inner.totals_seen.subscribe();
+        let seen = *rx.borrow_and_update();
+        if channel.send(&Message::TotalsPlease, &[]).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(TOTALS_WAIT, rx.wait_for(|n| *n > seen)).await;
     }
 }
 
+/// How long the next generation waits for the totals at most.
+const TOTALS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Receives what the previous generation sends until it closes its end (it exited).
+///
+/// While it runs, this generation's drain is not over: the previous generation may
+/// still send it connections (those busy when it handed over, as their responses
+/// end), and they must not arrive at a process that has exited.
 async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
+    let _not_done = shutdown.inner.tracker.accept_guard();
+    // Unless this generation's drain is forced: then nothing waits for more.
+    let forced = shutdown
+        .inner
+        .tracker
+        .reached(crate::tracker::Phase::Forcing);
+    tokio::pin!(forced);
     let mut taken = 0u64;
     loop {
-        match channel.recv().await {
+        let received = tokio::select! {
+            r = channel.recv() => r,
+            () = &mut forced => break,
+        };
+        match received {
             Ok(Some((
                 Message::Conn {
                     listener,
@@ -174,13 +290,19 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                 }
             }
             Ok(Some((Message::Totals { totals, last }, _))) => {
-                *lock(&shutdown.inner.inherited_totals) = totals;
+                lock(&shutdown.inner.inherited_totals).update(totals);
+                shutdown.inner.totals_seen.send_modify(|n| *n += 1);
                 if last {
                     debug!("the previous generation sent its last totals");
                 }
             }
-            Ok(Some((Message::Takes(_), _))) => {}
+            Ok(Some((Message::Takes(_) | Message::TotalsPlease, _))) => {}
             Ok(None) => break,
+            // The previous generation ended with a message of ours unread (it was
+            // forced, say): reported once, before what it sent is read.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                debug!("the previous generation ended without reading everything it was sent");
+            }
             Err(e) => {
                 warn!(error = %e, "reading the generation channel");
                 break;
@@ -191,11 +313,8 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
     // closed here too.
     *lock(&shutdown.inner.inbound_channel) = None;
     drop(channel);
-    {
-        let mut totals = lock(&shutdown.inner.inherited_totals);
-        totals.open = 0;
-        totals.requests_in_flight = 0;
-    }
+    lock(&shutdown.inner.inherited_totals).gone();
+    shutdown.inner.totals_seen.send_modify(|n| *n += 1);
     if taken > 0 {
         info!(
             pid = std::process::id(),

@@ -113,6 +113,10 @@ struct Inner {
     inbound_channel: Mutex<Option<Arc<crate::channel::Channel>>>,
     /// The totals the previous generations last reported.
     inherited_totals: Mutex<crate::channel::Totals>,
+    /// How many reports of them came (and one more when the channel closed).
+    totals_seen: tokio::sync::watch::Sender<u64>,
+    /// Sends this generation's totals to the next while it drains.
+    totals_reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The generation channel to the next generation, once handed over.
     outbound: Mutex<Option<Arc<generations::Outbound>>>,
 }
@@ -181,6 +185,8 @@ impl Shutdown {
                 inbound: generations::Inbound::new(generations::inherited()),
                 inbound_channel: Mutex::new(None),
                 inherited_totals: Mutex::new(crate::channel::Totals::default()),
+                totals_seen: tokio::sync::watch::Sender::new(0),
+                totals_reporter: Mutex::new(None),
                 outbound: Mutex::new(None),
             }),
         }
@@ -445,6 +451,7 @@ impl Shutdown {
             }));
         }
         crate::activation::close_unclaimed();
+        self.start_inbound();
         let taken_over = self.announce_ready()?;
         let mut commands = pending.commands;
         if !taken_over {
@@ -477,6 +484,7 @@ impl Shutdown {
             escalation,
         };
         let mut report = drain::drain(plan, parts, &mut intake).await;
+        self.report_end().await;
         if full_restart {
             self.exec_full_restart(&mut report);
         }

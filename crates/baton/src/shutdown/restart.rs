@@ -94,6 +94,9 @@ impl Shutdown {
         let t0 = Instant::now();
         let outcome = self.carry_out(reason, &mut follow_up, commands).await;
         self.record(&outcome, t0.elapsed());
+        if outcome.is_ok() {
+            self.start_reporting();
+        }
         let (_, coalesced) = follow_up.take();
         let replies = reply.into_iter().chain(coalesced);
         match outcome {

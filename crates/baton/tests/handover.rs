@@ -1,0 +1,129 @@
+//! Open connections move to the new generation at a graceful restart (the generation
+//! channel): idle ones at once, busy ones after their response, a request half sent
+//! with its bytes. Real processes, real sockets, real signals.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use support::{Demo, Http1, alive, signal_pid, wait_until};
+
+/// The test: 200 idle keep-alive connections, one request each, a restart, a
+/// request on each: every one is answered by the new generation on the same
+/// connection, with keep-alive. Five restarts in a row, the connections idle
+/// throughout; each old generation ends at once (nothing left to drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_move_to_each_new_generation() {
+    let demo = Demo::start(&[]);
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        let mut c = Http1::connect(&demo.addr).await.unwrap();
+        let r = c.get("/pid").await.unwrap();
+        assert_eq!(r.body.trim(), demo.pid.to_string());
+        conns.push(c);
+    }
+    let mut pid = demo.pid;
+    for generation in 2..=6 {
+        signal_pid(pid, "HUP");
+        let new = demo.wait_ready(generation);
+        // Nothing to drain: every connection moved.
+        wait_until("the old generation exited", || !alive(pid));
+        let mut answered = 0;
+        for (i, c) in conns.iter_mut().enumerate() {
+            let r = c
+                .get("/pid")
+                .await
+                .unwrap_or_else(|e| panic!("generation {generation}, connection {i}: {e}"));
+            assert_eq!(r.body.trim(), new.to_string(), "connection {i}");
+            assert!(!r.closes(), "connection {i} asked to close");
+            answered += 1;
+        }
+        assert_eq!(answered, 200);
+        pid = new;
+    }
+}
+
+/// Reads one response with a `Content-Length` body from a raw connection.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .expect("a content-length")
+                .trim()
+                .parse()
+                .unwrap();
+            if buf.len() >= end + 4 + len {
+                return String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(30), s.read(&mut chunk))
+            .await
+            .expect("a response within 30 s")
+            .unwrap();
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A connection busy with a response when the restart comes gets that response from
+/// the old generation, keep-alive, and its next request is answered by the new one on
+/// the same connection. A request half sent before the restart is finished after it
+/// and answered by the new generation: its first bytes moved with the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_moves_after_its_response_and_half_a_request_moves_with_it() {
+    let demo = Demo::start(&[]);
+    let old = demo.pid;
+    let mut busy = Http1::connect(&demo.addr).await.unwrap();
+    assert_eq!(busy.get("/pid").await.unwrap().body.trim(), old.to_string());
+    let sleeping = tokio::spawn(async move {
+        let r = busy.get("/sleep?secs=2").await.unwrap();
+        (busy, r)
+    });
+    let mut raw = TcpStream::connect(&demo.addr).await.unwrap();
+    raw.write_all(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_response(&mut raw).await.trim(), old.to_string());
+    raw.write_all(b"GET /pid HT").await.unwrap();
+    demo.wait_log("sleep 2s: start");
+    // Let the old generation read the half request before the restart.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal_pid(old, "HUP");
+    let new = demo.wait_ready(2);
+    raw.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    assert_eq!(read_response(&mut raw).await.trim(), new.to_string());
+    let (mut busy, r) = sleeping.await.unwrap();
+    assert!(
+        r.body.contains(&format!("end pid {old}")),
+        "answered by the old generation: {}",
+        r.body
+    );
+    assert!(!r.closes(), "the busy connection was asked to close");
+    let next = busy.get("/pid").await.unwrap();
+    assert_eq!(next.body.trim(), new.to_string());
+    wait_until("the old generation exited", || !alive(old));
+}
+
+/// With the hand-over off (`--no-hand-over`), an idle connection is closed after the
+/// grace, as before: the off switch works and the test above is not vacuous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_hand_over_off_idle_connections_are_closed_at_a_restart() {
+    let demo = Demo::start(&["--no-hand-over", "--idle-grace", "200ms"]);
+    let mut c = Http1::connect(&demo.addr).await.unwrap();
+    assert_eq!(
+        c.get("/pid").await.unwrap().body.trim(),
+        demo.pid.to_string()
+    );
+    signal_pid(demo.pid, "HUP");
+    demo.wait_ready(2);
+    c.closed().await.unwrap();
+}
