@@ -27,7 +27,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
 use baton::http::Server;
-use baton::{Action, ListenAddr, Preset, Shutdown, Signal, SignalMap};
+use baton::{Action, DrainCause, ListenAddr, Preset, Shutdown, Signal, SignalMap};
 use clap::Parser;
 use clap::builder::TypedValueParser;
 use tracing::info;
@@ -553,8 +553,8 @@ where
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// A WebSocket echo that closes itself (close code 1001, "going away") when the drain
-/// starts.
+/// A WebSocket echo that closes itself when the drain starts: close code 1012
+/// ("service restart") at a restart, 1001 ("going away") at a shutdown.
 async fn ws(State(shutdown): State<Shutdown>, upgrade: WebSocketUpgrade) -> impl IntoResponse {
     upgrade.on_upgrade(move |socket| echo(socket, shutdown))
 }
@@ -565,9 +565,15 @@ async fn echo(mut socket: WebSocket, shutdown: Shutdown) {
     loop {
         tokio::select! {
             () = &mut draining => {
+                // 1012 "service restart" at a restart (clients reconnect at once),
+                // 1001 "going away" at a shutdown.
+                let (code, reason) = match shutdown.drain_cause() {
+                    Some(DrainCause::Restart) => (DrainCause::Restart.websocket_close_code(), "server restarting"),
+                    _ => (DrainCause::Shutdown.websocket_close_code(), "server shutting down"),
+                };
                 let frame = axum::extract::ws::CloseFrame {
-                    code: axum::extract::ws::close_code::AWAY,
-                    reason: "server shutting down".into(),
+                    code,
+                    reason: reason.into(),
                 };
                 let _ = socket.send(Message::Close(Some(frame))).await;
                 // Wait (bounded by the drain deadline) for the client's close reply.

@@ -79,21 +79,21 @@ impl Totals {
     pub(crate) fn to_stats(self) -> crate::ConnectionStats {
         let a = self.0;
         let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        let mut s = crate::ConnectionStats::default();
-        s.accepted = a[0];
-        s.open = n(a[1]);
-        s.new = n(a[2]);
-        s.active = n(a[3]);
-        s.idle = n(a[4]);
-        s.upgraded = n(a[5]);
-        s.closed = a[6];
-        s.requests = a[7];
-        s.requests_in_flight = a[8];
-        s.forced = a[9];
-        s.timed_out = a[10];
-        s.handed_over = a[11];
-        s.taken_over = a[12];
-        s
+        crate::ConnectionStats {
+            accepted: a[0],
+            open: n(a[1]),
+            new: n(a[2]),
+            active: n(a[3]),
+            idle: n(a[4]),
+            upgraded: n(a[5]),
+            closed: a[6],
+            requests: a[7],
+            requests_in_flight: a[8],
+            forced: a[9],
+            timed_out: a[10],
+            handed_over: a[11],
+            taken_over: a[12],
+        }
     }
 
     /// Takes a later report: the gauges as reported, each counter at least where it
@@ -391,10 +391,12 @@ mod tests {
     #[test]
     fn counters_never_go_back_and_gauges_follow_the_last_report() {
         let mut t = Totals::default();
-        let mut s = crate::ConnectionStats::default();
-        s.accepted = 10;
-        s.open = 4;
-        s.requests = 100;
+        let s = crate::ConnectionStats {
+            accepted: 10,
+            open: 4,
+            requests: 100,
+            ..Default::default()
+        };
         t.update(Totals::from_stats(&s));
         let mut older = s;
         older.accepted = 8;
@@ -410,10 +412,12 @@ mod tests {
 
     #[test]
     fn restart_counters_add_up() {
-        let mut r = crate::RestartStats::default();
-        r.ok = 1;
-        r.coalesced = 2;
-        r.seconds_total = 0.5;
+        let mut r = crate::RestartStats {
+            ok: 1,
+            coalesced: 2,
+            seconds_total: 0.5,
+            ..Default::default()
+        };
         r.failed.insert("exited", 3);
         let mut t = Totals::default();
         t.set_restarts(&r);

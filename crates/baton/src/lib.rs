@@ -89,7 +89,7 @@ pub use listener::{IntoListenAddr, ListenAddr, Listener, ListenerInfo, default_l
 pub use report::{Forced, Report};
 pub use shutdown::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
-    LastRestart, RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
+    DrainCause, LastRestart, RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
 };
 pub use signal::{Action, Preset, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};

@@ -127,3 +127,51 @@ async fn with_the_hand_over_off_idle_connections_are_closed_at_a_restart() {
     demo.wait_ready(2);
     c.closed().await.unwrap();
 }
+
+/// A WebSocket (which cannot move: it is no longer HTTP) is closed by the demo with
+/// code 1012 "service restart" at a restart, so that its client reconnects at once,
+/// and with 1001 "going away" at a shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_see_1012_at_a_restart_and_1001_at_a_shutdown() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    async fn closed_with(
+        ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+    ) -> (u16, String) {
+        let msg = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("a close frame within 30 s")
+            .unwrap()
+            .unwrap();
+        let Message::Close(Some(frame)) = msg else {
+            panic!("expected a close frame, got {msg:?}")
+        };
+        (u16::from(frame.code), frame.reason.as_str().to_owned())
+    }
+    let demo = Demo::start(&[]);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", demo.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    demo.signal("HUP");
+    let new = demo.wait_ready(2);
+    assert_eq!(
+        closed_with(&mut ws).await,
+        (1012, "server restarting".to_owned())
+    );
+    drop(ws);
+    support::wait_answered_by(&demo.addr, new).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", demo.addr))
+        .await
+        .unwrap();
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("again"));
+    signal_pid(new, "TERM");
+    assert_eq!(
+        closed_with(&mut ws).await,
+        (1001, "server shutting down".to_owned())
+    );
+    drop(ws);
+    wait_until("the new generation exited", || !alive(new));
+}

@@ -108,6 +108,8 @@ struct Inner {
     /// Restarts attempted by this generation (a lock per restart, never per request).
     restarts: Mutex<RestartStats>,
     started: std::time::Instant,
+    /// Why this generation drains, set before the drain starts.
+    drain_cause: std::sync::OnceLock<DrainCause>,
     /// The generation channel from the previous generation.
     inbound: Mutex<generations::Inbound>,
     inbound_channel: Mutex<Option<Arc<crate::channel::Channel>>>,
@@ -134,6 +136,29 @@ impl fmt::Debug for Shutdown {
             .field("drain_delay", &self.inner.drain_delay)
             .field("signals", &self.inner.signals)
             .finish_non_exhaustive()
+    }
+}
+
+/// Why a generation drains ([`Shutdown::drain_cause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainCause {
+    /// A graceful or full restart: the service goes on, in a new generation or in this
+    /// process anew.
+    Restart,
+    /// A shutdown: the service stops.
+    Shutdown,
+}
+
+impl DrainCause {
+    /// The WebSocket close code for it (RFC 6455 and IANA's registry): `1012 Service
+    /// Restart` for a restart, so that clients reconnect at once, `1001 Going Away` for
+    /// a shutdown.
+    pub fn websocket_close_code(self) -> u16 {
+        match self {
+            DrainCause::Restart => 1012,
+            DrainCause::Shutdown => 1001,
+        }
     }
 }
 
@@ -182,6 +207,7 @@ impl Shutdown {
                 stop_asked: AtomicBool::new(false),
                 restarts: Mutex::new(RestartStats::default()),
                 started: std::time::Instant::now(),
+                drain_cause: std::sync::OnceLock::new(),
                 inbound: generations::Inbound::new(generations::inherited()),
                 inbound_channel: Mutex::new(None),
                 inherited_totals: Mutex::new(crate::channel::Totals::default()),
@@ -383,6 +409,14 @@ impl Shutdown {
         self.inner.tracker.reached(Phase::Draining)
     }
 
+    /// Why this generation drains, once it does (`None` before the drain starts): a
+    /// restart (the service goes on in a new generation, or in this process anew) or a
+    /// shutdown. A WebSocket closes with [`DrainCause::websocket_close_code`], so that
+    /// its client reconnects at once after a restart.
+    pub fn drain_cause(&self) -> Option<DrainCause> {
+        self.inner.drain_cause.get().copied()
+    }
+
     /// Resolves when a shutdown has been asked for (the drain delay, if any, starts).
     pub fn requested(&self) -> impl Future<Output = ()> + Send + 'static {
         self.inner.tracker.reached(Phase::DelayingDrain)
@@ -469,6 +503,14 @@ impl Shutdown {
             escalation.hammers(stop);
         }
         let plan = self.plan(end);
+        let cause = match plan.kind {
+            DrainKind::Shutdown => DrainCause::Shutdown,
+            DrainKind::HandedOver { .. } | DrainKind::FullRestart | DrainKind::GivenUp => {
+                DrainCause::Restart
+            }
+        };
+        // Known before the drain starts: code that wakes up on `draining` reads it.
+        let _ = self.inner.drain_cause.set(cause);
         let inner = &self.inner;
         let parts = Parts {
             tracker: &inner.tracker,
