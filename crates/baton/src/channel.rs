@@ -307,6 +307,11 @@ impl Channel {
         }
     }
 
+    /// Sends one message now, without waiting (`WouldBlock` when the channel is full).
+    pub(crate) fn try_send(&self, message: &Message) -> io::Result<()> {
+        crate::sys::send_nonblocking_with_fds(self.fd.get_ref().as_fd(), &message.encode(), &[])
+    }
+
     /// The next message and the descriptors that came with it; `None` once the other
     /// end is closed. Messages this version cannot read are skipped (their descriptors
     /// closed).

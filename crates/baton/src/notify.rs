@@ -68,7 +68,9 @@ impl Generation {
 
     /// `true` while this very process still runs (not a reused PID).
     pub(crate) fn alive(&self) -> bool {
-        start_time(self.pid) == Some(self.start_time)
+        // An exited process not yet reaped (a zombie: its new parent, the service
+        // manager or PID 1, reaps it) is not alive: it holds nothing and drains nothing.
+        start_time(self.pid) == Some(self.start_time) && crate::sys::is_alive(self.pid)
     }
 }
 

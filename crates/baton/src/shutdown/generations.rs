@@ -111,14 +111,12 @@ impl Shutdown {
         let Some(channel) = lock(&self.inner.inbound_channel).clone() else {
             return;
         };
-        let message = Message::Takes(listeners.to_vec());
-        // The channel is empty at this point (nothing else goes this way): a message
-        // fits at once, before this generation reports ready.
-        tokio::spawn(async move {
-            if let Err(e) = channel.send(&message, &[]).await {
-                debug!(error = %e, "cannot tell the previous generation which listeners take connections");
-            }
-        });
+        // Sent now, not from a task: it must be in the channel before this generation
+        // reports ready, when the previous one reads it (the channel is empty at this
+        // point, nothing else goes this way, so it fits at once).
+        if let Err(e) = channel.try_send(&Message::Takes(listeners.to_vec())) {
+            warn!(error = %e, "cannot tell the previous generation which listeners take connections; they drain there");
+        }
     }
 
     /// The channel to the next generation and the listeners it takes connections of,

@@ -157,8 +157,24 @@ impl Shutdown {
         info!(pid, %reason, generation = self.generation(), "server reloading");
         notify::reloading();
         notify::status(&format!("reloading: starting generation {generation}"));
-        // Keep-alive clients answered from now on reconnect: the new connection goes to
-        // whichever generation accepts it, never to one idle on a generation that drains.
+        // The generation channel: open connections and totals go to the new generation
+        // on it. Without one (not on this platform) they drain here, as before.
+        let channel = match crate::channel::Channel::pair() {
+            Ok(pair) => Some(pair),
+            Err(e) => {
+                debug!(error = %e, "no generation channel: open connections drain here");
+                None
+            }
+        };
+        // Until the new generation says which listeners it takes, expect it to take
+        // them: a keep-alive response now keeps its connection, which moves at the
+        // drain (if it takes none after all, such a connection closes after the idle
+        // grace, as before the channel).
+        inner.tracker.set_hand_over(channel.is_some());
+        // Keep-alive clients answered from now on reconnect (unless their connection
+        // moves, above: set first, or a response in between would close it): the new
+        // connection goes to whichever generation accepts it, never to one idle on a
+        // generation that drains.
         inner.tracker.set_closing(true);
         let back_to_ready = || {
             inner.tracker.set_closing(false);
@@ -181,20 +197,7 @@ impl Shutdown {
             return Err((e, None));
         }
         let draining = self.enforce_generation_cap();
-        // The generation channel: open connections and totals go to the new generation
-        // on it. Without one (not on this platform) they drain here, as before.
-        let channel = match crate::channel::Channel::pair() {
-            Ok(pair) => Some(pair),
-            Err(e) => {
-                debug!(error = %e, "no generation channel: open connections drain here");
-                None
-            }
-        };
-        // Until the new generation says which listeners it takes, expect it to take
-        // them: a keep-alive response now keeps its connection, which moves at the
-        // drain (if it takes none after all, such a connection closes after the idle
-        // grace, as before the channel).
-        inner.tracker.set_hand_over(channel.is_some());
+
         let spawned = handoff::spawn(
             &inner.program,
             &lock(&inner.listeners),
