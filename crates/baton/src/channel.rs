@@ -171,12 +171,16 @@ pub(crate) enum Message {
     Totals { totals: Totals, last: bool },
     /// Successor to predecessor: send the totals now.
     TotalsPlease,
+    /// Predecessor to successor, before it starts: secrets the service keeps across
+    /// restarts in memory only (the TLS session-ticket keys), opaque here.
+    Keys(Vec<u8>),
 }
 
 const TAKES: u8 = b'T';
 const CONN: u8 = b'C';
 const TOTALS: u8 = b'N';
 const TOTALS_PLEASE: u8 = b'Q';
+const KEYS: u8 = b'K';
 
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -202,6 +206,10 @@ impl Message {
                 out.extend_from_slice(buffered);
             }
             Message::TotalsPlease => out.push(TOTALS_PLEASE),
+            Message::Keys(bytes) => {
+                out.push(KEYS);
+                out.extend_from_slice(bytes);
+            }
             Message::Totals { totals, last } => {
                 out.push(TOTALS);
                 out.push(u8::from(*last));
@@ -264,6 +272,7 @@ impl Message {
                 })
             }
             TOTALS_PLEASE if rest.is_empty() => Some(Message::TotalsPlease),
+            KEYS => Some(Message::Keys(rest.to_vec())),
             _ => None,
         }
     }
@@ -357,6 +366,7 @@ mod tests {
             Message::Takes(vec!["http".into(), "admin".into()]),
             Message::Takes(vec![]),
             Message::TotalsPlease,
+            Message::Keys(vec![1, 2, 3]),
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,

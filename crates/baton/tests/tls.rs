@@ -340,3 +340,51 @@ async fn past_the_connection_limit_clients_wait_instead_of_being_refused() {
     assert_eq!(resp.status, 200);
     drop(b);
 }
+
+/// TLS session tickets outlive a restart: the keys go to the new generation over the
+/// generation channel, so a client resumes its session (no full handshake) with the
+/// new generation. A control: another service with the same certificate but its own
+/// keys (a separate first generation) cannot open the ticket; the handshake is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_resumes_across_a_restart_and_not_with_another_service() {
+    use tokio_rustls::rustls::HandshakeKind;
+    async fn kind_and_pid(tls: &tokio_rustls::TlsConnector, addr: &str) -> (HandshakeKind, String) {
+        let (stream, _, _) = connect(tls, addr).await.unwrap();
+        let kind = stream.get_ref().1.handshake_kind().unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("/pid")
+            .header("host", "127.0.0.1")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        use http_body_util::BodyExt;
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        // Reading the response also read the session tickets sent after the handshake.
+        (kind, String::from_utf8_lossy(&body).trim().to_owned())
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf(dir.path(), "site", false));
+    let demo = demo_tls(dir.path(), &[]);
+    let tls = ca.client(&[b"http/1.1"]);
+    let (kind, pid) = kind_and_pid(&tls, &demo.addr).await;
+    assert_eq!((kind, pid), (HandshakeKind::Full, demo.pid.to_string()));
+    let (kind, _) = kind_and_pid(&tls, &demo.addr).await;
+    assert_eq!(kind, HandshakeKind::Resumed, "resumption works at all");
+    demo.signal("HUP");
+    let new = demo.wait_ready(2);
+    support::wait_until("the old generation exited", || !support::alive(demo.pid));
+    let (kind, pid) = kind_and_pid(&tls, &demo.addr).await;
+    assert_eq!(
+        (kind, pid),
+        (HandshakeKind::Resumed, new.to_string()),
+        "the session resumed with the new generation"
+    );
+    // The control: a separate service, same certificate and name, its own keys.
+    let other = demo_tls(dir.path(), &[]);
+    let (kind, pid) = kind_and_pid(&tls, &other.addr).await;
+    assert_eq!((kind, pid), (HandshakeKind::Full, other.pid.to_string()));
+}

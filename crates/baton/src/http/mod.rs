@@ -11,6 +11,8 @@ mod conn;
 mod service;
 mod slots;
 #[cfg(feature = "tls")]
+pub(crate) mod tickets;
+#[cfg(feature = "tls")]
 mod tls;
 
 use std::fmt;

@@ -178,6 +178,10 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, Error> {
             bad(cert_path, why)
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets, sealed with the service's keys: they outlive a restart
+    // (the keys go to the next generation), where a session cache would not.
+    super::tickets::Ticketer::ensure_keys();
+    config.ticketer = Arc::new(super::tickets::Ticketer);
     Ok(config)
 }
 

@@ -95,8 +95,29 @@ impl Shutdown {
                 return;
             }
         };
+        // What the previous generation sent before this one started (the TLS keys),
+        // taken before anything is served.
+        for (message, _) in channel.drain_now() {
+            self.take_early(message);
+        }
         *lock(&self.inner.inbound_channel) = Some(Arc::clone(&channel));
         tokio::spawn(receive(self.clone(), channel));
+    }
+
+    fn take_early(&self, message: Message) {
+        match message {
+            #[cfg(feature = "tls")]
+            Message::Keys(keys) if !crate::http::tickets::import(&keys) => {
+                warn!(
+                    "the previous generation's TLS session-ticket keys are unreadable; new ones are made"
+                );
+            }
+            Message::Totals { totals, .. } => {
+                lock(&self.inner.inherited_totals).update(totals);
+                self.inner.totals_seen.send_modify(|n| *n += 1);
+            }
+            _ => {}
+        }
     }
 
     /// Called by a server of this generation as it starts: its `listeners` take the open
@@ -295,6 +316,7 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                 }
             }
             Ok(Some((Message::Takes(_) | Message::TotalsPlease, _))) => {}
+            Ok(Some((message @ Message::Keys(_), _))) => shutdown.take_early(message),
             Ok(None) => break,
             // The previous generation ended with a message of ours unread (it was
             // forced, say): reported once, before what it sent is read.
