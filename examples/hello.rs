@@ -64,6 +64,15 @@ struct Args {
     #[arg(long)]
     no_hand_over: bool,
 
+    /// Park a keep-alive connection idle this long: keep its bare socket, without
+    /// hyper's buffers, until its next request.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = limit)]
+    park_idle_after: Duration,
+
+    /// Never park idle connections.
+    #[arg(long)]
+    no_park: bool,
+
     /// How long a new generation may take to report ready at a restart.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     ready_timeout: Duration,
@@ -335,6 +344,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     };
     let mut server = server
         .hand_over(!args.no_hand_over)
+        .park_idle_after((!args.no_park).then_some(args.park_idle_after))?
         .idle_grace(args.idle_grace)?
         .header_read_timeout(args.header_read_timeout)?
         .idle_timeout(args.idle_timeout)?;
@@ -504,7 +514,7 @@ async fn restart_route(
 async fn stats(State(shutdown): State<Shutdown>) -> String {
     let s = shutdown.connections();
     format!(
-        "phase {:?}\naccepted {}\nopen {}\nnew {}\nactive {}\nidle {}\nupgraded {}\nclosed {}\nrequests {}\ntimed_out {}\n",
+        "phase {:?}\naccepted {}\nopen {}\nnew {}\nactive {}\nidle {}\nupgraded {}\nclosed {}\nrequests {}\ntimed_out {}\nparked {}\n",
         shutdown.phase(),
         s.accepted,
         s.open,
@@ -514,7 +524,8 @@ async fn stats(State(shutdown): State<Shutdown>) -> String {
         s.upgraded,
         s.closed,
         s.requests,
-        s.timed_out
+        s.timed_out,
+        s.parked
     )
 }
 

@@ -93,6 +93,8 @@ impl Totals {
             timed_out: a[10],
             handed_over: a[11],
             taken_over: a[12],
+            // Not carried over: parking is this process's business.
+            parked: 0,
         }
     }
 

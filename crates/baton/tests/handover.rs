@@ -175,3 +175,65 @@ async fn websockets_see_1012_at_a_restart_and_1001_at_a_shutdown() {
     drop(ws);
     wait_until("the new generation exited", || !alive(new));
 }
+
+/// The demo's `/stats` counter `name`, asked on a new connection.
+async fn stat(addr: &str, name: &str) -> u64 {
+    let body = support::get(addr, "/stats").await.unwrap().body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Idle keep-alive connections are parked (hyper's connection and buffers freed,
+/// the bare socket kept) and served again on their next request, on the same
+/// connection, without `Connection: close`; parked connections move to the new
+/// generation at a restart like idle ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_serve_their_next_request_and_move_at_a_restart() {
+    let demo = Demo::start(&["--park-idle-after", "1s"]);
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut c = Http1::connect(&demo.addr).await.unwrap();
+        assert_eq!(
+            c.get("/pid").await.unwrap().body.trim(),
+            demo.pid.to_string()
+        );
+        conns.push(c);
+    }
+    let deadline = std::time::Instant::now() + support::WAIT;
+    // 50 parked (the stats request's own connection is busy, not idle).
+    while stat(&demo.addr, "parked").await < 50 {
+        assert!(std::time::Instant::now() < deadline, "never parked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c
+            .get("/pid")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(r.body.trim(), demo.pid.to_string());
+        assert!(!r.closes(), "connection {i} asked to close");
+    }
+    assert!(
+        stat(&demo.addr, "parked").await < 50,
+        "unparked by their requests"
+    );
+    while stat(&demo.addr, "parked").await < 50 {
+        assert!(std::time::Instant::now() < deadline, "never parked again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal_pid(demo.pid, "HUP");
+    let new = demo.wait_ready(2);
+    wait_until("the old generation exited", || !alive(demo.pid));
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c
+            .get("/pid")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        assert_eq!(r.body.trim(), new.to_string(), "connection {i}");
+        assert!(!r.closes());
+    }
+}

@@ -38,14 +38,39 @@ impl<T: AsRawFd> TrackedIo<T> {
 }
 
 /// A connection's socket as the next generation needs it: `None` for one that cannot
-/// move to another process (TLS: its session state lives in this one).
+/// move to another process (TLS: its session state lives in this one). And its
+/// readiness while it is parked.
 pub(crate) trait Movable {
     fn socket(&self) -> Option<BorrowedFd<'_>>;
+
+    /// Ready once bytes (or the end) can be read.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl<T: AsFd> Movable for TrackedIo<T> {
+/// A socket registered with the runtime, which can say when it has bytes to read.
+pub(crate) trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for tokio::net::TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+impl ReadReady for tokio::net::UnixStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        tokio::net::UnixStream::poll_read_ready(self, cx)
+    }
+}
+
+impl<T: AsFd + ReadReady> Movable for TrackedIo<T> {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         Some(self.io.as_fd())
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.io.poll_read_ready(cx)
     }
 }
 
@@ -53,6 +78,11 @@ impl<T: AsFd> Movable for TrackedIo<T> {
 impl<T> Movable for tokio_rustls::server::TlsStream<T> {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         None
+    }
+
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Never parked (its session state lives in rustls's buffers).
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -311,12 +341,27 @@ where
     // it is written out rather than a `select!` (no branch mask, no random start).
     let until_drain = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = conn.as_mut().poll(cx) {
-            return Poll::Ready(Some(res));
+            return Poll::Ready(Some(Ended::Done(res)));
         }
-        draining.as_mut().poll(cx).map(|()| None)
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        // Idle long enough (the sweep asked; one relaxed load otherwise): out of hyper,
+        // to wait for the next bytes as a bare socket (see `Server::park_idle_after`).
+        if shared.take_park_request() && shared.at_boundary() {
+            if shared.activity().requests == before {
+                return Poll::Ready(Some(Ended::Detached));
+            }
+            if let Poll::Ready(Some(ended)) = detach(conn.as_mut(), &graceful_shutdown, shared, cx)
+            {
+                return Poll::Ready(Some(ended));
+            }
+            // hyper was not idle (a request body left unread): it closes after it.
+        }
+        Poll::Pending
     });
-    if let Some(res) = until_drain.await {
-        return Ended::Done(res);
+    if let Some(ended) = until_drain.await {
+        return ended;
     }
     let mut closing = false;
     if shared.is_h2() {

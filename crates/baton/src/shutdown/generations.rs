@@ -232,7 +232,9 @@ impl Shutdown {
         for (i, slot) in sum.0.iter_mut().enumerate() {
             *slot = base.0[i].saturating_add(own_t.0[i]);
         }
-        sum.to_stats()
+        let mut all = sum.to_stats();
+        all.parked = own.parked;
+        all
     }
 
     /// The graceful restarts of the whole service: this generation's and those of the

@@ -69,6 +69,9 @@ pub struct ConnectionStats {
     pub idle: usize,
     /// Open connections handed over to an upgrade (WebSocket and the like).
     pub upgraded: usize,
+    /// Of the idle ones, those parked: kept as a bare socket, without hyper's buffers,
+    /// until their next bytes arrive (see `Server::park_idle_after`).
+    pub parked: usize,
     /// Connections closed since start.
     pub closed: u64,
     /// Requests received since start.
@@ -124,6 +127,8 @@ pub(crate) struct TrackerInner {
     closed_timed_out: AtomicU64,
     closed_handed_over: AtomicU64,
     taken_over: AtomicU64,
+    /// Connections parked since the sweep last gave freed memory back to the system.
+    pub(crate) parked_since_trim: AtomicUsize,
     /// Whether the sweep of timeouts runs.
     sweeping: AtomicBool,
     /// Requests of connections already closed.
@@ -167,6 +172,10 @@ pub(crate) struct ConnShared {
     detaching: AtomicBool,
     /// Passed to the next generation (counted when it closes here).
     handed_over: AtomicBool,
+    /// The sweep asks the connection's task to park it (idle long enough).
+    park: AtomicBool,
+    /// Parked now: a bare socket, no hyper connection.
+    parked: AtomicBool,
 }
 
 const CLOSE: u8 = 1;
@@ -185,6 +194,8 @@ pub(crate) struct Limits {
     /// Not a timeout: whether the connection may move to the next generation at a
     /// restart (plain HTTP/1, with the hand-over on).
     pub(crate) movable: bool,
+    /// Not a timeout either: a plain HTTP/1 connection idle this long is parked.
+    pub(crate) park: Option<std::time::Duration>,
 }
 
 /// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
@@ -254,6 +265,27 @@ impl ConnShared {
 
     pub(crate) fn mark_handed_over(&self) {
         self.handed_over.store(true, Ordering::Relaxed);
+    }
+
+    /// Asked by the sweep: park this connection (it has been idle long enough). Wakes
+    /// its task, whose registration with the phase stays as it was.
+    pub(crate) fn ask_park(&self) {
+        self.park.store(true, Ordering::Relaxed);
+        if let Some(waker) = self.waker.take() {
+            self.waker.register(&waker);
+            waker.wake();
+        }
+    }
+
+    /// Whether the sweep asked to park it; clears the request. One relaxed load on
+    /// every wake-up of a connection task, a store only when asked.
+    #[inline]
+    pub(crate) fn take_park_request(&self) -> bool {
+        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_parked(&self, parked: bool) {
+        self.parked.store(parked, Ordering::Relaxed);
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -426,6 +458,7 @@ impl Tracker {
                 closed_timed_out: AtomicU64::new(0),
                 closed_handed_over: AtomicU64::new(0),
                 taken_over: AtomicU64::new(0),
+                parked_since_trim: AtomicUsize::new(0),
                 sweeping: AtomicBool::new(false),
                 closed_requests: AtomicU64::new(0),
                 sweep: AtomicBool::new(true),
@@ -543,6 +576,8 @@ impl Tracker {
             unflushed: AtomicBool::new(false),
             detaching: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
+            park: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
         });
         self.inner.busy.fetch_add(1, Ordering::AcqRel);
         let key = {
@@ -627,6 +662,9 @@ impl Tracker {
                     s.new += 1;
                 } else {
                     s.idle += 1;
+                    if c.parked.load(Ordering::Relaxed) {
+                        s.parked += 1;
+                    }
                 }
             }
         }

@@ -54,6 +54,8 @@ enum Verdict {
     HeaderTimeout,
     /// Idle too long.
     IdleTimeout,
+    /// Idle long enough to be parked (see `Server::park_idle_after`).
+    Park,
 }
 
 impl super::Tracker {
@@ -77,16 +79,24 @@ async fn run(tracker: Weak<TrackerInner>) {
         tick.tick().await;
         now += 1;
         let Some(t) = tracker.upgrade() else { return };
+        // Connections parked since the last tick freed hyper's buffers; give the memory
+        // back to the system (the allocator keeps freed memory otherwise).
+        if t.parked_since_trim.swap(0, Ordering::Relaxed) > 0 {
+            sys::release_free_memory();
+        }
         let conns = lock(&t.conns);
         if seen.len() < conns.capacity() {
             seen.resize(conns.capacity(), None);
         }
         for (key, conn) in conns.iter() {
             let slot = &mut seen[key];
-            let verdict = look(slot, conn, now);
-            if verdict != Verdict::Keep {
-                cut(conn, verdict);
-                *slot = None;
+            match look(slot, conn, now) {
+                Verdict::Keep => {}
+                Verdict::Park => conn.ask_park(),
+                verdict => {
+                    cut(conn, verdict);
+                    *slot = None;
+                }
             }
         }
     }
@@ -151,6 +161,16 @@ fn look(slot: &mut Option<Seen>, conn: &Arc<ConnShared>, now: u64) -> Verdict {
     {
         return Verdict::IdleTimeout;
     }
+    if let Some(park) = limits.park
+        && requests > 0
+        && !conn.is_h2()
+        && next.head.is_none()
+        && reads == prev.reads
+        && !conn.parked.load(Ordering::Relaxed)
+        && passed(next.active, park)
+    {
+        return Verdict::Park;
+    }
     Verdict::Keep
 }
 
@@ -177,6 +197,7 @@ mod tests {
             header: Some(Duration::from_secs(2)),
             idle: Some(Duration::from_secs(5)),
             movable: false,
+            park: None,
         }
     }
 
