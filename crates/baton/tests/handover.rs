@@ -12,6 +12,36 @@ use tokio::net::TcpStream;
 
 use support::{Demo, Http1, alive, signal_pid, wait_until};
 
+/// A request on each connection: every one answered by `pid` on that same connection,
+/// without `Connection: close`.
+async fn all_answered_by(conns: &mut [Http1], pid: u32, when: &str) {
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c
+            .get("/pid")
+            .await
+            .unwrap_or_else(|e| panic!("{when}, connection {i}: {e}"));
+        assert_eq!(r.body.trim(), pid.to_string(), "{when}, connection {i}");
+        assert!(!r.closes(), "{when}, connection {i} asked to close");
+    }
+}
+
+/// Waits (bounded) until the server has read everything the client sent on the
+/// connection from local port `client_port` to `server`: the server side's receive
+/// queue in `/proc/net/tcp` is empty.
+fn wait_read_by_server(server: &str, client_port: u16) {
+    let server_port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    wait_until("the server read the bytes sent", || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st tx_queue:rx_queue ...
+            f.len() > 4 && f[1] == local && f[2] == remote && f[4].ends_with(":00000000")
+        })
+    });
+}
+
 /// The test: 200 idle keep-alive connections, one request each, a restart, a
 /// request on each: every one is answered by the new generation on the same
 /// connection, with keep-alive. Five restarts in a row, the connections idle
@@ -32,17 +62,7 @@ async fn idle_keep_alive_connections_move_to_each_new_generation() {
         let new = demo.wait_ready(generation);
         // Nothing to drain: every connection moved.
         wait_until("the old generation exited", || !alive(pid));
-        let mut answered = 0;
-        for (i, c) in conns.iter_mut().enumerate() {
-            let r = c
-                .get("/pid")
-                .await
-                .unwrap_or_else(|e| panic!("generation {generation}, connection {i}: {e}"));
-            assert_eq!(r.body.trim(), new.to_string(), "connection {i}");
-            assert!(!r.closes(), "connection {i} asked to close");
-            answered += 1;
-        }
-        assert_eq!(answered, 200);
+        all_answered_by(&mut conns, new, &format!("generation {generation}")).await;
         pid = new;
     }
 }
@@ -95,8 +115,9 @@ async fn a_busy_connection_moves_after_its_response_and_half_a_request_moves_wit
     assert_eq!(read_response(&mut raw).await.trim(), old.to_string());
     raw.write_all(b"GET /pid HT").await.unwrap();
     demo.wait_log("sleep 2s: start");
-    // Let the old generation read the half request before the restart.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The old generation has read the half request (it is in hyper's buffer, not the
+    // socket's) before the restart.
+    wait_read_by_server(&demo.addr, raw.local_addr().unwrap().port());
     signal_pid(old, "HUP");
     let new = demo.wait_ready(2);
     raw.write_all(b"TP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
@@ -176,6 +197,19 @@ async fn websockets_see_1012_at_a_restart_and_1001_at_a_shutdown() {
     wait_until("the new generation exited", || !alive(new));
 }
 
+/// Waits (bounded) until the demo's `/stats` counter `name` satisfies `ok`.
+async fn wait_stat(addr: &str, name: &str, ok: impl Fn(u64) -> bool) {
+    let deadline = std::time::Instant::now() + support::WAIT;
+    loop {
+        let n = stat(addr, name).await;
+        if ok(n) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name} stayed at {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The demo's `/stats` counter `name`, asked on a new connection.
 async fn stat(addr: &str, name: &str) -> u64 {
     let body = support::get(addr, "/stats").await.unwrap().body;
@@ -203,37 +237,16 @@ async fn parked_connections_serve_their_next_request_and_move_at_a_restart() {
         );
         conns.push(c);
     }
-    let deadline = std::time::Instant::now() + support::WAIT;
     // 50 parked (the stats request's own connection is busy, not idle).
-    while stat(&demo.addr, "parked").await < 50 {
-        assert!(std::time::Instant::now() < deadline, "never parked");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for (i, c) in conns.iter_mut().enumerate() {
-        let r = c
-            .get("/pid")
-            .await
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert_eq!(r.body.trim(), demo.pid.to_string());
-        assert!(!r.closes(), "connection {i} asked to close");
-    }
+    wait_stat(&demo.addr, "parked", |n| n >= 50).await;
+    all_answered_by(&mut conns, demo.pid, "after the park").await;
     assert!(
         stat(&demo.addr, "parked").await < 50,
         "unparked by their requests"
     );
-    while stat(&demo.addr, "parked").await < 50 {
-        assert!(std::time::Instant::now() < deadline, "never parked again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_stat(&demo.addr, "parked", |n| n >= 50).await;
     signal_pid(demo.pid, "HUP");
     let new = demo.wait_ready(2);
     wait_until("the old generation exited", || !alive(demo.pid));
-    for (i, c) in conns.iter_mut().enumerate() {
-        let r = c
-            .get("/pid")
-            .await
-            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        assert_eq!(r.body.trim(), new.to_string(), "connection {i}");
-        assert!(!r.closes());
-    }
+    all_answered_by(&mut conns, new, "after the restart").await;
 }
