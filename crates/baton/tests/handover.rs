@@ -250,3 +250,37 @@ async fn parked_connections_serve_their_next_request_and_move_at_a_restart() {
     wait_until("the old generation exited", || !alive(demo.pid));
     all_answered_by(&mut conns, new, "after the restart").await;
 }
+
+/// A parked connection is out of hyper and of its task, but not out of the books: it
+/// counts as open and idle, its requests stay in the totals, a client that leaves
+/// closes it, and the idle timeout still closes it (counted as timed out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_stay_in_the_totals_and_close_at_the_idle_timeout() {
+    let demo = Demo::start(&["--park-idle-after", "1s", "--idle-timeout", "5s"]);
+    let mut conns = Vec::new();
+    for _ in 0..20 {
+        let mut c = Http1::connect(&demo.addr).await.unwrap();
+        assert_eq!(c.get("/pid").await.unwrap().status, 200);
+        conns.push(c);
+    }
+    wait_stat(&demo.addr, "parked", |n| n == 20).await;
+    let stats = support::get(&demo.addr, "/stats").await.unwrap().body;
+    // The 20 parked, and the connection asking (active).
+    assert!(stats.contains("open 21\n"), "{stats}");
+    assert!(stats.contains("idle 20\n"), "{stats}");
+    let requests = stat(&demo.addr, "requests").await;
+    assert!(requests >= 20, "{stats}");
+    let closed = stat(&demo.addr, "closed").await;
+    // Ten clients leave: the server sees their end and closes its side.
+    conns.truncate(10);
+    wait_stat(&demo.addr, "parked", |n| n == 10).await;
+    assert!(stat(&demo.addr, "closed").await >= closed + 10);
+    assert!(stat(&demo.addr, "requests").await >= requests);
+    // The other ten are closed by the server at the idle timeout, parked as they are.
+    for c in conns {
+        c.closed().await.expect("closed by the server");
+    }
+    assert_eq!(stat(&demo.addr, "parked").await, 0);
+    assert_eq!(stat(&demo.addr, "timed_out").await, 10);
+    assert!(stat(&demo.addr, "requests").await >= requests);
+}

@@ -1,7 +1,7 @@
 //! One connection: its tracked socket and the loop that drives hyper through the drain.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,40 +37,64 @@ impl<T: AsRawFd> TrackedIo<T> {
     }
 }
 
+impl<T> TrackedIo<T> {
+    /// The registration and the socket, to change hands: the handle must be dropped
+    /// (or parked) before the socket is closed or passed on.
+    pub(crate) fn into_parts(self) -> (ConnHandle, T) {
+        (self.handle, self.io)
+    }
+
+    pub(crate) fn from_parts(handle: ConnHandle, io: T) -> Self {
+        TrackedIo { handle, io }
+    }
+}
+
 /// A connection's socket as the next generation needs it: `None` for one that cannot
-/// move to another process (TLS: its session state lives in this one). And its
-/// readiness while it is parked.
+/// move to another process (TLS: its session state lives in this one).
 pub(crate) trait Movable {
     fn socket(&self) -> Option<BorrowedFd<'_>>;
-
-    /// Ready once bytes (or the end) can be read.
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-/// A socket registered with the runtime, which can say when it has bytes to read.
-pub(crate) trait ReadReady {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+/// A socket that can leave the runtime as a bare descriptor (to be parked) and come
+/// back: TCP or Unix.
+pub(crate) trait Parkable: Sized {
+    /// TCP (else Unix).
+    const TCP: bool;
+
+    /// Deregisters it from the runtime. An error closed it.
+    fn into_fd(self) -> io::Result<OwnedFd>;
+
+    /// Registers a non-blocking socket of this kind with the runtime.
+    fn from_fd(fd: OwnedFd) -> io::Result<Self>;
 }
 
-impl ReadReady for tokio::net::TcpStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::TcpStream::poll_read_ready(self, cx)
+impl Parkable for tokio::net::TcpStream {
+    const TCP: bool = true;
+
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        self.into_std().map(OwnedFd::from)
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))
     }
 }
 
-impl ReadReady for tokio::net::UnixStream {
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        tokio::net::UnixStream::poll_read_ready(self, cx)
+impl Parkable for tokio::net::UnixStream {
+    const TCP: bool = false;
+
+    fn into_fd(self) -> io::Result<OwnedFd> {
+        self.into_std().map(OwnedFd::from)
+    }
+
+    fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        tokio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
     }
 }
 
-impl<T: AsFd + ReadReady> Movable for TrackedIo<T> {
+impl<T: AsFd> Movable for TrackedIo<T> {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         Some(self.io.as_fd())
-    }
-
-    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.io.poll_read_ready(cx)
     }
 }
 
@@ -78,11 +102,6 @@ impl<T: AsFd + ReadReady> Movable for TrackedIo<T> {
 impl<T> Movable for tokio_rustls::server::TlsStream<T> {
     fn socket(&self) -> Option<BorrowedFd<'_>> {
         None
-    }
-
-    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Never parked (its session state lives in rustls's buffers).
-        Poll::Ready(Ok(()))
     }
 }
 

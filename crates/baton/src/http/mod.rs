@@ -8,6 +8,7 @@
 #[cfg(feature = "admin")]
 mod admin;
 mod conn;
+mod lot;
 mod service;
 mod slots;
 #[cfg(feature = "tls")]
@@ -20,7 +21,6 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -343,6 +343,16 @@ impl Server {
         #[cfg(not(feature = "tls"))]
         let plain = true;
         let names: Vec<String> = self.listeners.iter().map(|l| l.name().to_owned()).collect();
+        let lot = match self.park_idle_after.filter(|_| plain) {
+            Some(_) => match lot::Lot::new() {
+                Ok(lot) => Some(lot),
+                Err(e) => {
+                    warn!(error = %e, "idle connections are not parked");
+                    None
+                }
+            },
+            None => None,
+        };
         // No timer in hyper: the header-read and idle timeouts are the tracker's sweep.
         let ctx = Arc::new(Ctx {
             http1: http1::Builder::new(),
@@ -354,8 +364,9 @@ impl Server {
                 header: Some(self.header_read_timeout),
                 idle: Some(self.idle_timeout),
                 movable: self.hand_over && plain,
-                park: self.park_idle_after.filter(|_| plain),
+                park: self.park_idle_after.filter(|_| lot.is_some()),
             },
+            lot,
             names,
             slots: slots::Slots::new(self.max_connections.unwrap_or_else(slots::default_max)),
             #[cfg(feature = "tls")]
@@ -363,6 +374,9 @@ impl Server {
         });
         shutdown.install_signal_handlers()?;
         shutdown.tracker().sweep();
+        if ctx.lot.is_some() {
+            tokio::spawn(run_lot(Arc::clone(&ctx)));
+        }
         let pid = std::process::id();
         // Register every listener before starting any, so that an error leaves nothing
         // half-started.
@@ -446,6 +460,8 @@ struct Ctx<S> {
     names: Vec<String>,
     /// The connection limit.
     slots: Arc<slots::Slots>,
+    /// Where idle connections are parked (`None`: they are not).
+    lot: Option<lot::Lot>,
     #[cfg(feature = "tls")]
     tls: Option<Tls>,
 }
@@ -464,7 +480,7 @@ trait Accept: Send + 'static {
         + AsyncWrite
         + AsRawFd
         + AsFd
-        + conn::ReadReady
+        + conn::Parkable
         + Send
         + Sync
         + Unpin
@@ -627,11 +643,78 @@ async fn accept_loop<A: Accept, S, B>(
 
 fn spawn_connection<IO, S, B>(io: IO, ctx: &Arc<Ctx<S>>, listener: usize)
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::ReadReady + Send + Sync + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::Parkable + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
-    tokio::spawn(connection_task(io, ctx, listener, None));
+    tokio::spawn(connection_task(io, ctx, listener, None, None));
+}
+
+/// Watches the server's parked connections (see `lot.rs`): serves again each one with
+/// bytes to read, closes each one idle past the idle timeout; at the drain, serves
+/// them all again (to move to the next generation, or drain) and ends.
+async fn run_lot<S, B>(ctx: Arc<Ctx<S>>)
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let Some(lot) = &ctx.lot else { return };
+    let draining = ctx.shutdown.tracker().reached(Phase::Draining);
+    tokio::pin!(draining);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut woke = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut draining => break,
+            res = lot.woken(&mut woke) => {
+                if let Err(e) = res {
+                    warn!(error = %e, "watching parked connections failed; none is parked from now on");
+                    break;
+                }
+                for entry in woke.drain(..) {
+                    unpark(entry, &ctx);
+                }
+            }
+            _ = tick.tick() => {
+                let mut expired = Vec::new();
+                lot.expired(&mut expired);
+                if !expired.is_empty() {
+                    debug!(n = expired.len(), "closing parked connections idle too long");
+                }
+                // Dropped: counted closed for a timeout, then closed.
+                drop(expired);
+            }
+        }
+    }
+    for entry in lot.close() {
+        unpark(entry, &ctx);
+    }
+}
+
+/// A parked connection served again, by a new task: it reads the next request (or
+/// its client's end) or, at the drain, moves to the next generation or drains.
+fn unpark<S, B>(entry: lot::Entry, ctx: &Arc<Ctx<S>>)
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let (listener, tcp) = (entry.listener as usize, entry.tcp);
+    let (fd, conn, slot) = entry.into_parts();
+    let handed = Some((Proto::Http1, Bytes::new()));
+    let spawned = if tcp {
+        <tokio::net::TcpStream as conn::Parkable>::from_fd(fd).map(|io| {
+            tokio::spawn(connection_task(io, ctx, listener, handed, Some((conn, slot))));
+        })
+    } else {
+        <tokio::net::UnixStream as conn::Parkable>::from_fd(fd).map(|io| {
+            tokio::spawn(connection_task(io, ctx, listener, handed, Some((conn, slot))));
+        })
+    };
+    if let Err(e) = spawned {
+        debug!(error = %e, "cannot serve a parked connection again: closed");
+    }
 }
 
 /// What the previous generation knew of a connection it passed on.
@@ -655,12 +738,12 @@ where
             let std = std::net::TcpStream::from(fd);
             std.set_nonblocking(true)
                 .and_then(|()| tokio::net::TcpStream::from_std(std))
-                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed)))
+                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed, None)))
         } else {
             let std = std::os::unix::net::UnixStream::from(fd);
             std.set_nonblocking(true)
                 .and_then(|()| tokio::net::UnixStream::from_std(std))
-                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed)))
+                .map(|io| tokio::spawn(connection_task(io, &ctx, index, handed, None)))
         };
         match spawned {
             Ok(_) => ctx.shutdown.tracker().note_taken_over(),
@@ -672,27 +755,36 @@ where
 }
 
 /// The task of one accepted connection (or one received from the previous
-/// generation, `handed`): registered with the tracker, holding its slot of the
-/// connection limit until it ends.
+/// generation, `handed`, or a parked one served again, `parked`): registered with the
+/// tracker, holding its slot of the connection limit until it ends or is parked.
 fn connection_task<IO, S, B>(
     io: IO,
     ctx: &Arc<Ctx<S>>,
     listener: usize,
     handed: Option<Handed>,
+    parked: Option<(crate::tracker::ParkedConn, slots::Slot)>,
 ) -> impl Future<Output = ()> + Send + use<IO, S, B>
 where
-    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::ReadReady + Send + Sync + Unpin + 'static,
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::Parkable + Send + Sync + Unpin + 'static,
     S: HttpService<B>,
     B: HttpBody,
 {
     let tracker = ctx.shutdown.tracker();
-    let slot = ctx.slots.take();
-    let io = conn::TrackedIo::new(io, |fd| tracker.register_with(fd, ctx.limits));
+    let (slot, io) = match parked {
+        None => (
+            ctx.slots.take(),
+            conn::TrackedIo::new(io, |fd| tracker.register_with(fd, ctx.limits)),
+        ),
+        Some((parked, slot)) => (
+            slot,
+            conn::TrackedIo::new(io, |fd| parked.unpark(fd, ctx.limits)),
+        ),
+    };
     let shared = Arc::clone(io.handle().shared());
     let tracker = Arc::clone(tracker.inner());
     let ctx = Arc::clone(ctx);
     async move {
-        let _slot = slot;
+        let mut slot = slot;
         #[cfg(feature = "tls")]
         if let Some(tls) = &ctx.tls {
             // Boxed: the TLS stream is twice the size of the task a plain connection
@@ -708,25 +800,27 @@ where
         // allocate and free. Boxed, the task is a few hundred bytes, and this is
         // allocated once where it stays (see docs/BENCHMARKS.md, "serving cost").
         let (mut io, mut handed) = (io, handed);
-        // A parked connection comes back here: serving's box is freed while it waits
-        // (see `Server::park_idle_after`), and a new one serves its next request.
-        while let Some((back, buffered)) = Box::pin(serve_connection(
+        // Out of hyper to be parked (idle long enough, see `Server::park_idle_after`):
+        // the task ends, the socket waits in the lot.
+        while let Some((mut back, buffered)) = Box::pin(serve_connection(
             io, &ctx, &tracker, &shared, listener, handed,
         ))
         .await
         {
-            tracker.parked_since_trim.fetch_add(1, Ordering::Relaxed);
-            shared.set_parked(true);
-            // Boxed: only a parked connection pays for its wait.
-            let woke = Box::pin(park(&back, &tracker, &shared)).await;
-            shared.set_parked(false);
-            if matches!(woke, Woke::Forced) {
-                return;
+            if buffered.is_empty()
+                && let Some(lot) = &ctx.lot
+            {
+                let idle_for = ctx.limits.park.unwrap_or_default();
+                match lot.park(back, slot, listener, idle_for, ctx.limits.idle) {
+                    Ok(()) => return,
+                    Err(given_back) => (back, slot) = given_back,
+                }
             }
-            // Readable, or the drain started: a new hyper connection reads the next
-            // request, or (draining) moves to the next generation or drains.
+            // Not parked (bytes of a next request came, or the drain started): a new
+            // hyper connection serves on from where the last one stopped.
             (io, handed) = (back, Some((Proto::Http1, Bytes::from(buffered))));
         }
+        drop(slot);
     }
 }
 
@@ -1019,37 +1113,6 @@ where
     }
 }
 
-/// What ended a connection's park.
-enum Woke {
-    /// Bytes (or the end) to read.
-    Readable,
-    Draining,
-    Forced,
-}
-
-/// A parked connection waits for its next bytes (or the end), the drain, or a forced
-/// close; it costs its socket and its task, nothing of hyper's.
-async fn park<IO: conn::Movable>(
-    io: &IO,
-    tracker: &Arc<crate::tracker::TrackerInner>,
-    shared: &Arc<crate::tracker::ConnShared>,
-) -> Woke {
-    let draining = conn_reached(tracker, shared, Phase::Draining);
-    let forced = conn_reached(tracker, shared, Phase::Forcing);
-    tokio::pin!(draining, forced);
-    std::future::poll_fn(|cx| {
-        if forced.as_mut().poll(cx).is_ready() {
-            shared.mark_forced();
-            return Poll::Ready(Woke::Forced);
-        }
-        if draining.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Woke::Draining);
-        }
-        io.poll_read_ready(cx).map(|_| Woke::Readable)
-    })
-    .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1076,12 +1139,13 @@ mod tests {
             names: vec!["http".into()],
             slots: slots::Slots::new(16),
             tls: None,
+            lot: None,
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (client, accepted) = tokio::join!(client, listener.accept());
         let (io, _) = accepted.unwrap();
-        let task = connection_task(io, &ctx, 0, None);
+        let task = connection_task(io, &ctx, 0, None, None);
         let size = std::mem::size_of_val(&task);
         let plain = {
             let tracker = Arc::clone(ctx.shutdown.tracker().inner());

@@ -313,6 +313,81 @@ pub(crate) fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd:
     })
 }
 
+/// A new epoll instance (close-on-exec): the parking lot's own readiness set.
+pub(crate) fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: epoll_create1 takes flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor was just created and is owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds `fd` to epoll instance `ep`, level-triggered, for bytes to read or the peer's
+/// end (`EPOLLIN | EPOLLRDHUP`); its events carry `data`.
+pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, data: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+        u64: data,
+    };
+    // SAFETY: both descriptors are open (borrowed for the call); the event is a valid,
+    // initialised struct the kernel only reads.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            fd.as_raw_fd(),
+            &raw mut event,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Removes `fd` from epoll instance `ep`.
+pub(crate) fn epoll_del(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both descriptors are open (borrowed for the call); since Linux 2.6.9 the
+    // event argument of EPOLL_CTL_DEL may be null.
+    let rc = unsafe {
+        libc::epoll_ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_DEL,
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many events [`epoll_poll`] takes at most per call.
+pub(crate) const EPOLL_BATCH: usize = 64;
+
+/// The events pending on epoll instance `ep`, without waiting: appends the data of at
+/// most [`EPOLL_BATCH`] of them to `out` and returns how many.
+pub(crate) fn epoll_poll(ep: BorrowedFd<'_>, out: &mut Vec<u64>) -> io::Result<usize> {
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EPOLL_BATCH];
+    // SAFETY: the kernel writes at most `EPOLL_BATCH` events into the array, which
+    // holds that many; a timeout of 0 returns at once.
+    let n = unsafe {
+        libc::epoll_wait(
+            ep.as_raw_fd(),
+            events.as_mut_ptr(),
+            EPOLL_BATCH as libc::c_int,
+            0,
+        )
+    };
+    let n = usize::try_from(n).map_err(|_| io::Error::last_os_error())?;
+    out.extend(events[..n].iter().map(|e| e.u64));
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,3 +95,21 @@ pub(crate) fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd:
         "the generation channel (a Unix seqpacket socket pair)",
     ))
 }
+
+pub(crate) fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
+    Err(unsupported("parking idle connections (epoll)"))
+}
+
+pub(crate) fn epoll_add(_ep: BorrowedFd<'_>, _fd: BorrowedFd<'_>, _data: u64) -> io::Result<()> {
+    Err(unsupported("parking idle connections (epoll)"))
+}
+
+pub(crate) fn epoll_del(_ep: BorrowedFd<'_>, _fd: BorrowedFd<'_>) -> io::Result<()> {
+    Err(unsupported("parking idle connections (epoll)"))
+}
+
+pub(crate) const EPOLL_BATCH: usize = 64;
+
+pub(crate) fn epoll_poll(_ep: BorrowedFd<'_>, _out: &mut Vec<u64>) -> io::Result<usize> {
+    Err(unsupported("parking idle connections (epoll)"))
+}

@@ -129,6 +129,10 @@ pub(crate) struct TrackerInner {
     taken_over: AtomicU64,
     /// Connections parked since the sweep last gave freed memory back to the system.
     pub(crate) parked_since_trim: AtomicUsize,
+    /// Connections parked now (out of the registry, see [`ParkedConn`]) and the requests
+    /// they received; changed under the registry's lock, like the totals.
+    parked: AtomicUsize,
+    parked_requests: AtomicU64,
     /// Whether the sweep of timeouts runs.
     sweeping: AtomicBool,
     /// Requests of connections already closed.
@@ -174,8 +178,9 @@ pub(crate) struct ConnShared {
     handed_over: AtomicBool,
     /// The sweep asks the connection's task to park it (idle long enough).
     park: AtomicBool,
-    /// Parked now: a bare socket, no hyper connection.
-    parked: AtomicBool,
+    /// Leaving the registry to be parked (see [`ConnHandle::park`]): its handle's drop
+    /// does not count it closed.
+    parking: AtomicBool,
 }
 
 const CLOSE: u8 = 1;
@@ -284,10 +289,6 @@ impl ConnShared {
         self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
     }
 
-    pub(crate) fn set_parked(&self, parked: bool) {
-        self.parked.store(parked, Ordering::Relaxed);
-    }
-
     pub(crate) fn is_h2(&self) -> bool {
         self.h2.load(Ordering::Relaxed)
     }
@@ -348,12 +349,40 @@ impl ConnHandle {
     pub(crate) fn shared(&self) -> &Arc<ConnShared> {
         &self.shared
     }
+
+    /// Takes an idle connection out of the registry to be parked: it stays open (and
+    /// counted open, idle and parked) as the returned token, which its socket's new
+    /// owner keeps, without the per-connection state. Like dropping the handle, this
+    /// must happen before the socket changes hands (see above).
+    pub(crate) fn park(self) -> ParkedConn {
+        self.shared.parking.store(true, Ordering::Relaxed);
+        let requests = self.shared.counts().0;
+        let tracker = Arc::clone(&self.tracker);
+        drop(self);
+        tracker.parked_since_trim.fetch_add(1, Ordering::Relaxed);
+        ParkedConn {
+            tracker,
+            requests,
+            end: End::Closed,
+        }
+    }
 }
 
 impl Drop for ConnHandle {
     fn drop(&mut self) {
         *lock(&self.shared.fd) = None;
         let t = &self.tracker;
+        if self.shared.parking.load(Ordering::Relaxed) {
+            // Parked: open still, counted with the parked ones; no release.
+            let mut conns = lock(&t.conns);
+            conns.try_remove(self.key);
+            t.parked.fetch_add(1, Ordering::Relaxed);
+            t.parked_requests
+                .fetch_add(self.shared.counts().0, Ordering::Relaxed);
+            drop(conns);
+            self.shared.closed.store(true, Ordering::Release);
+            return;
+        }
         {
             // The totals change together with the registry, under its lock, so that a
             // snapshot (`stats`) never sees a connection both gone and not yet counted.
@@ -373,6 +402,66 @@ impl Drop for ConnHandle {
             t.closed.fetch_add(1, Ordering::Relaxed);
         }
         self.shared.closed.store(true, Ordering::Release);
+        t.release();
+    }
+}
+
+/// A parked connection's place in the totals: open (idle and parked) until it is
+/// either served again ([`ParkedConn::unpark`]) or dropped, which counts it closed.
+/// All a parked connection costs the tracker: no registry entry, no shared state.
+#[derive(Debug)]
+pub(crate) struct ParkedConn {
+    tracker: Arc<TrackerInner>,
+    requests: u64,
+    end: End,
+}
+
+/// How a parked connection ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Closed (its client left, say).
+    Closed,
+    /// Closed for staying idle too long.
+    TimedOut,
+    /// Served again: back in the registry.
+    Unparked,
+}
+
+impl ParkedConn {
+    /// Registers the connection again, with what it had received, to be served again:
+    /// not counted as a new connection.
+    pub(crate) fn unpark(mut self, fd: RawFd, limits: Limits) -> ConnHandle {
+        self.end = End::Unparked;
+        let t = Tracker {
+            inner: Arc::clone(&self.tracker),
+        };
+        t.register_inner(fd, limits, Some(self.requests))
+    }
+
+    /// Counts it, when dropped, as closed for staying idle too long.
+    pub(crate) fn mark_timed_out(&mut self) {
+        self.end = End::TimedOut;
+    }
+}
+
+impl Drop for ParkedConn {
+    fn drop(&mut self) {
+        if self.end == End::Unparked {
+            // Its registration took it out of the parked counts.
+            return;
+        }
+        let t = &self.tracker;
+        let conns = lock(&t.conns);
+        t.parked.fetch_sub(1, Ordering::Relaxed);
+        t.parked_requests
+            .fetch_sub(self.requests, Ordering::Relaxed);
+        t.closed_requests
+            .fetch_add(self.requests, Ordering::Relaxed);
+        if self.end == End::TimedOut {
+            t.closed_timed_out.fetch_add(1, Ordering::Relaxed);
+        }
+        t.closed.fetch_add(1, Ordering::Relaxed);
+        drop(conns);
         t.release();
     }
 }
@@ -459,6 +548,8 @@ impl Tracker {
                 closed_handed_over: AtomicU64::new(0),
                 taken_over: AtomicU64::new(0),
                 parked_since_trim: AtomicUsize::new(0),
+                parked: AtomicUsize::new(0),
+                parked_requests: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),
                 closed_requests: AtomicU64::new(0),
                 sweep: AtomicBool::new(true),
@@ -561,9 +652,16 @@ impl Tracker {
 
     /// Registers a connection with its timeouts (enforced once [`Tracker::sweep`] runs).
     pub(crate) fn register_with(&self, fd: RawFd, limits: Limits) -> ConnHandle {
+        self.register_inner(fd, limits, None)
+    }
+
+    /// `unparked`: a parked connection served again, with the requests it received
+    /// (not a new connection: counted neither accepted nor busy again, and the parked
+    /// counts give it back in the same step).
+    fn register_inner(&self, fd: RawFd, limits: Limits, unparked: Option<u64>) -> ConnHandle {
         let shared = Arc::new(ConnShared {
             fd: Mutex::new(Some(fd)),
-            counts: AtomicU64::new(0),
+            counts: AtomicU64::new(unparked.unwrap_or(0) << INFLIGHT_BITS),
             reads: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
@@ -577,12 +675,26 @@ impl Tracker {
             detaching: AtomicBool::new(false),
             handed_over: AtomicBool::new(false),
             park: AtomicBool::new(false),
-            parked: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         });
-        self.inner.busy.fetch_add(1, Ordering::AcqRel);
+        if unparked.is_none() {
+            self.inner.busy.fetch_add(1, Ordering::AcqRel);
+        }
         let key = {
             let mut conns = lock(&self.inner.conns);
-            self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+            match unparked {
+                None => {
+                    self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(requests) => {
+                    // In the same step as it enters the registry: a snapshot counts it
+                    // once.
+                    self.inner.parked.fetch_sub(1, Ordering::Relaxed);
+                    self.inner
+                        .parked_requests
+                        .fetch_sub(requests, Ordering::Relaxed);
+                }
+            }
             conns.insert(Arc::clone(&shared))
         };
         ConnHandle {
@@ -643,6 +755,11 @@ impl Tracker {
             s.taken_over = t.taken_over.load(Ordering::Relaxed);
             s.requests = t.closed_requests.load(Ordering::Relaxed);
             s.accepted = t.accepted.load(Ordering::Relaxed);
+            // Parked connections are open, idle, and out of the registry.
+            s.parked = t.parked.load(Ordering::Relaxed);
+            s.open = s.parked;
+            s.idle = s.parked;
+            s.requests += t.parked_requests.load(Ordering::Relaxed);
             for (_, c) in conns.iter() {
                 if c.forced.load(Ordering::Relaxed) {
                     s.forced += 1;
@@ -662,9 +779,6 @@ impl Tracker {
                     s.new += 1;
                 } else {
                     s.idle += 1;
-                    if c.parked.load(Ordering::Relaxed) {
-                        s.parked += 1;
-                    }
                 }
             }
         }

@@ -84,6 +84,8 @@ async fn run(tracker: Weak<TrackerInner>) {
         if t.parked_since_trim.swap(0, Ordering::Relaxed) > 0 {
             sys::release_free_memory();
         }
+        // Nothing parks once the drain started: idle connections move or close then.
+        let parks = t.phase() < super::Phase::Draining;
         let conns = lock(&t.conns);
         if seen.len() < conns.capacity() {
             seen.resize(conns.capacity(), None);
@@ -92,7 +94,11 @@ async fn run(tracker: Weak<TrackerInner>) {
             let slot = &mut seen[key];
             match look(slot, conn, now) {
                 Verdict::Keep => {}
-                Verdict::Park => conn.ask_park(),
+                Verdict::Park => {
+                    if parks {
+                        conn.ask_park();
+                    }
+                }
                 verdict => {
                     cut(conn, verdict);
                     *slot = None;
@@ -166,7 +172,6 @@ fn look(slot: &mut Option<Seen>, conn: &Arc<ConnShared>, now: u64) -> Verdict {
         && !conn.is_h2()
         && next.head.is_none()
         && reads == prev.reads
-        && !conn.parked.load(Ordering::Relaxed)
         && passed(next.active, park)
     {
         return Verdict::Park;
