@@ -228,12 +228,15 @@ impl Server {
     }
 
     /// A plain HTTP/1 keep-alive connection idle this long is parked: taken out of
-    /// hyper between two requests and kept as its bare socket (no read or write buffer,
-    /// no hyper connection), until its next bytes arrive; then it gets a new hyper
-    /// connection, with a small set-up cost for that one request. An idle connection
-    /// then costs about a kilobyte instead of about twenty (`docs/BENCHMARKS.md`).
-    /// Default [`DEFAULT_PARK_IDLE_AFTER`] (5 s), kept to within about a second (the
-    /// tracker's sweep asks); `None` never parks.
+    /// hyper between two requests, and out of its task, and kept as its bare socket in
+    /// the server's parking lot (no task, no read or write buffer, no hyper
+    /// connection), until its next bytes arrive; then it gets a new task and hyper
+    /// connection, with a small set-up cost for that one request (about 10 µs). An
+    /// idle connection then costs a few hundred bytes instead of about 17 KiB
+    /// (`docs/BENCHMARKS.md`). It still counts as open and idle, moves at a restart and
+    /// closes at the idle timeout. Default [`DEFAULT_PARK_IDLE_AFTER`] (5 s), kept to
+    /// within about a second (the tracker's sweep asks); `None` never parks. Linux
+    /// only: elsewhere nothing is parked.
     ///
     /// # Errors
     ///
