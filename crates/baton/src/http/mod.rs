@@ -705,19 +705,32 @@ where
 {
     let (listener, tcp) = (entry.listener as usize, entry.tcp);
     let (fd, conn, slot) = entry.into_parts();
-    let handed = Some((Proto::Http1, Bytes::new()));
+    let parked = (conn, slot);
     let spawned = if tcp {
-        <tokio::net::TcpStream as conn::Parkable>::from_fd(fd).map(|io| {
-            tokio::spawn(connection_task(io, ctx, listener, handed, Some((conn, slot))));
-        })
+        serve_again::<tokio::net::TcpStream, S, B>(fd, ctx, listener, parked)
     } else {
-        <tokio::net::UnixStream as conn::Parkable>::from_fd(fd).map(|io| {
-            tokio::spawn(connection_task(io, ctx, listener, handed, Some((conn, slot))));
-        })
+        serve_again::<tokio::net::UnixStream, S, B>(fd, ctx, listener, parked)
     };
     if let Err(e) = spawned {
         debug!(error = %e, "cannot serve a parked connection again: closed");
     }
+}
+
+fn serve_again<IO, S, B>(
+    fd: std::os::fd::OwnedFd,
+    ctx: &Arc<Ctx<S>>,
+    listener: usize,
+    parked: (crate::tracker::ParkedConn, slots::Slot),
+) -> io::Result<()>
+where
+    IO: AsyncRead + AsyncWrite + AsRawFd + AsFd + conn::Parkable + Send + Sync + Unpin + 'static,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let io = IO::from_fd(fd)?;
+    let handed = Some((Proto::Http1, Bytes::new()));
+    tokio::spawn(connection_task(io, ctx, listener, handed, Some(parked)));
+    Ok(())
 }
 
 /// What the previous generation knew of a connection it passed on.

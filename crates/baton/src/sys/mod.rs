@@ -14,10 +14,10 @@ mod platform;
 mod platform;
 
 pub(crate) use platform::{
-    become_subreaper, children, connect_abstract, EPOLL_BATCH, epoll_add, epoll_create, epoll_del, epoll_poll,
-    generation_force_signal, is_alive, is_locked,
-    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, seqpacket_pair,
-    signal_disposition, start_time, try_lock,
+    EPOLL_BATCH, become_subreaper, children, connect_abstract, epoll_add, epoll_create, epoll_del,
+    epoll_poll, generation_force_signal, is_alive, is_locked, open_sockets, pidfd_open,
+    process_uid, reap_orphans, send_to_abstract, seqpacket_pair, signal_disposition, start_time,
+    try_lock,
 };
 
 use std::ffi::{CString, OsStr};
