@@ -1,4 +1,4 @@
-import http.server, os, signal, socket, sys, threading
+import http.server, os, signal, socket, sys, threading, time
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -34,8 +34,16 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H, bind_and_activate=
 server.socket.close()
 server.socket = socket.socket(fileno=3)
 server.daemon_threads = False
+# The signal handler only sets a flag; the main thread, waiting for it, stops the
+# server. A handler that started the shutdown thread itself deadlocked once in a while
+# under load: the handler runs in the main thread, which may hold threading's
+# `_shutdown_locks_lock` (reaping finished request threads), and a new thread takes
+# that lock before it reports started, which the handler waited for (the worker then
+# hung until the master's drain deadline killed it).
+stopping = False
 def drain(*_):
-    threading.Thread(target=server.shutdown).start()
+    global stopping
+    stopping = True
 if os.environ.get("PYWORKER_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 elif os.environ.get("PYWORKER_NO_TERM_HANDLER"):
@@ -49,7 +57,12 @@ if os.environ.get("PYWORKER_NOTIFY"):
     n.sendto(b"STATUS=warming up", os.environ["NOTIFY_SOCKET"])
     n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 print("python worker %d serving" % os.getpid(), file=sys.stderr, flush=True)
-server.serve_forever()
+serving = threading.Thread(target=server.serve_forever)
+serving.start()
+while not stopping:
+    time.sleep(0.05)  # a signal ends the sleep early
+server.shutdown()
+serving.join()
 server.server_close()
 print("python worker %d drained" % os.getpid(), file=sys.stderr, flush=True)
 if os.environ.get("PYWORKER_RERAISE"):
