@@ -19,6 +19,10 @@ use tokio::io::unix::AsyncFd;
 
 /// The environment variable naming the channel's descriptor in the successor.
 pub(crate) const CHANNEL_FD: &str = "BATON_CHANNEL_FD";
+/// The environment variable naming, in a worker of a master that passes connections
+/// between its workers, the descriptor on which the master sends it the channel to its
+/// successor ([`Message::Successor`]).
+pub(crate) const MASTER_LINK_FD: &str = "BATON_MASTER_LINK_FD";
 /// The first byte of every message: a successor built from another version of baton
 /// ignores what it cannot read, and the predecessor sends nothing it was not asked for.
 const VERSION: u8 = 1;
@@ -176,6 +180,9 @@ pub(crate) enum Message {
     /// Predecessor to successor, before it starts: secrets the service keeps across
     /// restarts in memory only (the TLS session-ticket keys), opaque here.
     Keys(Vec<u8>),
+    /// Master to the worker it is about to drain (on the worker's link): the worker of
+    /// generation `generation`, PID `pid`, serves now; the channel to it is attached.
+    Successor { pid: u32, generation: u32 },
 }
 
 const TAKES: u8 = b'T';
@@ -183,6 +190,7 @@ const CONN: u8 = b'C';
 const TOTALS: u8 = b'N';
 const TOTALS_PLEASE: u8 = b'Q';
 const KEYS: u8 = b'K';
+const SUCCESSOR: u8 = b'S';
 
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -208,6 +216,11 @@ impl Message {
                 out.extend_from_slice(buffered);
             }
             Message::TotalsPlease => out.push(TOTALS_PLEASE),
+            Message::Successor { pid, generation } => {
+                out.push(SUCCESSOR);
+                out.extend_from_slice(&pid.to_le_bytes());
+                out.extend_from_slice(&generation.to_le_bytes());
+            }
             Message::Keys(bytes) => {
                 out.push(KEYS);
                 out.extend_from_slice(bytes);
@@ -275,6 +288,10 @@ impl Message {
             }
             TOTALS_PLEASE if rest.is_empty() => Some(Message::TotalsPlease),
             KEYS => Some(Message::Keys(rest.to_vec())),
+            SUCCESSOR if rest.len() == 8 => Some(Message::Successor {
+                pid: u32::from_le_bytes(rest[..4].try_into().ok()?),
+                generation: u32::from_le_bytes(rest[4..].try_into().ok()?),
+            }),
             _ => None,
         }
     }
@@ -369,6 +386,10 @@ mod tests {
             Message::Takes(vec![]),
             Message::TotalsPlease,
             Message::Keys(vec![1, 2, 3]),
+            Message::Successor {
+                pid: 4_000_000,
+                generation: 7,
+            },
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,

@@ -180,7 +180,7 @@ pub(crate) struct Passed {
 /// Our environment without the variables that describe this process's own sockets and
 /// manager, which must not leak to the next one.
 fn inherited_env() -> Vec<(OsString, OsString)> {
-    const OURS: [&str; 12] = [
+    const OURS: [&str; 13] = [
         LISTEN_FDS,
         LISTEN_PID,
         LISTEN_FDNAMES,
@@ -193,6 +193,7 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         notify::MASTER_CONTROL,
         notify::IGNORED_AT_EXEC,
         crate::channel::CHANNEL_FD,
+        crate::channel::MASTER_LINK_FD,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))
@@ -321,18 +322,23 @@ pub(crate) fn spawn(
         sitter: cfg!(target_os = "linux"),
         ..Launch::default()
     };
-    launch(&program.exe, &program.args, &fds, channel, env, notify, how)
+    let extra: Vec<(&str, BorrowedFd<'_>)> = channel
+        .map(|fd| (crate::channel::CHANNEL_FD, fd))
+        .into_iter()
+        .collect();
+    launch(&program.exe, &program.args, &fds, &extra, env, notify, how)
 }
 
 /// Starts `exe` with `argv` (`argv[0]` included), this process's environment without
 /// baton's and the socket-activation variables, plus `env`, and `listeners` at
 /// descriptors 3, 4, ... (`LISTEN_FDS`, `LISTEN_FDNAMES`, and `LISTEN_PID` written by
-/// the child itself), then `channel` at the next descriptor (`BATON_CHANNEL_FD`).
+/// the child itself), then each of `extra` at the next descriptors, named by its
+/// environment variable (`BATON_CHANNEL_FD`, `BATON_MASTER_LINK_FD`).
 pub(crate) fn launch(
     exe: &std::path::Path,
     argv: &[OsString],
     listeners: &[(&str, BorrowedFd<'_>)],
-    channel: Option<BorrowedFd<'_>>,
+    extra: &[(&str, BorrowedFd<'_>)],
     env: Vec<(OsString, OsString)>,
     notify: notify::Listener,
     how: Launch,
@@ -350,15 +356,16 @@ pub(crate) fn launch(
         (LISTEN_FDS.into(), listeners.len().to_string().into()),
         (LISTEN_FDNAMES.into(), names),
     ]);
-    if channel.is_some() {
-        full.push((
-            crate::channel::CHANNEL_FD.into(),
-            (3 + listeners.len()).to_string().into(),
-        ));
+    for (i, (name, _)) in extra.iter().enumerate() {
+        full.push(((*name).into(), (3 + listeners.len() + i).to_string().into()));
     }
     let env_refs: Vec<(&OsStr, &OsStr)> = full.iter().map(|(k, v)| (&**k, &**v)).collect();
     let argv: Vec<&OsStr> = argv.iter().map(|a| &**a).collect();
-    let fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|(_, fd)| *fd).chain(channel).collect();
+    let fds: Vec<BorrowedFd<'_>> = listeners
+        .iter()
+        .chain(extra)
+        .map(|(_, fd)| *fd)
+        .collect();
     let mut plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
     if let Some(signal) = how.parent_death_signal {

@@ -284,3 +284,53 @@ async fn parked_connections_stay_in_the_totals_and_close_at_the_idle_timeout() {
     assert_eq!(stat(&demo.addr, "timed_out").await, 10);
     assert!(stat(&demo.addr, "requests").await >= requests);
 }
+
+/// The worker that serves now, per the master's log of reload `generation`.
+fn new_worker(demo: &Demo, generation: u32) -> u32 {
+    // "reloaded: gen 2 serves; gen 1 (pid N) drains pid=MASTER worker=NEW"
+    let line = demo.wait_log(&format!("reloaded: gen {generation} serves"));
+    line.rsplit("worker=").next().unwrap().trim().parse().unwrap()
+}
+
+/// GoFrame's model (the demo is its own master): at each reload the master passes the
+/// old worker the channel to the new one, and idle connections move between the
+/// workers through it, as they do between generations of a self-restarting server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_move_between_a_masters_workers_at_each_reload() {
+    let demo = Demo::start(&["--master"]);
+    let mut conns = Vec::new();
+    let mut worker = 0;
+    for _ in 0..100 {
+        let mut c = Http1::connect(&demo.addr).await.unwrap();
+        worker = c.get("/pid").await.unwrap().body.trim().parse().unwrap();
+        conns.push(c);
+    }
+    assert_ne!(worker, demo.pid, "a worker answers, not the master");
+    for generation in 2..=4 {
+        demo.signal("HUP");
+        let new = new_worker(&demo, generation);
+        // Nothing to drain: every connection moved.
+        wait_until("the old worker exited", || !alive(worker));
+        all_answered_by(&mut conns, new, &format!("worker gen {generation}")).await;
+        worker = new;
+    }
+    assert!(
+        demo.log()
+            .iter()
+            .any(|l| l.contains("passes its open connections to gen 4")),
+        "the master passed the channel"
+    );
+    assert!(alive(demo.pid), "the master keeps its PID");
+}
+
+/// The control: with the workers' hand-over off, the old worker's idle connection is
+/// closed at a reload, as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_hand_over_off_a_masters_reload_closes_idle_connections() {
+    let demo = Demo::start(&["--master", "--no-hand-over", "--idle-grace", "200ms"]);
+    let mut c = Http1::connect(&demo.addr).await.unwrap();
+    assert_eq!(c.get("/pid").await.unwrap().status, 200);
+    demo.signal("HUP");
+    new_worker(&demo, 2);
+    c.closed().await.unwrap();
+}

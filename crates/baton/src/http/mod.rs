@@ -292,8 +292,9 @@ impl Server {
     /// process), HTTP/2, upgraded connections (WebSocket), a connection whose request
     /// body the handler left unread, and every connection when the next generation does
     /// not take this listener's connections (built without it, or with it off).
-    /// Only for the self-restarting model ([`Shutdown`]'s restart): a master's workers
-    /// drain as before.
+    /// For the self-restarting model ([`Shutdown`]'s restart), and for a master's
+    /// workers when the master relays the channel (`MasterBuilder::hand_over`, on for
+    /// `Master::this_program`).
     pub fn hand_over(mut self, on: bool) -> Self {
         self.hand_over = on;
         self

@@ -44,12 +44,27 @@ impl Outbound {
 /// inherits it).
 pub(super) fn inherited() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst)
+    adopt(&TAKEN, channel::CHANNEL_FD, "no connection will be taken over")
+}
+
+/// A worker's link to its master (see `MasterBuilder::hand_over`), if it has one: taken
+/// once, like the channel.
+pub(super) fn master_link() -> Option<OwnedFd> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    adopt(
+        &TAKEN,
+        channel::MASTER_LINK_FD,
+        "connections will drain at a reload",
+    )
+}
+
+fn adopt(taken: &std::sync::atomic::AtomicBool, var: &str, without: &str) -> Option<OwnedFd> {
+    if taken.swap(true, std::sync::atomic::Ordering::SeqCst)
         || !crate::activation::passed_to_this_process()
     {
         return None;
     }
-    let fd = std::env::var(channel::CHANNEL_FD).ok()?.parse().ok()?;
+    let fd = std::env::var(var).ok()?.parse().ok()?;
     match crate::sys::adopt_inherited_fd(fd) {
         Ok(fd) => {
             use std::os::fd::AsFd;
@@ -57,7 +72,7 @@ pub(super) fn inherited() -> Option<OwnedFd> {
             Some(fd)
         }
         Err(e) => {
-            warn!(fd, error = %e, "the generation channel named by {} is not open; no connection will be taken over", channel::CHANNEL_FD);
+            warn!(fd, error = %e, "the descriptor named by {var} is not open; {without}");
             None
         }
     }
@@ -166,6 +181,46 @@ impl Shutdown {
         let n = takes.len();
         *lock(&self.inner.outbound) = Some(Arc::new(Outbound { channel, takes }));
         n
+    }
+
+    /// A worker told to drain: whether its master passed it, just before, the channel to
+    /// the worker that replaces it (a reload); if so, it is connected as after a
+    /// restart of its own, and the drain is a hand-over to that worker.
+    pub(super) fn successor_from_master(&self) -> Option<crate::Restarted> {
+        let link = lock(&self.inner.master_link).take()?;
+        let link = match Channel::new(link) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "cannot read the link to the master; connections drain here");
+                return None;
+            }
+        };
+        for (message, mut fds) in link.drain_now() {
+            let (Message::Successor { pid, generation }, Some(ours)) = (message, fds.pop()) else {
+                continue;
+            };
+            let takes = self.connect_successor(ours);
+            self.inner.tracker.set_hand_over(takes > 0);
+            self.inner
+                .successor
+                .store(pid, std::sync::atomic::Ordering::Relaxed);
+            self.start_reporting();
+            info!(
+                pid = std::process::id(),
+                new_pid = pid,
+                generation,
+                listeners = takes,
+                "the master's new worker takes this one's open connections"
+            );
+            return Some(crate::Restarted {
+                pid,
+                generation,
+                spawn: std::time::Duration::ZERO,
+                ready: std::time::Duration::ZERO,
+                coalesced: 0,
+            });
+        }
+        None
     }
 
     /// Once the restart is counted: sends the totals to the next generation now, and

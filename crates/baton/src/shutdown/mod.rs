@@ -121,6 +121,9 @@ struct Inner {
     totals_reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The generation channel to the next generation, once handed over.
     outbound: Mutex<Option<Arc<generations::Outbound>>>,
+    /// A worker's link to its master, on which the master passes the channel to the
+    /// worker replacing it (see `MasterBuilder::hand_over`).
+    master_link: Mutex<Option<std::os::fd::OwnedFd>>,
 }
 
 struct Pending {
@@ -209,6 +212,7 @@ impl Shutdown {
                 started: std::time::Instant::now(),
                 drain_cause: std::sync::OnceLock::new(),
                 inbound: generations::Inbound::new(generations::inherited()),
+                master_link: Mutex::new(generations::master_link()),
                 inbound_channel: Mutex::new(None),
                 inherited_totals: Mutex::new(crate::channel::Totals::default()),
                 totals_seen: tokio::sync::watch::Sender::new(0),
@@ -650,7 +654,13 @@ impl Shutdown {
                 unreachable!("`Inner` holds a sender for as long as `self` lives")
             };
             match cmd {
-                Command::Shutdown(stop) => return End::Shutdown(stop),
+                Command::Shutdown(stop) => {
+                    // A worker replaced at its master's reload: a hand-over.
+                    return match self.successor_from_master() {
+                        Some(to) => End::HandedOver(to),
+                        None => End::Shutdown(stop),
+                    };
+                }
                 Command::Hammer { reason } => return End::Hammer(reason),
                 Command::Pass { signal } => self.inner.user_hooks.run(signal),
                 Command::Status { .. } => {}

@@ -1,7 +1,7 @@
 //! One worker process.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
@@ -34,6 +34,9 @@ pub struct Worker {
     exit: Option<crate::sys::ExitWatch>,
     /// Waited for and reaped: its group is never signalled any more.
     reaped: bool,
+    /// This process's end of the worker's link (see `Worker::pass_successor`), when it
+    /// has one.
+    link: Option<OwnedFd>,
 }
 
 impl Worker {
@@ -56,15 +59,19 @@ impl Worker {
         listeners: &[Listener],
         on_master_death: Option<Signal>,
     ) -> Result<Worker, Error> {
-        Worker::spawn_with(command, listeners, on_master_death, Vec::new())
+        Worker::spawn_with(command, listeners, on_master_death, Vec::new(), None)
     }
 
-    /// [`spawn`](Worker::spawn) with `env` added to the worker's environment.
+    /// [`spawn`](Worker::spawn) with `env` added to the worker's environment. With
+    /// `channels`, the worker gets a link to this process (see
+    /// [`pass_successor`](Worker::pass_successor)) and, if given, the end of the
+    /// generation channel from its predecessor (`BATON_CHANNEL_FD`).
     pub(crate) fn spawn_with(
         command: &[OsString],
         listeners: &[Listener],
         on_master_death: Option<Signal>,
         extra_env: Vec<(OsString, OsString)>,
+        channels: Option<Option<BorrowedFd<'_>>>,
     ) -> Result<Worker, Error> {
         let Some(program) = command.first() else {
             return Err(Error::Worker(RestartFailure::Spawn(
@@ -87,14 +94,51 @@ impl Worker {
             own_process_group: true,
             sitter: false,
         };
-        let spawned =
-            handoff::launch(&exe, command, &fds, None, env, notify, how).map_err(Error::Worker)?;
+        // The link: the master's end stays here, the worker's is passed.
+        let link = match channels {
+            Some(_) => match crate::channel::Channel::pair() {
+                Ok(pair) => Some(pair),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no link to the worker: its connections will drain at its reload");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut extra: Vec<(&str, BorrowedFd<'_>)> = Vec::new();
+        if let Some(channel) = channels.flatten() {
+            extra.push((crate::channel::CHANNEL_FD, channel));
+        }
+        if let Some((_, theirs)) = &link {
+            extra.push((crate::channel::MASTER_LINK_FD, theirs.as_fd()));
+        }
+        let spawned = handoff::launch(&exe, command, &fds, &extra, env, notify, how)
+            .map_err(Error::Worker)?;
         let exit = crate::sys::ExitWatch::new(spawned.pid).ok();
         Ok(Worker {
             spawned,
             exit,
             reaped: false,
+            link: link.map(|(ours, _)| ours),
         })
+    }
+
+    /// Before the worker is told to drain at a reload: sends it, on its link, the
+    /// channel to the worker that replaces it (`ours`, the other end of the one that
+    /// worker got), so that it passes its open connections there. `false` when it has
+    /// no link or the message cannot be sent: it drains as without.
+    pub(crate) fn pass_successor(&self, ours: OwnedFd, pid: u32, generation: u32) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        let message = crate::channel::Message::Successor { pid, generation };
+        match crate::sys::send_nonblocking_with_fds(link.as_fd(), &message.encode(), &[ours.as_fd()]) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(worker = self.pid(), error = %e, "cannot pass the channel to the next worker: connections drain");
+                false
+            }
+        }
     }
 
     /// The worker's PID.

@@ -28,6 +28,7 @@ pub struct MasterBuilder {
     pub(super) control: Option<PathBuf>,
     pub(super) pidfile: Option<PathBuf>,
     pub(super) reap_orphans: bool,
+    pub(super) hand_over: bool,
 }
 
 #[derive(Debug)]
@@ -40,6 +41,9 @@ pub(super) struct Config {
     pub(super) signals: SignalMap,
     pub(super) forward: Vec<Signal>,
     pub(super) reap_orphans: bool,
+    /// Workers get a link, and each new worker of a reload a generation channel from
+    /// the one it replaces (see `MasterBuilder::hand_over`).
+    pub(super) hand_over: bool,
 }
 
 impl MasterBuilder {
@@ -47,6 +51,19 @@ impl MasterBuilder {
     /// descriptor 3, under its name).
     pub fn listener(mut self, listener: Listener) -> Self {
         self.listeners.push(listener);
+        self
+    }
+
+    /// At a reload, let the draining worker pass its open HTTP/1 connections to the
+    /// new one, as a self-restarting baton server does (see `http::Server::hand_over`):
+    /// each worker gets a private link to the master (`BATON_MASTER_LINK_FD`) and each
+    /// new worker of a reload the generation channel (`BATON_CHANNEL_FD`), whose other
+    /// end the master passes to the old worker on its link just before telling it to
+    /// drain. Only for workers that are baton servers: on by default for
+    /// [`Master::this_program`], off otherwise (another program would inherit two
+    /// descriptors it never uses).
+    pub fn hand_over(mut self, on: bool) -> Self {
+        self.hand_over = on;
         self
     }
 
@@ -197,6 +214,7 @@ impl MasterBuilder {
                 signals: self.signals,
                 forward,
                 reap_orphans: self.reap_orphans,
+                hand_over: self.hand_over,
             },
             listeners: self.listeners,
             control,

@@ -256,6 +256,7 @@ impl Master {
             control: None,
             pidfile: None,
             reap_orphans: std::process::id() == 1,
+            hand_over: false,
         }
     }
 
@@ -288,7 +289,7 @@ impl Master {
         let exe = std::env::current_exe().map_err(|e| Error::io("locate this program", e))?;
         let mut command = vec![exe.into_os_string()];
         command.extend(std::env::args_os().skip(1));
-        Ok(Master::builder(command))
+        Ok(Master::builder(command).hand_over(true))
     }
 
     /// A handle to ask the master, once running, for reloads, restarts and a stop.

@@ -53,6 +53,9 @@ pub(super) struct Start {
     /// Reloads asked for meanwhile: the worker starting may run what was on disk
     /// before them, so one more reload follows it.
     pub(super) follow_up: FollowUp<Reply>,
+    /// A reload's generation channel: the end for the worker it replaces, passed to
+    /// it once the new one is ready (dropped otherwise, which the new one sees).
+    pub(super) channel: Option<std::os::fd::OwnedFd>,
 }
 
 /// The master stops: its workers drain.

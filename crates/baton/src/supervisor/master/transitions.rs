@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::AsFd;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -48,7 +49,26 @@ impl Supervisor<'_> {
             ));
         }
         let asked = Instant::now();
-        match Worker::spawn_with(&cfg.command, listeners, Some(cfg.drain_signal), env) {
+        // A reload's new worker gets a channel from the one it replaces (passed to
+        // that one when this one is ready).
+        let channel = if cfg.hand_over && kind == Kind::Reload {
+            crate::channel::Channel::pair().ok()
+        } else {
+            None
+        };
+        let channels = cfg
+            .hand_over
+            .then(|| channel.as_ref().map(|(_, theirs)| theirs.as_fd()));
+        let spawned = Worker::spawn_with(
+            &cfg.command,
+            listeners,
+            Some(cfg.drain_signal),
+            env,
+            channels,
+        );
+        // The new worker's end went with it.
+        let channel = channel.map(|(ours, _)| ours);
+        match spawned {
             Ok(worker) => {
                 let pid = worker.pid();
                 info!(
@@ -71,6 +91,7 @@ impl Supervisor<'_> {
                     asked,
                     replies,
                     follow_up: FollowUp::default(),
+                    channel,
                 }))
             }
             Err(e) => {
@@ -492,6 +513,7 @@ impl Supervisor<'_> {
             asked,
             replies,
             mut follow_up,
+            channel,
         } = *s;
         let took = asked.elapsed();
         let (generation, pid) = (new.generation, new.worker.pid());
@@ -528,6 +550,18 @@ impl Supervisor<'_> {
                             r.progress(step.clone());
                         }
                         self.awaiting_drain.push((old_pid, replies));
+                        // Before the drain signal, so that the old worker finds it when
+                        // the signal comes.
+                        if let Some(ours) = channel
+                            && old.worker.pass_successor(ours, pid, generation)
+                        {
+                            info!(
+                                pid = me,
+                                worker = old_pid,
+                                "gen {} passes its open connections to gen {generation}",
+                                old.generation
+                            );
+                        }
                         self.drain(old);
                     }
                     None => {
