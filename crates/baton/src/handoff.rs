@@ -361,11 +361,7 @@ pub(crate) fn launch(
     }
     let env_refs: Vec<(&OsStr, &OsStr)> = full.iter().map(|(k, v)| (&**k, &**v)).collect();
     let argv: Vec<&OsStr> = argv.iter().map(|a| &**a).collect();
-    let fds: Vec<BorrowedFd<'_>> = listeners
-        .iter()
-        .chain(extra)
-        .map(|(_, fd)| *fd)
-        .collect();
+    let fds: Vec<BorrowedFd<'_>> = listeners.iter().chain(extra).map(|(_, fd)| *fd).collect();
     let mut plan = crate::sys::ExecPlan::new(exe.as_os_str(), &argv, &env_refs, &fds)
         .map_err(|e| spawn_err("prepare", e))?;
     if let Some(signal) = how.parent_death_signal {

@@ -289,7 +289,12 @@ async fn parked_connections_stay_in_the_totals_and_close_at_the_idle_timeout() {
 fn new_worker(demo: &Demo, generation: u32) -> u32 {
     // "reloaded: gen 2 serves; gen 1 (pid N) drains pid=MASTER worker=NEW"
     let line = demo.wait_log(&format!("reloaded: gen {generation} serves"));
-    line.rsplit("worker=").next().unwrap().trim().parse().unwrap()
+    line.rsplit("worker=")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// GoFrame's model (the demo is its own master): at each reload the master passes the

@@ -44,7 +44,11 @@ impl Outbound {
 /// inherits it).
 pub(super) fn inherited() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    adopt(&TAKEN, channel::CHANNEL_FD, "no connection will be taken over")
+    adopt(
+        &TAKEN,
+        channel::CHANNEL_FD,
+        "no connection will be taken over",
+    )
 }
 
 /// A worker's link to its master (see `MasterBuilder::hand_over`), if it has one: taken
@@ -372,7 +376,10 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                     debug!("the previous generation sent its last totals");
                 }
             }
-            Ok(Some((Message::Takes(_) | Message::TotalsPlease, _))) => {}
+            Ok(Some((
+                Message::Takes(_) | Message::TotalsPlease | Message::Successor { .. },
+                _,
+            ))) => {}
             Ok(Some((message @ Message::Keys(_), _))) => shutdown.take_early(message),
             Ok(None) => break,
             // The previous generation ended with a message of ours unread (it was

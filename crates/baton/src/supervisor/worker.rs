@@ -132,7 +132,11 @@ impl Worker {
             return false;
         };
         let message = crate::channel::Message::Successor { pid, generation };
-        match crate::sys::send_nonblocking_with_fds(link.as_fd(), &message.encode(), &[ours.as_fd()]) {
+        match crate::sys::send_nonblocking_with_fds(
+            link.as_fd(),
+            &message.encode(),
+            &[ours.as_fd()],
+        ) {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(worker = self.pid(), error = %e, "cannot pass the channel to the next worker: connections drain");
