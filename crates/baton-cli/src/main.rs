@@ -119,6 +119,13 @@ struct RunArgs {
     #[arg(long)]
     subreaper: bool,
 
+    /// The worker is a baton server: at a reload, the old worker passes its open
+    /// HTTP/1 connections to the new one instead of closing them. Each worker then
+    /// gets two more descriptors (BATON_MASTER_LINK_FD, and BATON_CHANNEL_FD at a
+    /// reload), which another program would keep open unused.
+    #[arg(long)]
+    hand_over: bool,
+
     /// Internal: set by `baton start` for the detached master.
     #[arg(long, hide = true)]
     detached: bool,
@@ -254,7 +261,8 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
         .ready_timeout(args.ready_timeout)
         .drain_signal(args.drain_signal)
         .drain_timeout(args.drain_timeout)
-        .signals(SignalMap::preset(args.signals));
+        .signals(SignalMap::preset(args.signals))
+        .hand_over(args.hand_over);
     if args.subreaper {
         builder = builder.reap_orphans(true);
     }

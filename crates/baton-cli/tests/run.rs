@@ -205,6 +205,39 @@ async fn the_demo_under_baton_run_reloads_with_keep_alive_clients() {
     master.wait_log_off_runtime("stopped", 1);
 }
 
+/// With `--hand-over`, the demo's idle keep-alive connections move to each new worker
+/// at a reload (the master relays the generation channel): every one is answered by
+/// the new worker on the same connection, without `Connection: close`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_hand_over_idle_connections_move_to_each_new_worker() {
+    let hello = support::hello_exe();
+    let master = Master::start_with(
+        &["--drain-timeout", "10s", "--hand-over"],
+        &[],
+        "notify",
+        &[hello.to_str().unwrap()],
+    );
+    let mut conns = Vec::new();
+    for _ in 0..50 {
+        let mut c = support::Http1::connect(&master.addr).await.unwrap();
+        assert_eq!(c.get("/pid").await.unwrap().status, 200);
+        conns.push(c);
+    }
+    for n in 1..=3 {
+        signal_pid(master.pid, "HUP");
+        master.wait_log_off_runtime("reloaded: gen", n);
+        let workers = master.worker_pids();
+        let (old, new) = (workers[n - 1], workers[n]);
+        wait_until("the old worker exited", || !alive(old));
+        for (i, c) in conns.iter_mut().enumerate() {
+            let r = c.get("/pid").await.unwrap_or_else(|e| panic!("reload {n}, connection {i}: {e}"));
+            assert_eq!(r.body.trim(), new.to_string(), "reload {n}, connection {i}");
+            assert!(!r.closes(), "reload {n}, connection {i} asked to close");
+        }
+    }
+    master.wait_log_off_runtime("passes its open connections to gen 4", 1);
+}
+
 /// A reload whose new worker fails (here: a broken deploy that exits at start) leaves
 /// the old one serving, with 0 failed requests; the master says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
