@@ -229,14 +229,7 @@ async fn with_hand_over_idle_connections_move_to_each_new_worker() {
         let workers = master.worker_pids();
         let (old, new) = (workers[n - 1], workers[n]);
         wait_until("the old worker exited", || !alive(old));
-        for (i, c) in conns.iter_mut().enumerate() {
-            let r = c
-                .get("/pid")
-                .await
-                .unwrap_or_else(|e| panic!("reload {n}, connection {i}: {e}"));
-            assert_eq!(r.body.trim(), new.to_string(), "reload {n}, connection {i}");
-            assert!(!r.closes(), "reload {n}, connection {i} asked to close");
-        }
+        support::all_answered_by(&mut conns, new, &format!("reload {n}")).await;
     }
     master.wait_log_off_runtime("passes its open connections to gen 4", 1);
 }

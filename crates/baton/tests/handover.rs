@@ -10,20 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Demo, Http1, alive, signal_pid, wait_until};
-
-/// A request on each connection: every one answered by `pid` on that same connection,
-/// without `Connection: close`.
-async fn all_answered_by(conns: &mut [Http1], pid: u32, when: &str) {
-    for (i, c) in conns.iter_mut().enumerate() {
-        let r = c
-            .get("/pid")
-            .await
-            .unwrap_or_else(|e| panic!("{when}, connection {i}: {e}"));
-        assert_eq!(r.body.trim(), pid.to_string(), "{when}, connection {i}");
-        assert!(!r.closes(), "{when}, connection {i} asked to close");
-    }
-}
+use support::{Demo, Http1, alive, all_answered_by, signal_pid, wait_until};
 
 /// Waits (bounded) until the server has read everything the client sent on the
 /// connection from local port `client_port` to `server`: the server side's receive

@@ -51,7 +51,7 @@ struct Inner {
 pub(crate) struct Entry {
     // Declared first so that it is dropped (counted closed) before the socket closes.
     conn: ParkedConn,
-    pub(crate) fd: OwnedFd,
+    fd: OwnedFd,
     tag: u32,
     /// Its listener, by index.
     pub(crate) listener: u32,

@@ -59,19 +59,20 @@ impl Worker {
         listeners: &[Listener],
         on_master_death: Option<Signal>,
     ) -> Result<Worker, Error> {
-        Worker::spawn_with(command, listeners, on_master_death, Vec::new(), None)
+        Worker::spawn_with(command, listeners, on_master_death, Vec::new(), false, None)
     }
 
     /// [`spawn`](Worker::spawn) with `env` added to the worker's environment. With
-    /// `channels`, the worker gets a link to this process (see
-    /// [`pass_successor`](Worker::pass_successor)) and, if given, the end of the
+    /// `link`, the worker gets a link to this process (see
+    /// [`pass_successor`](Worker::pass_successor)); with `channel`, the end of the
     /// generation channel from its predecessor (`BATON_CHANNEL_FD`).
     pub(crate) fn spawn_with(
         command: &[OsString],
         listeners: &[Listener],
         on_master_death: Option<Signal>,
         extra_env: Vec<(OsString, OsString)>,
-        channels: Option<Option<BorrowedFd<'_>>>,
+        link: bool,
+        channel: Option<BorrowedFd<'_>>,
     ) -> Result<Worker, Error> {
         let Some(program) = command.first() else {
             return Err(Error::Worker(RestartFailure::Spawn(
@@ -95,18 +96,15 @@ impl Worker {
             sitter: false,
         };
         // The link: the master's end stays here, the worker's is passed.
-        let link = match channels {
-            Some(_) => match crate::channel::Channel::pair() {
-                Ok(pair) => Some(pair),
-                Err(e) => {
-                    tracing::debug!(error = %e, "no link to the worker: its connections will drain at its reload");
-                    None
-                }
-            },
-            None => None,
+        let link = if link {
+            crate::channel::Channel::pair()
+                .map_err(|e| tracing::debug!(error = %e, "no link to the worker: its connections will drain at its reload"))
+                .ok()
+        } else {
+            None
         };
         let mut extra: Vec<(&str, BorrowedFd<'_>)> = Vec::new();
-        if let Some(channel) = channels.flatten() {
+        if let Some(channel) = channel {
             extra.push((crate::channel::CHANNEL_FD, channel));
         }
         if let Some((_, theirs)) = &link {

@@ -567,6 +567,19 @@ impl Http1 {
     }
 }
 
+/// A request on each connection: every one answered by `pid` on that same connection,
+/// without `Connection: close`.
+pub async fn all_answered_by(conns: &mut [Http1], pid: u32, when: &str) {
+    for (i, c) in conns.iter_mut().enumerate() {
+        let r = c
+            .get("/pid")
+            .await
+            .unwrap_or_else(|e| panic!("{when}, connection {i}: {e}"));
+        assert_eq!(r.body.trim(), pid.to_string(), "{when}, connection {i}");
+        assert!(!r.closes(), "{when}, connection {i} asked to close");
+    }
+}
+
 /// A request on a new connection.
 pub async fn get(addr: &str, path: &str) -> Result<Resp, BoxError> {
     Http1::connect(addr).await?.get(path).await

@@ -56,15 +56,13 @@ impl Supervisor<'_> {
         } else {
             None
         };
-        let channels = cfg
-            .hand_over
-            .then(|| channel.as_ref().map(|(_, theirs)| theirs.as_fd()));
         let spawned = Worker::spawn_with(
             &cfg.command,
             listeners,
             Some(cfg.drain_signal),
             env,
-            channels,
+            cfg.hand_over,
+            channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
         );
         // The new worker's end went with it.
         let channel = channel.map(|(ours, _)| ours);
