@@ -273,20 +273,17 @@ impl ConnShared {
     }
 
     /// Asked by the sweep: park this connection (it has been idle long enough). Wakes
-    /// its task, whose registration with the phase stays as it was.
+    /// its task, which registers its waker again on that poll (see `conn_reached`).
     pub(crate) fn ask_park(&self) {
-        self.park.store(true, Ordering::Relaxed);
-        if let Some(waker) = self.waker.take() {
-            self.waker.register(&waker);
-            waker.wake();
-        }
+        self.park.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Whether the sweep asked to park it; clears the request. One relaxed load on
     /// every wake-up of a connection task, a store only when asked.
     #[inline]
     pub(crate) fn take_park_request(&self) -> bool {
-        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Relaxed)
+        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Acquire)
     }
 
     pub(crate) fn is_h2(&self) -> bool {
@@ -484,35 +481,29 @@ impl Drop for AcceptGuard {
 /// Unlike [`Tracker::reached`], polling it touches only the connection's own waker and
 /// one atomic load, never anything shared with other connections: a connection task is
 /// polled on every request, and so is this future.
+///
+/// It registers the task's waker on every poll. A wake (`advance`, `ask_park`) takes
+/// the registered waker out of the connection's `AtomicWaker`, and one that races with
+/// a registration leaves the cell empty (it wakes the new waker instead of storing it):
+/// skipping the registration when "nothing changed" then missed the next phase change
+/// for good (issue 26: a restart storm lost requests on a connection left behind in a
+/// drain). Registering again costs two uncontended compare-and-swaps on the
+/// connection's own cache line, no clone (the same task's waker is kept).
 pub(crate) fn conn_reached<'a>(
     tracker: &'a TrackerInner,
     conn: &'a ConnShared,
     phase: Phase,
 ) -> impl Future<Output = ()> + Send + 'a {
-    // The phase at which the waker was last registered, and a clone of it: `advance`
-    // takes the registered waker (wakes it) only when the phase changes, so while the
-    // phase and the task's waker are the same, the registration stands and a poll is
-    // one load and a pointer comparison (a busy connection polls this on every wake).
-    let mut registered: Option<(u8, std::task::Waker)> = None;
     std::future::poll_fn(move |cx| {
-        let now = tracker.phase.load(Ordering::Relaxed);
-        if now >= phase as u8 {
+        if tracker.phase.load(Ordering::Relaxed) >= phase as u8 {
             return std::task::Poll::Ready(());
-        }
-        if let Some((at, waker)) = &registered
-            && *at == now
-            && waker.will_wake(cx.waker())
-        {
-            return std::task::Poll::Pending;
         }
         conn.waker.register(cx.waker());
         // Check again after registering: `advance` stores the phase before it wakes,
         // so either this load sees it or the wake reaches the waker just registered.
-        let now = tracker.phase.load(Ordering::SeqCst);
-        if now >= phase as u8 {
+        if tracker.phase.load(Ordering::SeqCst) >= phase as u8 {
             std::task::Poll::Ready(())
         } else {
-            registered = Some((now, cx.waker().clone()));
             std::task::Poll::Pending
         }
     })
@@ -829,6 +820,100 @@ mod tests {
             .await
             .expect("idle resolves once nothing is open")
             .unwrap();
+    }
+
+    /// A waker that records that it was woken. Two instances never `will_wake` each
+    /// other, so a poller that alternates them makes the future register anew.
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl std::task::Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Regression (issue 26, defect 1): a wake that raced with the registration of a
+    /// connection's waker (the sweep asking it to park) left the waker cell empty,
+    /// and the connection skipped registering again while the phase had not changed:
+    /// the drain's wake-up was lost and the connection stayed open until the deadline.
+    /// Here one thread polls `conn_reached` on every wake (keeping a waker for two
+    /// polls, then changing it, as a task moved between wakers would), another asks it
+    /// to park a thousand times, then starts the drain. Every round must end with the
+    /// future ready; a round whose last poll was pending with no wake after it (once
+    /// every wake was delivered) lost the drain. Before the fix: lost in 299 of 300
+    /// rounds on a 2-core machine.
+    #[test]
+    fn the_drain_wake_up_is_never_lost_to_a_racing_park_request() {
+        use std::sync::atomic::AtomicBool;
+        use std::task::{Context, Poll, Waker};
+        const ROUNDS: usize = 300;
+        const PARK_ASKS: usize = 1_000;
+        let mut lost = 0;
+        for _ in 0..ROUNDS {
+            let tracker = Tracker::new();
+            let handle = tracker.register(-1);
+            let shared = Arc::clone(handle.shared());
+            let inner = Arc::clone(tracker.inner());
+            let stop = Arc::new(AtomicBool::new(false));
+            let poller = std::thread::spawn({
+                let (shared, inner, stop) = (Arc::clone(&shared), inner, Arc::clone(&stop));
+                move || {
+                    let flags = [
+                        Arc::new(Flag(AtomicBool::new(false))),
+                        Arc::new(Flag(AtomicBool::new(false))),
+                    ];
+                    let wakers = flags.clone().map(Waker::from);
+                    let mut fut = Box::pin(conn_reached(&inner, &shared, Phase::Draining));
+                    for poll in 0usize.. {
+                        let which = (poll / 2) % 2;
+                        for f in &flags {
+                            f.0.store(false, Ordering::SeqCst);
+                        }
+                        let mut cx = Context::from_waker(&wakers[which]);
+                        if fut.as_mut().poll(&mut cx) == Poll::Ready(()) {
+                            return true;
+                        }
+                        // Wait for a wake of either waker (an older registration may
+                        // still be woken), or for the end of the round.
+                        loop {
+                            if flags.iter().any(|f| f.0.load(Ordering::SeqCst)) {
+                                break;
+                            }
+                            if stop.load(Ordering::SeqCst) {
+                                if flags.iter().any(|f| f.0.load(Ordering::SeqCst)) {
+                                    break;
+                                }
+                                return false;
+                            }
+                            std::thread::yield_now();
+                        }
+                    }
+                    unreachable!()
+                }
+            });
+            let waker = std::thread::spawn({
+                let shared = Arc::clone(&shared);
+                move || {
+                    for _ in 0..PARK_ASKS {
+                        shared.ask_park();
+                        let _ = shared.take_park_request();
+                    }
+                    tracker.advance(Phase::Draining);
+                    tracker
+                }
+            });
+            let tracker = waker.join().unwrap();
+            // Every wake has been delivered (a waker's `wake` runs in the waking thread).
+            stop.store(true, Ordering::SeqCst);
+            if !poller.join().unwrap() {
+                lost += 1;
+            }
+            drop((handle, tracker));
+        }
+        assert_eq!(lost, 0, "drain wake-ups lost in {lost} of {ROUNDS} rounds");
     }
 
     #[tokio::test(start_paused = true)]
