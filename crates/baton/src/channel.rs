@@ -13,9 +13,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
+
+use crate::tracker::History;
 
 /// The environment variable naming the channel's descriptor in the successor.
 pub(crate) const CHANNEL_FD: &str = "BATON_CHANNEL_FD";
@@ -25,7 +28,9 @@ pub(crate) const CHANNEL_FD: &str = "BATON_CHANNEL_FD";
 pub(crate) const MASTER_LINK_FD: &str = "BATON_MASTER_LINK_FD";
 /// The first byte of every message: a successor built from another version of baton
 /// ignores what it cannot read, and the predecessor sends nothing it was not asked for.
-const VERSION: u8 = 1;
+///
+/// 2: a connection carries its requests and clocks (issue 26); connection credit.
+const VERSION: u8 = 2;
 /// The largest message: a connection's buffered bytes must fit in it.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
@@ -166,10 +171,12 @@ pub(crate) enum Message {
     /// connections.
     Takes(Vec<String>),
     /// Predecessor to successor: an open connection of `listener` (its socket attached),
-    /// with the bytes read from it but not yet served.
+    /// with the bytes read from it but not yet served, and what it carries on (its
+    /// requests and clocks).
     Conn {
         listener: String,
         proto: Proto,
+        history: History,
         buffered: Vec<u8>,
     },
     /// Predecessor to successor: its totals, sent at the hand-over, when asked, and
@@ -203,6 +210,7 @@ impl Message {
             Message::Conn {
                 listener,
                 proto,
+                history,
                 buffered,
             } => {
                 out.push(CONN);
@@ -210,6 +218,10 @@ impl Message {
                     Proto::Unknown => 0,
                     Proto::Http1 => 1,
                 });
+                out.extend_from_slice(&history.requests.to_le_bytes());
+                out.extend_from_slice(&millis(history.idle_for).to_le_bytes());
+                let head = history.head_for.map_or(u64::MAX, millis);
+                out.extend_from_slice(&head.to_le_bytes());
                 // Listener names are short (checked by `fits`).
                 out.push(listener.len() as u8);
                 out.extend_from_slice(listener.as_bytes());
@@ -260,6 +272,14 @@ impl Message {
                     1 => Proto::Http1,
                     _ => return None,
                 };
+                let (requests, rest) = take_u64(rest)?;
+                let (idle, rest) = take_u64(rest)?;
+                let (head, rest) = take_u64(rest)?;
+                let history = History {
+                    requests,
+                    idle_for: Duration::from_millis(idle),
+                    head_for: (head != u64::MAX).then(|| Duration::from_millis(head)),
+                };
                 let (&len, rest) = rest.split_first()?;
                 let len = usize::from(len);
                 if rest.len() < len {
@@ -269,6 +289,7 @@ impl Message {
                 Some(Message::Conn {
                     listener: std::str::from_utf8(name).ok()?.to_owned(),
                     proto,
+                    history,
                     buffered: buffered.to_vec(),
                 })
             }
@@ -298,8 +319,17 @@ impl Message {
 
     /// Whether a connection of `listener` with `buffered` bytes fits in one message.
     pub(crate) fn fits(listener: &str, buffered: usize) -> bool {
-        listener.len() <= usize::from(u8::MAX) && buffered + listener.len() + 4 <= MAX_MESSAGE
+        listener.len() <= usize::from(u8::MAX) && buffered + listener.len() + 28 <= MAX_MESSAGE
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX - 1)
+}
+
+fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let (n, rest) = bytes.split_first_chunk::<8>()?;
+    Some((u64::from_le_bytes(*n), rest))
 }
 
 /// One end of the channel, registered with the tokio runtime.
@@ -393,11 +423,21 @@ mod tests {
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,
+                history: History {
+                    requests: 12,
+                    idle_for: Duration::from_millis(0),
+                    head_for: Some(Duration::from_millis(2_500)),
+                },
                 buffered: b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec(),
             },
             Message::Conn {
                 listener: "http".into(),
                 proto: Proto::Unknown,
+                history: History {
+                    requests: 0,
+                    idle_for: Duration::from_millis(31_000),
+                    head_for: None,
+                },
                 buffered: vec![],
             },
             Message::Totals {
@@ -415,13 +455,22 @@ mod tests {
     #[test]
     fn what_this_version_cannot_read_is_none() {
         assert_eq!(Message::decode(b""), None);
-        assert_eq!(Message::decode(&[2, TAKES]), None, "another version");
+        assert_eq!(
+            Message::decode(&[VERSION + 1, TAKES]),
+            None,
+            "another version"
+        );
+        assert_eq!(Message::decode(&[1, TAKES]), None, "an older version");
         assert_eq!(Message::decode(&[VERSION, b'?']), None, "another kind");
         assert_eq!(Message::decode(&[VERSION, CONN, 7, 0]), None, "bad proto");
+        let mut short = vec![VERSION, CONN, 1];
+        short.extend_from_slice(&[0; 24]);
+        short.extend_from_slice(&[9, b'a']);
+        assert_eq!(Message::decode(&short), None, "short name");
         assert_eq!(
-            Message::decode(&[VERSION, CONN, 1, 9, b'a']),
+            Message::decode(&[VERSION, CONN, 1, 0, 0]),
             None,
-            "short name"
+            "no history"
         );
         assert_eq!(Message::decode(&[VERSION, TOTALS, 0, 1, 2]), None, "short");
     }
@@ -482,6 +531,7 @@ mod tests {
         let m = Message::Conn {
             listener: "http".into(),
             proto: Proto::Http1,
+            history: History::default(),
             buffered: b"GET".to_vec(),
         };
         a.send(&m, &[theirs.as_fd()]).await.unwrap();

@@ -10,24 +10,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::{Demo, Http1, alive, all_answered_by, signal_pid, wait_until};
-
-/// Waits (bounded) until the server has read everything the client sent on the
-/// connection from local port `client_port` to `server`: the server side's receive
-/// queue in `/proc/net/tcp` is empty.
-fn wait_read_by_server(server: &str, client_port: u16) {
-    let server_port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
-    let local = format!("0100007F:{server_port:04X}");
-    let remote = format!("0100007F:{client_port:04X}");
-    wait_until("the server read the bytes sent", || {
-        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-        table.lines().skip(1).any(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // local_address rem_address st tx_queue:rx_queue ...
-            f.len() > 4 && f[1] == local && f[2] == remote && f[4].ends_with(":00000000")
-        })
-    });
-}
+use support::{
+    Demo, Http1, alive, all_answered_by, signal_pid, stat, wait_read_by_server, wait_stat,
+    wait_until,
+};
 
 /// The test: 200 idle keep-alive connections, one request each, a restart, a
 /// request on each: every one is answered by the new generation on the same
@@ -184,30 +170,6 @@ async fn websockets_see_1012_at_a_restart_and_1001_at_a_shutdown() {
     wait_until("the new generation exited", || !alive(new));
 }
 
-/// Waits (bounded) until the demo's `/stats` counter `name` satisfies `ok`.
-async fn wait_stat(addr: &str, name: &str, ok: impl Fn(u64) -> bool) {
-    let deadline = std::time::Instant::now() + support::WAIT;
-    loop {
-        let n = stat(addr, name).await;
-        if ok(n) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{name} stayed at {n}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The demo's `/stats` counter `name`, asked on a new connection.
-async fn stat(addr: &str, name: &str) -> u64 {
-    let body = support::get(addr, "/stats").await.unwrap().body;
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {body}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Idle keep-alive connections are parked (hyper's connection and buffers freed,
 /// the bare socket kept) and served again on their next request, on the same
 /// connection, without `Connection: close`; parked connections move to the new
@@ -243,7 +205,9 @@ async fn parked_connections_serve_their_next_request_and_move_at_a_restart() {
 /// closes it, and the idle timeout still closes it (counted as timed out).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_stay_in_the_totals_and_close_at_the_idle_timeout() {
-    let demo = Demo::start(&["--park-idle-after", "1s", "--idle-timeout", "5s"]);
+    // An idle timeout long enough for every connection to park first, however slow
+    // the machine (a loaded one was seen to take seconds).
+    let demo = Demo::start(&["--park-idle-after", "1s", "--idle-timeout", "15s"]);
     let mut conns = Vec::new();
     for _ in 0..20 {
         let mut c = Http1::connect(&demo.addr).await.unwrap();
@@ -251,9 +215,22 @@ async fn parked_connections_stay_in_the_totals_and_close_at_the_idle_timeout() {
         conns.push(c);
     }
     wait_stat(&demo.addr, "parked", |n| n == 20).await;
-    let stats = support::get(&demo.addr, "/stats").await.unwrap().body;
-    // The 20 parked, and the connection asking (active).
-    assert!(stats.contains("open 21\n"), "{stats}");
+    // The 20 parked, and the connection asking (active), asked on one kept-alive
+    // connection, once the server has seen the end of the connections `wait_stat`
+    // asked on (each closed by the client after its answer: the server may not have
+    // read that yet).
+    let mut asker = Http1::connect(&demo.addr).await.unwrap();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let stats = loop {
+        let stats = asker.get("/stats").await.unwrap().body;
+        if stats.contains("open 21\n") {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    drop(asker);
+    assert!(stats.contains("parked 20\n"), "{stats}");
     assert!(stats.contains("idle 20\n"), "{stats}");
     let requests = stat(&demo.addr, "requests").await;
     assert!(requests >= 20, "{stats}");

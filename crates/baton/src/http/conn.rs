@@ -31,13 +31,13 @@ impl<T: AsRawFd> TrackedIo<T> {
             io,
         }
     }
-
-    pub(crate) fn handle(&self) -> &ConnHandle {
-        &self.handle
-    }
 }
 
 impl<T> TrackedIo<T> {
+    pub(crate) fn handle(&self) -> &ConnHandle {
+        &self.handle
+    }
+
     /// The registration and the socket, to change hands: the handle must be dropped
     /// (or parked) before the socket is closed or passed on.
     pub(crate) fn into_parts(self) -> (ConnHandle, T) {
@@ -47,6 +47,18 @@ impl<T> TrackedIo<T> {
     pub(crate) fn from_parts(handle: ConnHandle, io: T) -> Self {
         TrackedIo { handle, io }
     }
+}
+
+/// What a server's connection is: a TCP or Unix socket registered with tokio. The
+/// bounds are written here once.
+pub(crate) trait ConnIo:
+    AsyncRead + AsyncWrite + AsRawFd + AsFd + Parkable + Send + Sync + Unpin + 'static
+{
+}
+
+impl<T> ConnIo for T where
+    T: AsyncRead + AsyncWrite + AsRawFd + AsFd + Parkable + Send + Sync + Unpin + 'static
+{
 }
 
 /// A connection's socket as the next generation needs it: `None` for one that cannot

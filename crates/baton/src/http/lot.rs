@@ -17,18 +17,21 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
-use tracing::debug;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
-use super::conn::{Parkable, TrackedIo};
+use super::conn::{ConnIo, Parkable, TrackedIo};
+use super::serve::{self, Start};
 use super::slots::Slot;
+use super::{Ctx, HttpBody, HttpService};
 use crate::sync::lock;
 use crate::sys;
-use crate::tracker::ParkedConn;
+use crate::tracker::{History, ParkedConn, Phase};
 
 /// The parked connections of one server.
 #[derive(Debug)]
@@ -58,15 +61,9 @@ pub(crate) struct Entry {
     /// TCP (else Unix).
     pub(crate) tcp: bool,
     slot: Slot,
-    /// Closed if still parked then (the idle timeout); `None`: never.
-    expires: Option<Instant>,
-}
-
-impl Entry {
-    /// What the connection's new task needs.
-    pub(crate) fn into_parts(self) -> (OwnedFd, ParkedConn, Slot) {
-        (self.fd, self.conn, self.slot)
-    }
+    /// When it last did something: its idle clock, which goes on when it is served
+    /// again or moves.
+    since: Instant,
 }
 
 impl Lot {
@@ -80,20 +77,19 @@ impl Lot {
     }
 
     /// Parks a connection taken out of hyper between two requests, with nothing read
-    /// of a next one: its task can end. `idle_for`: how long it has been idle, `idle`:
-    /// the idle timeout. `Err` gives it back (the drain started, or it could not be
-    /// parked): it is served on.
+    /// of a next one: its task can end. `Err` gives it back (the drain started, or it
+    /// could not be parked): it is served on.
     pub(crate) fn park<IO: Parkable>(
         &self,
         io: TrackedIo<IO>,
         slot: Slot,
         listener: usize,
-        idle_for: Duration,
-        idle: Option<Duration>,
     ) -> Result<(), (TrackedIo<IO>, Slot)> {
         if lock(&self.inner).closed {
             return Err((io, slot));
         }
+        let now = Instant::now();
+        let idle_for = io.handle().shared().history(now, false).idle_for;
         let (handle, io) = io.into_parts();
         let fd = match io.into_fd() {
             Ok(fd) => fd,
@@ -125,7 +121,6 @@ impl Lot {
             };
         }
         inner.next_tag = tag.wrapping_add(1);
-        let now = Instant::now();
         inner.entries.insert(Entry {
             conn: handle.park(),
             fd,
@@ -133,7 +128,7 @@ impl Lot {
             listener: u32::try_from(listener).unwrap_or(u32::MAX),
             tcp: IO::TCP,
             slot,
-            expires: idle.map(|idle| now + idle.saturating_sub(idle_for)),
+            since: now.checked_sub(idle_for).unwrap_or(now),
         });
         Ok(())
     }
@@ -165,14 +160,14 @@ impl Lot {
         }
     }
 
-    /// Takes out the connections past their idle timeout, now: the caller closes them.
-    pub(crate) fn expired(&self, out: &mut Vec<Entry>) {
+    /// Takes out the connections idle longer than `idle`, now: the caller closes them.
+    pub(crate) fn expired(&self, idle: Duration, out: &mut Vec<Entry>) {
         let now = Instant::now();
         let mut inner = lock(&self.inner);
         let keys: Vec<usize> = inner
             .entries
             .iter()
-            .filter(|(_, e)| e.expires.is_some_and(|t| t <= now))
+            .filter(|(_, e)| now.saturating_duration_since(e.since) >= idle)
             .map(|(k, _)| k)
             .collect();
         for key in keys {
@@ -205,4 +200,101 @@ impl Lot {
 /// An event's data: the entry's slab key (low half) and tag (high half).
 fn event_data(key: usize, tag: u32) -> u64 {
     (u64::from(tag) << 32) | (key as u64 & 0xffff_ffff)
+}
+
+/// Watches the server's parked connections: serves again each one with bytes to read
+/// (or its client's end), closes each one idle past the idle timeout; at the drain,
+/// serves them all again (to move to the next generation, or drain) and ends.
+pub(super) async fn watch<S, B>(ctx: Arc<Ctx<S>>)
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let Some(lot) = &ctx.lot else { return };
+    let draining = ctx.shutdown.tracker().reached(Phase::Draining);
+    tokio::pin!(draining);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut woke = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut draining => break,
+            res = lot.woken(&mut woke) => {
+                if let Err(e) = res {
+                    warn!(error = %e, "watching parked connections failed; none is parked from now on");
+                    break;
+                }
+                for entry in woke.drain(..) {
+                    // Its next request's first bytes (or its client's end) woke it:
+                    // its header-read clock starts now.
+                    unpark(entry, &ctx, Some(Duration::ZERO));
+                }
+            }
+            _ = tick.tick() => {
+                let Some(idle) = ctx.limits.idle else { continue };
+                let mut expired = Vec::new();
+                lot.expired(idle, &mut expired);
+                if !expired.is_empty() {
+                    debug!(n = expired.len(), "closing parked connections idle too long");
+                }
+                // Dropped: counted closed for a timeout, then closed.
+                drop(expired);
+            }
+        }
+    }
+    for entry in lot.close() {
+        unpark(entry, &ctx, None);
+    }
+}
+
+/// A parked connection served again, by a new task, with its clocks: it reads the next
+/// request (or its client's end) or, at the drain, moves to the next generation or
+/// drains.
+fn unpark<S, B>(entry: Entry, ctx: &Arc<Ctx<S>>, head_for: Option<Duration>)
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let (listener, tcp) = (entry.listener as usize, entry.tcp);
+    let Entry {
+        conn,
+        fd,
+        slot,
+        since,
+        ..
+    } = entry;
+    let start = Start::Unparked {
+        history: History {
+            requests: conn.requests(),
+            idle_for: Instant::now().saturating_duration_since(since),
+            head_for,
+        },
+        conn,
+        slot,
+    };
+    let spawned = if tcp {
+        serve_again::<tokio::net::TcpStream, S, B>(fd, ctx, listener, start)
+    } else {
+        serve_again::<tokio::net::UnixStream, S, B>(fd, ctx, listener, start)
+    };
+    if let Err(e) = spawned {
+        debug!(error = %e, "cannot serve a parked connection again: closed");
+    }
+}
+
+fn serve_again<IO, S, B>(
+    fd: OwnedFd,
+    ctx: &Arc<Ctx<S>>,
+    listener: usize,
+    start: Start,
+) -> io::Result<()>
+where
+    IO: ConnIo,
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    let io = IO::from_fd(fd)?;
+    tokio::spawn(serve::connection_task(io, ctx, listener, start));
+    Ok(())
 }

@@ -11,10 +11,12 @@ use tracing::{debug, info, warn};
 use super::Shutdown;
 use crate::channel::{self, Channel, Message, Proto, Totals};
 use crate::sync::lock;
+use crate::tracker::History;
 
-/// Serves a connection received from the previous generation: its listener, its socket, what was
-/// known of it, and the bytes read from it but not served yet.
-pub(crate) type Sink = Arc<dyn Fn(&str, OwnedFd, Proto, Vec<u8>) + Send + Sync>;
+/// Serves a connection received from the previous generation: its listener, its socket,
+/// what was known of it, what it carries on, and the bytes read from it but not served
+/// yet.
+pub(crate) type Sink = Arc<dyn Fn(&str, OwnedFd, Proto, History, Vec<u8>) + Send + Sync>;
 
 /// The channel from the previous generation.
 #[derive(Default)]
@@ -350,6 +352,7 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                 Message::Conn {
                     listener,
                     proto,
+                    history,
                     buffered,
                 },
                 mut fds,
@@ -362,7 +365,7 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                 match sink {
                     Some(sink) => {
                         taken += 1;
-                        sink(&listener, fd, proto, buffered);
+                        sink(&listener, fd, proto, history, buffered);
                     }
                     None => {
                         warn!(%listener, "a connection of a listener this generation does not serve: closed");

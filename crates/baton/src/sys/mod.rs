@@ -104,6 +104,13 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     }
 }
 
+/// Makes `fd` non-blocking (a status flag of the open file, shared with every process
+/// that holds it).
+#[cfg(feature = "http")]
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    socket2::SockRef::from(&fd).set_nonblocking(true)
+}
+
 /// Ignores `signal` (`SIG_IGN`). Used just before a full restart's `exec`: an ignored
 /// signal stays ignored across it, so a restart signal that arrives before the new image
 /// installs its handlers is dropped instead of ending the only process (its default

@@ -18,7 +18,10 @@ use tokio::sync::{Notify, watch};
 use crate::sync::lock;
 use crate::sys;
 
+mod conn;
 mod sweep;
+
+pub(crate) use conn::{ConnHandle, ConnShared, History, Limits, ParkedConn, conn_reached};
 
 /// Where a shutdown stands. Phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -137,331 +140,29 @@ pub(crate) struct TrackerInner {
     sweeping: AtomicBool,
     /// Requests of connections already closed.
     closed_requests: AtomicU64,
+    /// Requests that connections taken over from the previous generation had received
+    /// there: in their counts, not in this generation's totals.
+    inherited_requests: AtomicU64,
     /// Whether accept loops take what is left in their queue when they stop (a plain
     /// shutdown) or leave it to the next generation (a hand-over, a full restart). Set
     /// by the coordinator before it moves to `Draining`.
     sweep: AtomicBool,
 }
 
-/// What one connection shares with the tracker and its request wrappers.
-#[derive(Debug)]
-pub(crate) struct ConnShared {
-    /// The socket while it is open; `None` once its owner started closing it.
-    fd: Mutex<Option<RawFd>>,
-    /// Requests received (high 40 bits) and in flight (low 24 bits), in one word so
-    /// that starting a request is one atomic operation.
-    counts: AtomicU64,
-    /// Reads that returned data. Written only by the connection's own socket wrapper
-    /// (one writer, so a load and a store, no read-modify-write), read by its drive loop.
-    reads: AtomicU64,
-    h2: AtomicBool,
-    upgraded: AtomicBool,
-    closed: AtomicBool,
-    forced: AtomicBool,
-    /// The connection task's waker, woken when the phase changes. Per connection, so
-    /// that waiting for the drain costs a busy connection nothing shared.
-    waker: AtomicWaker,
-    /// The tracker's flags, shared once per connection so that a request reads them
-    /// without cloning anything.
-    flags: Arc<AtomicU8>,
-    /// How long it may wait for a request, and stay idle between requests.
-    limits: Limits,
-    /// Closed by the sweep for a timeout.
-    timed_out: AtomicBool,
-    /// Written to since the socket was last flushed: bytes may wait in hyper's buffer.
-    /// Written only by the connection's own socket wrapper.
-    unflushed: AtomicBool,
-    /// Being taken out of hyper to move to the next generation: the socket wrapper
-    /// makes hyper's closing `shutdown` a no-op.
-    detaching: AtomicBool,
-    /// Passed to the next generation (counted when it closes here).
-    handed_over: AtomicBool,
-    /// The sweep asks the connection's task to park it (idle long enough).
-    park: AtomicBool,
-    /// Leaving the registry to be parked (see [`ConnHandle::park`]): its handle's drop
-    /// does not count it closed.
-    parking: AtomicBool,
-}
-
-const CLOSE: u8 = 1;
-const HAND_OVER: u8 = 2;
-
-/// A connection's timeouts, enforced by the tracker's sweep (see `sweep.rs`): coarse
-/// (a second), and costing the request path nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Limits {
-    /// From the accept to the first request, and from the first byte of a later
-    /// HTTP/1 request to its start: a client that sends nothing, a partial HTTP/2
-    /// preface, a preface and no stream, slowloris. `None`: no limit.
-    pub(crate) header: Option<std::time::Duration>,
-    /// Between requests (keep-alive, an HTTP/2 connection without a stream).
-    pub(crate) idle: Option<std::time::Duration>,
-    /// Not a timeout: whether the connection may move to the next generation at a
-    /// restart (plain HTTP/1, with the hand-over on).
-    pub(crate) movable: bool,
-    /// Not a timeout either: a plain HTTP/1 connection idle this long is parked.
-    pub(crate) park: Option<std::time::Duration>,
-}
-
-/// In-flight requests of one connection fit in 24 bits (HTTP/2 allows at most 2^31
-/// streams, but hyper's default limit is 200 concurrent ones); 40 bits count requests.
-const INFLIGHT_BITS: u32 = 24;
-const ONE_REQUEST: u64 = 1 << INFLIGHT_BITS;
-
-impl ConnShared {
-    // `#[inline]` on the per-request methods: they are called from generic code that is
-    // compiled in the user's crate, where a non-inline function of this crate would be
-    // a call.
-    #[inline]
-    pub(crate) fn request_started(&self, h2: bool) {
-        if h2 && !self.h2.load(Ordering::Relaxed) {
-            self.h2.store(true, Ordering::Relaxed);
-        }
-        self.counts.fetch_add(ONE_REQUEST | 1, Ordering::Relaxed);
-    }
-
-    #[inline]
-    pub(crate) fn request_finished(&self) {
-        self.counts.fetch_sub(1, Ordering::Release);
-    }
-
-    /// Requests received so far, and in flight now.
-    fn counts(&self) -> (u64, u64) {
-        let c = self.counts.load(Ordering::Acquire);
-        (c >> INFLIGHT_BITS, c & (ONE_REQUEST - 1))
-    }
-
-    /// `true` once the drain has started, or while a restart starts the next
-    /// generation: HTTP/1 responses must close their connection.
-    ///
-    /// Not on a connection that can move to the next generation while a hand-over is
-    /// expected: it moves after its response instead of closing.
-    #[inline]
-    pub(crate) fn closes_responses(&self) -> bool {
-        let flags = self.flags.load(Ordering::Relaxed);
-        flags & CLOSE != 0 && !(self.limits.movable && flags & HAND_OVER != 0)
-    }
-
-    /// Whether this connection moves to the next generation when the drain starts.
-    pub(crate) fn moves(&self) -> bool {
-        self.limits.movable && self.flags.load(Ordering::SeqCst) & HAND_OVER != 0
-    }
-
-    /// Called by the socket wrapper on every write (`true`) and every completed flush
-    /// (`false`). hyper flushes its buffer into the socket before it flushes the
-    /// socket, so `false` means nothing of a response waits in hyper.
-    #[inline]
-    pub(crate) fn note_unflushed(&self, unflushed: bool) {
-        self.unflushed.store(unflushed, Ordering::Relaxed);
-    }
-
-    /// No request in flight and nothing of a response waiting to be written.
-    pub(crate) fn at_boundary(&self) -> bool {
-        self.counts().1 == 0 && !self.unflushed.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_detaching(&self, on: bool) {
-        self.detaching.store(on, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_detaching(&self) -> bool {
-        self.detaching.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn mark_handed_over(&self) {
-        self.handed_over.store(true, Ordering::Relaxed);
-    }
-
-    /// Asked by the sweep: park this connection (it has been idle long enough). Wakes
-    /// its task, which registers its waker again on that poll (see `conn_reached`).
-    pub(crate) fn ask_park(&self) {
-        self.park.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Whether the sweep asked to park it; clears the request. One relaxed load on
-    /// every wake-up of a connection task, a store only when asked.
-    #[inline]
-    pub(crate) fn take_park_request(&self) -> bool {
-        self.park.load(Ordering::Relaxed) && self.park.swap(false, Ordering::Acquire)
-    }
-
-    pub(crate) fn is_h2(&self) -> bool {
-        self.h2.load(Ordering::Relaxed)
-    }
-
-    /// Called by the connection's socket wrapper when a read returned data.
-    #[inline]
-    pub(crate) fn note_read(&self) {
-        let n = self.reads.load(Ordering::Relaxed);
-        self.reads.store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-
-    /// What the drive loop compares between two idle checks: requests received, reads
-    /// that returned data, and whether a request is in flight now.
-    pub(crate) fn activity(&self) -> Activity {
-        let (requests, inflight) = self.counts();
-        Activity {
-            requests,
-            reads: self.reads.load(Ordering::Relaxed),
-            in_flight: inflight > 0,
-        }
-    }
-
-    pub(crate) fn mark_forced(&self) {
-        self.forced.store(true, Ordering::Relaxed);
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn mark_upgraded(&self) {
-        self.upgraded.store(true, Ordering::Relaxed);
-    }
-}
-
-/// A connection's activity at one instant, see [`ConnShared::activity`].
+/// How a connection came to be registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Activity {
-    pub(crate) requests: u64,
-    pub(crate) reads: u64,
-    pub(crate) in_flight: bool,
-}
-
-/// Owned by the connection's I/O object: registered while the socket is open.
-///
-/// It must be dropped *before* the socket it describes is closed (declare it before the
-/// socket in the owning struct): its drop clears the descriptor under the lock that
-/// [`Tracker::force_all`] holds while it calls `shutdown(2)`, so a forced close can never
-/// hit a descriptor number that was closed and reused.
-#[derive(Debug)]
-pub(crate) struct ConnHandle {
-    tracker: Arc<TrackerInner>,
-    shared: Arc<ConnShared>,
-    key: usize,
-}
-
-impl ConnHandle {
-    pub(crate) fn shared(&self) -> &Arc<ConnShared> {
-        &self.shared
-    }
-
-    /// Takes an idle connection out of the registry to be parked: it stays open (and
-    /// counted open, idle and parked) as the returned token, which its socket's new
-    /// owner keeps, without the per-connection state. Like dropping the handle, this
-    /// must happen before the socket changes hands (see above).
-    pub(crate) fn park(self) -> ParkedConn {
-        self.shared.parking.store(true, Ordering::Relaxed);
-        let requests = self.shared.counts().0;
-        let tracker = Arc::clone(&self.tracker);
-        drop(self);
-        tracker.parked_since_trim.fetch_add(1, Ordering::Relaxed);
-        ParkedConn {
-            tracker,
-            requests,
-            end: End::Closed,
-        }
-    }
-}
-
-impl Drop for ConnHandle {
-    fn drop(&mut self) {
-        *lock(&self.shared.fd) = None;
-        let t = &self.tracker;
-        if self.shared.parking.load(Ordering::Relaxed) {
-            // Parked: open still, counted with the parked ones; no release.
-            let mut conns = lock(&t.conns);
-            conns.try_remove(self.key);
-            t.parked.fetch_add(1, Ordering::Relaxed);
-            t.parked_requests
-                .fetch_add(self.shared.counts().0, Ordering::Relaxed);
-            drop(conns);
-            self.shared.closed.store(true, Ordering::Release);
-            return;
-        }
-        {
-            // The totals change together with the registry, under its lock, so that a
-            // snapshot (`stats`) never sees a connection both gone and not yet counted.
-            let mut conns = lock(&t.conns);
-            conns.try_remove(self.key);
-            t.closed_requests
-                .fetch_add(self.shared.counts().0, Ordering::Relaxed);
-            if self.shared.forced.load(Ordering::Relaxed) {
-                t.closed_forced.fetch_add(1, Ordering::Relaxed);
-            }
-            if self.shared.timed_out.load(Ordering::Relaxed) {
-                t.closed_timed_out.fetch_add(1, Ordering::Relaxed);
-            }
-            if self.shared.handed_over.load(Ordering::Relaxed) {
-                t.closed_handed_over.fetch_add(1, Ordering::Relaxed);
-            }
-            t.closed.fetch_add(1, Ordering::Relaxed);
-        }
-        self.shared.closed.store(true, Ordering::Release);
-        t.release();
-    }
-}
-
-/// A parked connection's place in the totals: open (idle and parked) until it is
-/// either served again ([`ParkedConn::unpark`]) or dropped, which counts it closed.
-/// All a parked connection costs the tracker: no registry entry, no shared state.
-#[derive(Debug)]
-pub(crate) struct ParkedConn {
-    tracker: Arc<TrackerInner>,
-    requests: u64,
-    end: End,
-}
-
-/// How a parked connection ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    /// Closed (its client left, say).
-    Closed,
-    /// Closed for staying idle too long.
-    TimedOut,
-    /// Served again: back in the registry.
+enum Origin {
+    /// Accepted by this generation.
+    Accepted,
+    /// Received from the previous generation.
+    TakenOver,
+    /// Parked here, and served again.
     Unparked,
 }
 
-impl ParkedConn {
-    /// Registers the connection again, with what it had received, to be served again:
-    /// not counted as a new connection.
-    pub(crate) fn unpark(mut self, fd: RawFd, limits: Limits) -> ConnHandle {
-        self.end = End::Unparked;
-        let t = Tracker {
-            inner: Arc::clone(&self.tracker),
-        };
-        t.register_inner(fd, limits, Some(self.requests))
-    }
-
-    /// Counts it, when dropped, as closed for staying idle too long.
-    pub(crate) fn mark_timed_out(&mut self) {
-        self.end = End::TimedOut;
-    }
-}
-
-impl Drop for ParkedConn {
-    fn drop(&mut self) {
-        if self.end == End::Unparked {
-            // Its registration took it out of the parked counts.
-            return;
-        }
-        let t = &self.tracker;
-        let conns = lock(&t.conns);
-        t.parked.fetch_sub(1, Ordering::Relaxed);
-        t.parked_requests
-            .fetch_sub(self.requests, Ordering::Relaxed);
-        t.closed_requests
-            .fetch_add(self.requests, Ordering::Relaxed);
-        if self.end == End::TimedOut {
-            t.closed_timed_out.fetch_add(1, Ordering::Relaxed);
-        }
-        t.closed.fetch_add(1, Ordering::Relaxed);
-        drop(conns);
-        t.release();
-    }
-}
+/// Flags: see `TrackerInner::flags`.
+const CLOSE: u8 = 1;
+const HAND_OVER: u8 = 2;
 
 /// Held by a running accept loop: the drain is not over while one still runs (it may
 /// still take connections out of the kernel's queue).
@@ -474,39 +175,6 @@ impl Drop for AcceptGuard {
     fn drop(&mut self) {
         self.tracker.release();
     }
-}
-
-/// Resolves once the phase is `phase` or later, for the task of connection `conn`.
-///
-/// Unlike [`Tracker::reached`], polling it touches only the connection's own waker and
-/// one atomic load, never anything shared with other connections: a connection task is
-/// polled on every request, and so is this future.
-///
-/// It registers the task's waker on every poll. A wake (`advance`, `ask_park`) takes
-/// the registered waker out of the connection's `AtomicWaker`, and one that races with
-/// a registration leaves the cell empty (it wakes the new waker instead of storing it):
-/// skipping the registration when "nothing changed" then missed the next phase change
-/// for good (issue 26: a restart storm lost requests on a connection left behind in a
-/// drain). Registering again costs two uncontended compare-and-swaps on the
-/// connection's own cache line, no clone (the same task's waker is kept).
-pub(crate) fn conn_reached<'a>(
-    tracker: &'a TrackerInner,
-    conn: &'a ConnShared,
-    phase: Phase,
-) -> impl Future<Output = ()> + Send + 'a {
-    std::future::poll_fn(move |cx| {
-        if tracker.phase.load(Ordering::Relaxed) >= phase as u8 {
-            return std::task::Poll::Ready(());
-        }
-        conn.waker.register(cx.waker());
-        // Check again after registering: `advance` stores the phase before it wakes,
-        // so either this load sees it or the wake reaches the waker just registered.
-        if tracker.phase.load(Ordering::SeqCst) >= phase as u8 {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
 }
 
 impl TrackerInner {
@@ -543,6 +211,7 @@ impl Tracker {
                 parked_requests: AtomicU64::new(0),
                 sweeping: AtomicBool::new(false),
                 closed_requests: AtomicU64::new(0),
+                inherited_requests: AtomicU64::new(0),
                 sweep: AtomicBool::new(true),
             }),
         }
@@ -602,11 +271,6 @@ impl Tracker {
         }
     }
 
-    /// Counts a connection received from the previous generation.
-    pub(crate) fn note_taken_over(&self) {
-        self.inner.taken_over.fetch_add(1, Ordering::Relaxed);
-    }
-
     /// See `TrackerInner::sweep`; call before advancing to `Draining`.
     pub(crate) fn set_sweep(&self, sweep: bool) {
         self.inner.sweep.store(sweep, Ordering::SeqCst);
@@ -641,18 +305,34 @@ impl Tracker {
         self.register_with(fd, Limits::default())
     }
 
-    /// Registers a connection with its timeouts (enforced once [`Tracker::sweep`] runs).
+    /// Registers a connection just accepted, with its timeouts (enforced once
+    /// [`Tracker::sweep`] runs).
     pub(crate) fn register_with(&self, fd: RawFd, limits: Limits) -> ConnHandle {
-        self.register_inner(fd, limits, None)
+        self.register_inner(fd, limits, History::default(), Origin::Accepted)
     }
 
-    /// `unparked`: a parked connection served again, with the requests it received
-    /// (not a new connection: counted neither accepted nor busy again, and the parked
-    /// counts give it back in the same step).
-    fn register_inner(&self, fd: RawFd, limits: Limits, unparked: Option<u64>) -> ConnHandle {
+    /// Registers a connection received from the previous generation, with what it
+    /// carries: counted accepted (and taken over), its earlier requests not counted
+    /// again, its clocks running on.
+    pub(crate) fn register_taken_over(
+        &self,
+        fd: RawFd,
+        limits: Limits,
+        history: History,
+    ) -> ConnHandle {
+        self.register_inner(fd, limits, history, Origin::TakenOver)
+    }
+
+    fn register_inner(
+        &self,
+        fd: RawFd,
+        limits: Limits,
+        history: History,
+        origin: Origin,
+    ) -> ConnHandle {
         let shared = Arc::new(ConnShared {
             fd: Mutex::new(Some(fd)),
-            counts: AtomicU64::new(unparked.unwrap_or(0) << INFLIGHT_BITS),
+            counts: AtomicU64::new(history.requests << conn::INFLIGHT_BITS),
             reads: AtomicU64::new(0),
             h2: AtomicBool::new(false),
             upgraded: AtomicBool::new(false),
@@ -667,23 +347,30 @@ impl Tracker {
             handed_over: AtomicBool::new(false),
             park: AtomicBool::new(false),
             parking: AtomicBool::new(false),
+            clock: Mutex::new(conn::Clock::new(&history, tokio::time::Instant::now())),
         });
-        if unparked.is_none() {
+        if origin != Origin::Unparked {
             self.inner.busy.fetch_add(1, Ordering::AcqRel);
         }
         let key = {
+            // In the same step as it enters the registry: a snapshot counts it once.
             let mut conns = lock(&self.inner.conns);
-            match unparked {
-                None => {
+            match origin {
+                Origin::Accepted => {
                     self.inner.accepted.fetch_add(1, Ordering::Relaxed);
                 }
-                Some(requests) => {
-                    // In the same step as it enters the registry: a snapshot counts it
-                    // once.
+                Origin::TakenOver => {
+                    self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+                    self.inner.taken_over.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .inherited_requests
+                        .fetch_add(history.requests, Ordering::Relaxed);
+                }
+                Origin::Unparked => {
                     self.inner.parked.fetch_sub(1, Ordering::Relaxed);
                     self.inner
                         .parked_requests
-                        .fetch_sub(requests, Ordering::Relaxed);
+                        .fetch_sub(history.requests, Ordering::Relaxed);
                 }
             }
             conns.insert(Arc::clone(&shared))
@@ -772,6 +459,10 @@ impl Tracker {
                     s.idle += 1;
                 }
             }
+            // Moved connections brought what they had received with them.
+            s.requests = s
+                .requests
+                .saturating_sub(t.inherited_requests.load(Ordering::Relaxed));
         }
         s
     }

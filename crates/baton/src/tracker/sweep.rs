@@ -26,25 +26,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::{ConnShared, TrackerInner};
 use crate::sync::lock;
 use crate::sys;
 
 /// How often the sweep looks.
 const TICK: Duration = Duration::from_secs(1);
-
-/// What the sweep last saw of one connection.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    /// Which connection (its shared state's address): a slab slot is reused.
-    conn: usize,
-    requests: u64,
-    reads: u64,
-    /// When it last did something (the tick).
-    active: u64,
-    /// When the first bytes of a request not started yet arrived (HTTP/1, idle).
-    head: Option<u64>,
-}
 
 /// What to do with a connection now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +60,10 @@ impl super::Tracker {
 }
 
 async fn run(tracker: Weak<TrackerInner>) {
-    let mut seen: Vec<Option<Seen>> = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut now = 0u64;
     loop {
         tick.tick().await;
-        now += 1;
         let Some(t) = tracker.upgrade() else { return };
         // Connections parked since the last tick freed hyper's buffers; give the memory
         // back to the system (the allocator keeps freed memory otherwise).
@@ -86,93 +72,65 @@ async fn run(tracker: Weak<TrackerInner>) {
         }
         // Nothing parks once the drain started: idle connections move or close then.
         let parks = t.phase() < super::Phase::Draining;
+        let now = Instant::now();
         let conns = lock(&t.conns);
-        if seen.len() < conns.capacity() {
-            seen.resize(conns.capacity(), None);
-        }
-        for (key, conn) in conns.iter() {
-            let slot = &mut seen[key];
-            match look(slot, conn, now) {
+        for (_, conn) in conns.iter() {
+            match look(conn, now) {
                 Verdict::Keep => {}
                 Verdict::Park => {
                     if parks {
                         conn.ask_park();
                     }
                 }
-                verdict => {
-                    cut(conn, verdict);
-                    *slot = None;
-                }
+                verdict => cut(conn, verdict),
             }
         }
     }
 }
 
-/// Looks at one connection, updating what was seen of it.
-fn look(slot: &mut Option<Seen>, conn: &Arc<ConnShared>, now: u64) -> Verdict {
-    let id = Arc::as_ptr(conn) as usize;
+/// Looks at one connection, updating its clock (see `conn::Clock`): what changed since
+/// the last look (or since it was registered, with what it carried then).
+fn look(conn: &ConnShared, now: Instant) -> Verdict {
     let (requests, in_flight) = conn.counts();
     let reads = conn.reads.load(Ordering::Relaxed);
-    let prev = match slot {
-        Some(s) if s.conn == id => *s,
-        _ => {
-            // New since the last look: accepted within the last tick.
-            *slot = Some(Seen {
-                conn: id,
-                requests,
-                reads,
-                active: now,
-                head: None,
-            });
-            return Verdict::Keep;
-        }
-    };
     let busy = in_flight > 0 || conn.upgraded.load(Ordering::Relaxed);
-    let mut next = Seen {
-        conn: id,
-        requests,
-        reads,
-        active: prev.active,
-        head: prev.head,
-    };
-    if busy || requests != prev.requests {
+    let mut clock = lock(&conn.clock);
+    let quiet_reads = reads == clock.reads;
+    if busy || requests != clock.requests {
         // Working, or a request came and went since the last look.
-        next.active = now;
-        next.head = None;
-    } else if reads != prev.reads && requests > 0 && !conn.is_h2() && next.head.is_none() {
+        clock.active = now;
+        clock.head = None;
+    } else if !quiet_reads && requests > 0 && !conn.is_h2() && clock.head.is_none() {
         // Between HTTP/1 requests, bytes of the next one: its head is being read.
-        next.head = Some(now);
+        clock.head = Some(now);
     }
-    *slot = Some(next);
+    clock.requests = requests;
+    clock.reads = reads;
+    let (active, head) = (clock.active, clock.head);
+    drop(clock);
     if busy {
         return Verdict::Keep;
     }
     let limits = conn.limits;
-    // A tick is a second.
-    let passed =
-        |since: u64, limit: Duration| Duration::from_secs(now.saturating_sub(since)) > limit;
+    let passed = |since: Instant, limit: Duration| now.saturating_duration_since(since) > limit;
     if let Some(header) = limits.header {
-        let head_started = if requests == 0 {
-            Some(next.active)
-        } else {
-            next.head
-        };
+        let head_started = if requests == 0 { Some(active) } else { head };
         if head_started.is_some_and(|since| passed(since, header)) {
             return Verdict::HeaderTimeout;
         }
     }
     if let Some(idle) = limits.idle
         && requests > 0
-        && passed(next.active, idle)
+        && passed(active, idle)
     {
         return Verdict::IdleTimeout;
     }
     if let Some(park) = limits.park
         && requests > 0
         && !conn.is_h2()
-        && next.head.is_none()
-        && reads == prev.reads
-        && passed(next.active, park)
+        && head.is_none()
+        && quiet_reads
+        && passed(active, park)
     {
         return Verdict::Park;
     }
@@ -195,7 +153,7 @@ fn cut(conn: &ConnShared, why: Verdict) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tracker::{Limits, Tracker};
+    use crate::tracker::{History, Limits, Tracker};
 
     fn limits() -> Limits {
         Limits {
@@ -206,14 +164,15 @@ mod tests {
         }
     }
 
-    /// Looks at `conn` at ticks `from..=to`; returns the first tick with a verdict.
+    /// Looks at `conn` at `t0` + `from..=to` seconds; returns the first second with a
+    /// verdict.
     fn until_verdict(
-        slot: &mut Option<Seen>,
         conn: &Arc<ConnShared>,
+        t0: Instant,
         from: u64,
         to: u64,
     ) -> Option<(u64, Verdict)> {
-        (from..=to).find_map(|t| match look(slot, conn, t) {
+        (from..=to).find_map(|t| match look(conn, t0 + Duration::from_secs(t)) {
             Verdict::Keep => None,
             v => Some((t, v)),
         })
@@ -222,38 +181,38 @@ mod tests {
     #[test]
     fn a_silent_connection_is_cut_at_the_header_timeout() {
         let tracker = Tracker::new();
+        let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
-        let mut slot = None;
-        // Seen first at tick 1 (accepted then); 2 s later it is past, at tick 4.
+        // Accepted at t0 (a moment after): 2 s later it is past, at the look at 3 s.
         assert_eq!(
-            until_verdict(&mut slot, h.shared(), 1, 10),
-            Some((4, Verdict::HeaderTimeout))
+            until_verdict(h.shared(), t0, 1, 10),
+            Some((3, Verdict::HeaderTimeout))
         );
         // Bytes that never make a request (a partial HTTP/2 preface) change nothing.
+        let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
-        let mut slot = None;
-        look(&mut slot, h.shared(), 1);
+        look(h.shared(), t0 + Duration::from_secs(1));
         h.shared().note_read();
         assert_eq!(
-            until_verdict(&mut slot, h.shared(), 2, 10),
-            Some((4, Verdict::HeaderTimeout))
+            until_verdict(h.shared(), t0, 2, 10),
+            Some((3, Verdict::HeaderTimeout))
         );
     }
 
     #[test]
     fn requests_in_flight_are_never_cut_and_idle_keep_alive_is_after_the_idle_timeout() {
         let tracker = Tracker::new();
+        let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
         let c = h.shared();
-        let mut slot = None;
-        look(&mut slot, c, 1);
+        look(c, t0 + Duration::from_secs(1));
         c.request_started(false);
-        assert_eq!(until_verdict(&mut slot, c, 2, 100), None, "in flight");
+        assert_eq!(until_verdict(c, t0, 2, 100), None, "in flight");
         c.request_finished();
-        // Last busy at tick 100: cut once more than 5 s idle, at tick 106 (the idle
+        // Last busy at 100 s: cut once more than 5 s idle, at 106 s (the idle
         // timeout, not the header timeout).
         assert_eq!(
-            until_verdict(&mut slot, c, 101, 200),
+            until_verdict(c, t0, 101, 200),
             Some((106, Verdict::IdleTimeout))
         );
     }
@@ -261,33 +220,122 @@ mod tests {
     #[test]
     fn a_slow_head_on_a_kept_alive_http1_connection_is_cut_at_the_header_timeout() {
         let tracker = Tracker::new();
+        let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
         let c = h.shared();
-        let mut slot = None;
-        look(&mut slot, c, 1);
+        look(c, t0 + Duration::from_secs(1));
         c.request_started(false);
         c.request_finished();
-        look(&mut slot, c, 2);
-        // A byte each tick, never a complete head.
+        look(c, t0 + Duration::from_secs(2));
+        // A byte each second, never a complete head.
         let mut cut_at = None;
         for t in 3..=20 {
             c.note_read();
-            if look(&mut slot, c, t) != Verdict::Keep {
+            if look(c, t0 + Duration::from_secs(t)) != Verdict::Keep {
                 cut_at = Some(t);
                 break;
             }
         }
-        assert_eq!(cut_at, Some(6), "first byte at tick 3, 2 s later");
+        assert_eq!(cut_at, Some(6), "first byte seen at 3 s, 2 s later");
         // HTTP/2 frames between streams (PING, WINDOW_UPDATE) are not a head.
+        let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
         let c = h.shared();
-        let mut slot = None;
-        look(&mut slot, c, 1);
+        look(c, t0 + Duration::from_secs(1));
         c.request_started(true);
         c.request_finished();
         for t in 2..=5 {
             c.note_read();
-            assert_eq!(look(&mut slot, c, t), Verdict::Keep);
+            assert_eq!(look(c, t0 + Duration::from_secs(t)), Verdict::Keep);
         }
+    }
+
+    /// Issue 26, defect 2: a connection that moved was registered as new: cut by the
+    /// header-read timeout although it was idle between requests, never parked again,
+    /// and a half request that moved started its header-read clock anew.
+    #[test]
+    fn a_moved_connection_keeps_its_requests_and_its_clocks() {
+        let tracker = Tracker::new();
+        let park = Limits {
+            park: Some(Duration::from_secs(1)),
+            ..limits()
+        };
+        // Idle for 3 s when it moved: the idle timeout (5 s) comes 2 s later, and no
+        // header-read timeout (2 s) before it.
+        let t0 = Instant::now();
+        let moved = History {
+            requests: 7,
+            idle_for: Duration::from_secs(3),
+            head_for: None,
+        };
+        let h = tracker.register_taken_over(-1, limits(), moved);
+        assert_eq!(
+            until_verdict(h.shared(), t0, 1, 10),
+            Some((3, Verdict::IdleTimeout))
+        );
+        // It parks again once idle long enough.
+        let t0 = Instant::now();
+        let h = tracker.register_taken_over(
+            -1,
+            park,
+            History {
+                idle_for: Duration::ZERO,
+                ..moved
+            },
+        );
+        assert_eq!(
+            until_verdict(h.shared(), t0, 1, 10),
+            Some((2, Verdict::Park))
+        );
+        // A half request head that had waited 1.5 s when it moved: cut 0.5 s later,
+        // at the first look after that.
+        let t0 = Instant::now();
+        let h = tracker.register_taken_over(
+            -1,
+            limits(),
+            History {
+                requests: 1,
+                idle_for: Duration::from_secs(2),
+                head_for: Some(Duration::from_millis(1500)),
+            },
+        );
+        assert_eq!(
+            until_verdict(h.shared(), t0, 1, 10),
+            Some((1, Verdict::HeaderTimeout))
+        );
+        // Its requests are the previous generation's: not counted here again.
+        assert_eq!(tracker.stats().requests, 0);
+        assert_eq!(tracker.stats().idle, 3);
+    }
+
+    /// The clocks a connection hands on are those the sweep kept.
+    #[test]
+    fn a_connection_hands_on_the_clocks_the_sweep_kept() {
+        let tracker = Tracker::new();
+        let t0 = Instant::now();
+        let h = tracker.register_with(-1, limits());
+        let c = h.shared();
+        c.request_started(false);
+        c.request_finished();
+        look(c, t0 + Duration::from_secs(1));
+        look(c, t0 + Duration::from_secs(2));
+        let at = t0 + Duration::from_secs(4);
+        let history = c.history(at, false);
+        assert_eq!(
+            (history.requests, history.idle_for, history.head_for),
+            (1, Duration::from_secs(3), None)
+        );
+        // Bytes of the next request read since the last look: idle from now on, its
+        // head started now.
+        c.note_read();
+        let history = c.history(at, true);
+        assert_eq!(
+            (history.idle_for, history.head_for),
+            (Duration::ZERO, Some(Duration::ZERO))
+        );
+        // Seen by the sweep: the head's age travels.
+        look(c, t0 + Duration::from_secs(5));
+        let history = c.history(t0 + Duration::from_secs(6), true);
+        assert_eq!(history.head_for, Some(Duration::from_secs(1)));
     }
 }

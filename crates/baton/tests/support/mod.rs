@@ -589,6 +589,47 @@ pub async fn post(addr: &str, path: &str) -> Result<Resp, BoxError> {
     Http1::connect(addr).await?.request("POST", path).await
 }
 
+/// Waits (bounded) until the server has read everything the client sent on the
+/// connection from local port `client_port` to `server`: the server side's receive
+/// queue in `/proc/net/tcp` is empty.
+pub fn wait_read_by_server(server: &str, client_port: u16) {
+    let server_port: u16 = server.rsplit(':').next().unwrap().parse().unwrap();
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    wait_until("the server read the bytes sent", || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        table.lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st tx_queue:rx_queue ...
+            f.len() > 4 && f[1] == local && f[2] == remote && f[4].ends_with(":00000000")
+        })
+    });
+}
+
+/// Waits (bounded) until the demo's `/stats` counter `name` satisfies `ok`.
+pub async fn wait_stat(addr: &str, name: &str, ok: impl Fn(u64) -> bool) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = stat(addr, name).await;
+        if ok(n) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed at {n}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The demo's `/stats` counter `name`, asked on a new connection.
+pub async fn stat(addr: &str, name: &str) -> u64 {
+    let body = get(addr, "/stats").await.unwrap().body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Runs a blocking wait (a log line, an exit) without stalling the async clients of a
 /// multi-threaded test runtime.
 fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
