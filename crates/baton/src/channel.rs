@@ -190,6 +190,16 @@ pub(crate) enum Message {
     /// Master to the worker it is about to drain (on the worker's link): the worker of
     /// generation `generation`, PID `pid`, serves now; the channel to it is attached.
     Successor { pid: u32, generation: u32 },
+    /// Predecessor to successor, at the hand-over and whenever it changes: it still holds
+    /// `count` open connections of `listener` that may move (its last word counts).
+    Moving { listener: String, count: u32 },
+    /// Successor to predecessor: room for `n` more connections of `listener` (credit;
+    /// a connection is sent only on credit, so it always finds a slot and a
+    /// descriptor).
+    Room { listener: String, n: u32 },
+    /// Successor to predecessor: it hands over in turn, or shuts down: the
+    /// predecessor's probation is over (see `ShutdownBuilder::probation`).
+    ProbationOver,
 }
 
 const TAKES: u8 = b'T';
@@ -198,6 +208,9 @@ const TOTALS: u8 = b'N';
 const TOTALS_PLEASE: u8 = b'Q';
 const KEYS: u8 = b'K';
 const SUCCESSOR: u8 = b'S';
+const MOVING: u8 = b'M';
+const ROOM: u8 = b'R';
+const PROBATION_OVER: u8 = b'P';
 
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -237,6 +250,17 @@ impl Message {
                 out.push(KEYS);
                 out.extend_from_slice(bytes);
             }
+            Message::Moving { listener, count } => {
+                out.push(MOVING);
+                out.extend_from_slice(&count.to_le_bytes());
+                out.extend_from_slice(listener.as_bytes());
+            }
+            Message::Room { listener, n } => {
+                out.push(ROOM);
+                out.extend_from_slice(&n.to_le_bytes());
+                out.extend_from_slice(listener.as_bytes());
+            }
+            Message::ProbationOver => out.push(PROBATION_OVER),
             Message::Totals { totals, last } => {
                 out.push(TOTALS);
                 out.push(u8::from(*last));
@@ -309,6 +333,17 @@ impl Message {
             }
             TOTALS_PLEASE if rest.is_empty() => Some(Message::TotalsPlease),
             KEYS => Some(Message::Keys(rest.to_vec())),
+            MOVING | ROOM => {
+                let (n, name) = rest.split_first_chunk::<4>()?;
+                let n = u32::from_le_bytes(*n);
+                let listener = std::str::from_utf8(name).ok()?.to_owned();
+                Some(if kind == MOVING {
+                    Message::Moving { listener, count: n }
+                } else {
+                    Message::Room { listener, n }
+                })
+            }
+            PROBATION_OVER if rest.is_empty() => Some(Message::ProbationOver),
             SUCCESSOR if rest.len() == 8 => Some(Message::Successor {
                 pid: u32::from_le_bytes(rest[..4].try_into().ok()?),
                 generation: u32::from_le_bytes(rest[4..].try_into().ok()?),
@@ -336,7 +371,17 @@ fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
 #[derive(Debug)]
 pub(crate) struct Channel {
     fd: AsyncFd<OwnedFd>,
+    /// A descriptor kept open so that one is always free when a message with a socket
+    /// is received: closed just before each receive, opened again after. A socket that
+    /// arrives when the process has no descriptor left is closed by the kernel and its
+    /// connection lost (issue 26, defect 3); with the spare that cannot happen, and
+    /// when the spare cannot be opened again the next message waits in the channel
+    /// (nothing is lost) until a descriptor is free.
+    spare: std::sync::Mutex<Option<OwnedFd>>,
 }
+
+/// How long a receive waits for a free descriptor before it looks again.
+const NO_DESCRIPTOR_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Channel {
     /// Makes a new socket pair: this generation's end, and the one to pass on.
@@ -348,7 +393,35 @@ impl Channel {
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Channel> {
         Ok(Channel {
             fd: crate::sys::register_fd(fd, Interest::READABLE | Interest::WRITABLE)?,
+            spare: std::sync::Mutex::new(crate::sys::spare_fd().ok()),
         })
+    }
+
+    /// One message now, if one waits (`WouldBlock` if not, or if no descriptor is free
+    /// for a socket that may come with it).
+    fn recv_now(&self, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+        let mut spare = crate::sync::lock(&self.spare);
+        if spare.is_none() {
+            // At the descriptor limit: wait, the message stays in the channel.
+            *spare = Some(crate::sys::spare_fd().map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!("no descriptor free: {e}"),
+                )
+            })?);
+        }
+        drop(spare.take());
+        let received = crate::sys::recv_with_fds(self.fd.get_ref().as_fd(), buf);
+        *spare = crate::sys::spare_fd().ok();
+        let received = received?;
+        if let Some((_, _, true)) = &received {
+            // Cannot happen with the spare, unless something else took the descriptor
+            // in between: say so, loudly.
+            tracing::error!(
+                "a message of the generation channel lost its descriptors (no descriptor free): a connection was lost"
+            );
+        }
+        Ok(received.map(|(n, fds, _)| (n, fds)))
     }
 
     /// Sends one message with `fds` attached; waits while the channel is full.
@@ -377,15 +450,24 @@ impl Channel {
         let mut buf = vec![0u8; MAX_MESSAGE];
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| crate::sys::recv_with_fds(fd.get_ref().as_fd(), &mut buf)) {
-                Ok(Ok(Some((n, fds)))) => {
+            match self.recv_now(&mut buf) {
+                Ok(Some((n, fds))) => {
                     if let Some(message) = Message::decode(&buf[..n]) {
                         return Ok(Some((message, fds)));
                     }
                 }
-                Ok(Ok(None)) => return Ok(None),
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => continue,
+                Ok(None) => return Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if crate::sync::lock(&self.spare).is_none() {
+                        // No descriptor free: look again in a moment (the socket stays
+                        // readable, so waiting for it would spin).
+                        drop(guard);
+                        tokio::time::sleep(NO_DESCRIPTOR_WAIT).await;
+                    } else {
+                        guard.clear_ready();
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -394,9 +476,7 @@ impl Channel {
     pub(crate) fn drain_now(&self) -> Vec<(Message, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
         let mut got = Vec::new();
-        while let Ok(Some((n, fds))) =
-            crate::sys::recv_with_fds(self.fd.get_ref().as_fd(), &mut buf)
-        {
+        while let Ok(Some((n, fds))) = self.recv_now(&mut buf) {
             if let Some(message) = Message::decode(&buf[..n]) {
                 got.push((message, fds));
             }
@@ -420,6 +500,15 @@ mod tests {
                 pid: 4_000_000,
                 generation: 7,
             },
+            Message::Moving {
+                listener: "http".into(),
+                count: 224,
+            },
+            Message::Room {
+                listener: "admin".into(),
+                n: 3,
+            },
+            Message::ProbationOver,
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,

@@ -129,15 +129,22 @@ pub(super) async fn accept_loop<A: Accept, S, B>(
             break;
         }
         // At the connection limit, stop accepting: clients wait in the kernel's queue.
+        // The drain first, in both waits: a slot freed by a connection that moved to
+        // the next generation must not let this one accept from the queue it leaves to
+        // that generation (seen at the limit: one accepted after the drain started, it
+        // found no slot there and waited for the deadline).
         tokio::select! {
             biased;
-            () = ctx.slots.free() => {}
             () = &mut draining => break,
+            () = ctx.slots.free() => {}
+        }
+        if tracker.phase() >= Phase::Draining {
+            break;
         }
         let accepted = tokio::select! {
             biased;
-            res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
             () = &mut draining => break,
+            res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
         };
         match accepted {
             Ok(io) => spawn_connection(io, ctx, index),

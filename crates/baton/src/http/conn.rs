@@ -6,8 +6,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use hyper::body::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 
 use crate::tracker::{ConnHandle, ConnShared};
 
@@ -326,6 +329,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     }
 }
 
+/// Waiting for a permit of the next generation's credit.
+type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
 /// How a connection's drive loop ended.
 #[derive(Debug)]
 pub(crate) enum Ended<E> {
@@ -334,8 +340,9 @@ pub(crate) enum Ended<E> {
     /// The drain was forced; the connection is dropped unfinished.
     Forced,
     /// hyper stopped between two requests, with the socket left open, for the
-    /// connection to move to the next generation (take it with `into_parts`).
-    Detached,
+    /// connection to move to the next generation (take it with `into_parts`), with the
+    /// permit of its credit there; or to be parked (no permit).
+    Detached(Option<OwnedSemaphorePermit>),
 }
 
 /// Serves one connection through the phases of a shutdown.
@@ -349,9 +356,10 @@ pub(crate) enum Ended<E> {
 /// `idle_grace` is closed then.
 ///
 /// Unless `moves` says, when the drain starts, that the next generation takes the
-/// connection (plain HTTP/1): then it is left to finish the response in progress, if
-/// any, and taken out of hyper at the first moment it is between two requests (see
-/// `detach`), instead of being closed.
+/// connection (plain HTTP/1), with the credit to take there: then it is left to finish
+/// the response in progress, if any, and taken out of hyper at the first moment it is
+/// between two requests and has a permit (a slot kept for it in the next generation;
+/// until then hyper serves it on, see `detach`), instead of being closed.
 pub(crate) async fn drive<C, E>(
     mut conn: Pin<&mut C>,
     graceful_shutdown: impl Fn(Pin<&mut C>),
@@ -359,7 +367,7 @@ pub(crate) async fn drive<C, E>(
     draining: impl Future<Output = ()>,
     forced: impl Future<Output = ()>,
     idle_grace: Duration,
-    moves: impl FnOnce() -> bool,
+    moves: impl FnOnce() -> Option<Arc<Semaphore>>,
 ) -> Ended<E>
 where
     C: Future<Output = Result<(), E>> + ?Sized,
@@ -381,9 +389,10 @@ where
         // to wait for the next bytes as a bare socket (see `Server::park_idle_after`).
         if shared.take_park_request() && shared.at_boundary() {
             if shared.activity().requests == before {
-                return Poll::Ready(Some(Ended::Detached));
+                return Poll::Ready(Some(Ended::Detached(None)));
             }
-            if let Poll::Ready(Some(ended)) = detach(conn.as_mut(), &graceful_shutdown, shared, cx)
+            if let Poll::Ready(Some(ended)) =
+                detach(conn.as_mut(), &graceful_shutdown, shared, None, cx)
             {
                 return Poll::Ready(Some(ended));
             }
@@ -398,7 +407,8 @@ where
     if shared.is_h2() {
         graceful_shutdown(conn.as_mut());
         closing = true;
-    } else if moves() {
+    } else if let Some(credit) = moves() {
+        let mut waiting: Option<Acquire> = None;
         let detached = std::future::poll_fn(|cx| {
             if let Poll::Ready(res) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Some(Ended::Done(res)));
@@ -409,17 +419,30 @@ where
             }
             if !shared.at_boundary() {
                 // A response in progress, or bytes of one in hyper's buffer: wait
-                // (this runs again on every wake-up of the connection).
+                // (this runs again on every wake-up of the connection). A request
+                // between two waits for credit lets its place go.
+                waiting = None;
                 return Poll::Pending;
             }
+            // A slot in the next generation first: until one is free there, hyper
+            // serves the connection on here.
+            let acquire =
+                waiting.get_or_insert_with(|| Box::pin(Arc::clone(&credit).acquire_owned()));
+            let permit = match acquire.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(permit)) => permit,
+                // The next generation is gone: nothing moves any more.
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+            };
+            waiting = None;
             if shared.activity().requests == before {
                 // No request started on this hyper connection: hyper holds nothing
                 // but bytes read of the first one (a request head is served as soon as
                 // it is complete). Its state is not "idle" (a fresh connection's is
                 // not), so its graceful shutdown would not stop it; take it as it is.
-                return Poll::Ready(Some(Ended::Detached));
+                return Poll::Ready(Some(Ended::Detached(Some(permit))));
             }
-            detach(conn.as_mut(), &graceful_shutdown, shared, cx)
+            detach(conn.as_mut(), &graceful_shutdown, shared, Some(permit), cx)
         })
         .await;
         match detached {
@@ -472,6 +495,7 @@ fn detach<C, E>(
     mut conn: Pin<&mut C>,
     graceful_shutdown: &impl Fn(Pin<&mut C>),
     shared: &ConnShared,
+    permit: Option<OwnedSemaphorePermit>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Ended<E>>>
 where
@@ -484,7 +508,7 @@ where
     shared.set_detaching(false);
     match res {
         Poll::Ready(Ok(())) if shared.activity().reads == reads => {
-            Poll::Ready(Some(Ended::Detached))
+            Poll::Ready(Some(Ended::Detached(permit)))
         }
         // Finished after reading: not at a boundary. Dropping it closes the socket.
         Poll::Ready(res) => Poll::Ready(Some(Ended::Done(res))),
@@ -504,7 +528,6 @@ pub(crate) fn note_upgrade<E>(shared: &ConnShared, ended: &Ended<E>) {
 mod tests {
     use super::*;
     use crate::tracker::{Phase, Tracker, conn_reached};
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::sync::Notify;
 
@@ -555,7 +578,7 @@ mod tests {
                     conn_reached(&inner, &shared, Phase::Draining),
                     conn_reached(&inner, &shared, Phase::Forcing),
                     GRACE,
-                    || false,
+                    || None,
                 )
                 .await
             }

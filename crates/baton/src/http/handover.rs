@@ -5,6 +5,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use hyper::body::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 use super::conn::ConnIo;
@@ -13,16 +14,60 @@ use super::{Ctx, HttpBody, HttpService};
 use crate::channel::{Message, Proto};
 use crate::tracker::{ConnShared, History};
 
-/// Serves the connections the previous generation passes to this server's listeners
-/// (`tcp`: whether each is a TCP listener).
-pub(super) fn taker<S, B>(ctx: &Arc<Ctx<S>>, tcp: Vec<bool>) -> crate::shutdown::Sink
+/// A server's part in the hand-over (see `shutdown::Mover`): serves what the previous
+/// generation sends to its listeners (`tcp`: whether each is a TCP listener), keeps
+/// slots for what may still come, and says how many of its own may move on.
+pub(super) struct Link<S, B> {
+    ctx: Arc<Ctx<S>>,
+    tcp: Vec<bool>,
+    body: std::marker::PhantomData<fn() -> B>,
+}
+
+impl<S, B> Link<S, B>
 where
     S: HttpService<B>,
     B: HttpBody,
 {
-    let ctx = Arc::clone(ctx);
-    Arc::new(move |listener, fd, proto, history, buffered| {
-        let Some(index) = ctx.names.iter().position(|n| n == listener) else {
+    /// Starts the server's part: `Link` for the coordinator, and a task that sends the
+    /// credit the server's slots promise to the previous generation.
+    pub(super) fn start(ctx: &Arc<Ctx<S>>, tcp: Vec<bool>) -> Arc<Link<S, B>> {
+        let (slots, shutdown, names) = (
+            Arc::clone(&ctx.slots),
+            ctx.shutdown.clone(),
+            ctx.names.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                slots.to_grant.notified().await;
+                for (listener, n) in slots.grant() {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    shutdown.send_room(&names[listener], n).await;
+                }
+            }
+        });
+        Arc::new(Link {
+            ctx: Arc::clone(ctx),
+            tcp,
+            body: std::marker::PhantomData,
+        })
+    }
+
+    fn index(&self, listener: &str) -> Option<usize> {
+        self.ctx.names.iter().position(|n| n == listener)
+    }
+}
+
+impl<S, B> crate::shutdown::Mover for Link<S, B>
+where
+    S: HttpService<B>,
+    B: HttpBody,
+{
+    fn listeners(&self) -> &[String] {
+        &self.ctx.names
+    }
+
+    fn take(&self, listener: &str, fd: OwnedFd, proto: Proto, history: History, buffered: Vec<u8>) {
+        let Some(index) = self.index(listener) else {
             return;
         };
         let start = Start::TakenOver {
@@ -31,15 +76,31 @@ where
             history,
         };
         // Socket options (`TCP_NODELAY`) travel with the socket.
-        let spawned = if tcp[index] {
-            spawn_taken::<tokio::net::TcpStream, S, B>(fd, &ctx, index, start)
+        let spawned = if self.tcp[index] {
+            spawn_taken::<tokio::net::TcpStream, S, B>(fd, &self.ctx, index, start)
         } else {
-            spawn_taken::<tokio::net::UnixStream, S, B>(fd, &ctx, index, start)
+            spawn_taken::<tokio::net::UnixStream, S, B>(fd, &self.ctx, index, start)
         };
         if let Err(e) = spawned {
             warn!(listener, error = %e, "cannot serve a connection of the previous generation: closed");
         }
-    })
+    }
+
+    fn coming(&self, listener: &str, count: u32) {
+        if let Some(index) = self.index(listener) {
+            self.ctx.slots.coming(index, count as usize);
+        }
+    }
+
+    fn nothing_more_coming(&self) {
+        self.ctx.slots.nothing_more_coming();
+    }
+
+    fn open(&self, listener: &str) -> u32 {
+        self.index(listener).map_or(0, |i| {
+            u32::try_from(self.ctx.slots.open_of(i)).unwrap_or(u32::MAX)
+        })
+    }
 }
 
 fn spawn_taken<IO, S, B>(
@@ -60,10 +121,24 @@ where
     Ok(())
 }
 
-/// Sends the connection to the next generation, if it takes this listener's
-/// connections, with what it carries on (`shared`'s requests and clocks); `true` once
-/// sent (it is the next generation's then: this one closes its descriptor). `false`
-/// leaves it here, to drain as usual.
+/// The credit with the next generation for this connection, if it moves there (plain
+/// HTTP/1 on a listener the next generation takes, with the hand-over on): a permit
+/// from it is a slot kept there.
+pub(super) fn credit<S>(
+    ctx: &Ctx<S>,
+    shared: &ConnShared,
+    listener: usize,
+) -> Option<Arc<Semaphore>> {
+    if !shared.moves() {
+        return None;
+    }
+    ctx.shutdown.successor()?.credit(&ctx.names[listener])
+}
+
+/// Sends the connection to the next generation on `permit` (its credit there), with
+/// what it carries on (`shared`'s requests and clocks); `true` once sent (it is the next
+/// generation's then: this one closes its descriptor). `false` leaves it here, to drain
+/// as usual, and gives the permit back.
 pub(super) async fn hand_over<S>(
     socket: Option<BorrowedFd<'_>>,
     shared: &ConnShared,
@@ -71,6 +146,7 @@ pub(super) async fn hand_over<S>(
     buffered: &[u8],
     ctx: &Ctx<S>,
     listener: usize,
+    permit: OwnedSemaphorePermit,
 ) -> bool {
     let name = &ctx.names[listener];
     let (Some(successor), Some(socket)) = (ctx.shutdown.successor(), socket) else {
@@ -87,7 +163,11 @@ pub(super) async fn hand_over<S>(
         buffered: buffered.to_vec(),
     };
     match successor.channel.send(&message, &[socket]).await {
-        Ok(()) => true,
+        Ok(()) => {
+            // The slot it was promised is its own now.
+            permit.forget();
+            true
+        }
         Err(e) => {
             debug!(error = %e, "cannot pass a connection to the next generation; it drains here");
             false

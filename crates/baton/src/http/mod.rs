@@ -245,7 +245,14 @@ impl Server {
     /// further clients wait in the kernel's accept queue, not refused, until one ends.
     /// Default: the process's descriptor limit (`RLIMIT_NOFILE`) less an eighth of it
     /// (at least 32) kept in reserve, so that accepting never runs the process out of
-    /// descriptors.
+    /// descriptors. The first server raises the process's soft descriptor limit to its
+    /// hard limit (as nginx's `worker_rlimit_nofile` does), so the default follows the
+    /// hard limit.
+    ///
+    /// At a restart, the connections that move from the previous generation come
+    /// first: the new generation keeps slots for them before it accepts anything new,
+    /// and a connection moves only once a slot is kept for it (until then the previous
+    /// generation serves it on), so a limit never drops a client.
     ///
     /// # Errors
     ///
@@ -338,7 +345,10 @@ impl Server {
         let plain = self.tls.is_none();
         #[cfg(not(feature = "tls"))]
         let plain = true;
+        raise_descriptor_limit();
         let names: Vec<String> = self.listeners.iter().map(|l| l.name().to_owned()).collect();
+        let n_listeners = names.len();
+        let movable = self.hand_over && plain;
         let lot = match self.park_idle_after.filter(|_| plain) {
             Some(_) => match lot::Lot::new() {
                 Ok(lot) => Some(lot),
@@ -359,12 +369,17 @@ impl Server {
             limits: crate::tracker::Limits {
                 header: Some(self.header_read_timeout),
                 idle: Some(self.idle_timeout),
-                movable: self.hand_over && plain,
+                movable,
                 park: self.park_idle_after.filter(|_| lot.is_some()),
             },
             lot,
             names,
-            slots: slots::Slots::new(self.max_connections.unwrap_or_else(slots::default_max)),
+            slots: slots::Slots::new(
+                self.max_connections.unwrap_or_else(slots::default_max),
+                n_listeners,
+                // Connections of the previous generation come first (see `slots.rs`).
+                movable && shutdown.has_predecessor(),
+            ),
             #[cfg(feature = "tls")]
             tls: self.tls,
         });
@@ -405,7 +420,10 @@ impl Server {
         }
         shutdown.register_listeners(dups)?;
         if ctx.limits.movable {
-            shutdown.take_connections(&ctx.names, handover::taker(&ctx, kinds));
+            shutdown.take_connections(handover::Link::start(&ctx, kinds));
+        } else {
+            // Nothing comes to it, but the previous generation's totals and keys do.
+            shutdown.start_inbound();
         }
         for (index, (name, addr, accept, inherited)) in ready.into_iter().enumerate() {
             if inherited && shutdown.generation() > 1 {
@@ -442,6 +460,16 @@ impl Server {
         self.serve(service, shutdown)?;
         shutdown.run().await
     }
+}
+
+/// Raises the process's soft descriptor limit to its hard one, once (see
+/// `sys::raise_nofile_limit`): the default connection limit follows it.
+fn raise_descriptor_limit() {
+    static RAISED: std::sync::Once = std::sync::Once::new();
+    RAISED.call_once(|| match crate::sys::raise_nofile_limit() {
+        Ok(limit) => tracing::debug!(limit, "descriptor limit"),
+        Err(e) => warn!(error = %e, "cannot raise the descriptor limit to the hard limit"),
+    });
 }
 
 struct Ctx<S> {

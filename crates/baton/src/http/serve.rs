@@ -14,7 +14,7 @@ use tracing::debug;
 #[cfg(feature = "tls")]
 use super::Tls;
 use super::conn::{self, ConnIo, TrackedIo};
-use super::handover::hand_over;
+use super::handover;
 use super::slots::Slot;
 use super::{Ctx, HttpBody, HttpService, service};
 use crate::channel::Proto;
@@ -60,7 +60,7 @@ where
     let limits = ctx.limits;
     let (slot, io, handed) = match start {
         Start::Accepted => (
-            ctx.slots.take(),
+            ctx.slots.take(listener),
             TrackedIo::new(io, |fd| tracker.register_with(fd, limits)),
             None,
         ),
@@ -69,7 +69,7 @@ where
             bytes,
             history,
         } => (
-            ctx.slots.take(),
+            ctx.slots.take_promised(listener),
             TrackedIo::new(io, |fd| tracker.register_taken_over(fd, limits, history)),
             Some((proto, bytes)),
         ),
@@ -236,19 +236,33 @@ where
         None => {}
     }
     // The drain started before the first request: move to the next generation with
-    // what was read of it, or wait a grace for it.
-    if shared.moves()
-        && hand_over(
-            io.socket(),
-            shared,
-            Proto::Unknown,
-            preface.bytes(),
-            ctx,
-            listener,
-        )
-        .await
-    {
-        return None;
+    // what was read of it, once a slot is kept for it there; if the request comes
+    // first, serve it here (it moves after its response). Else wait a grace for it.
+    if let Some(credit) = handover::credit(ctx, shared, listener) {
+        let permit = tokio::select! {
+            biased;
+            res = std::future::poll_fn(|cx| preface.poll_read(io, cx)) => return res.ok().flatten(),
+            () = &mut forced => {
+                shared.mark_forced();
+                return None;
+            }
+            permit = credit.acquire_owned() => permit,
+        };
+        // Without a permit, the next generation is gone: drain here.
+        if let Ok(permit) = permit
+            && handover::hand_over(
+                io.socket(),
+                shared,
+                Proto::Unknown,
+                preface.bytes(),
+                ctx,
+                listener,
+                permit,
+            )
+            .await
+        {
+            return None;
+        }
     }
     let mut seen = shared.activity().reads;
     loop {
@@ -299,7 +313,7 @@ async fn serve_h2<IO, S, B>(
         draining,
         forced,
         ctx.idle_grace,
-        || false,
+        || None,
     )
     .await;
     if let conn::Ended::Done(Err(e)) = ended {
@@ -333,12 +347,11 @@ where
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let moves = || {
-            may_move
-                && shared.moves()
-                && ctx
-                    .shutdown
-                    .successor()
-                    .is_some_and(|s| s.takes(&ctx.names[listener]))
+            if may_move {
+                handover::credit(ctx, shared, listener)
+            } else {
+                None
+            }
         };
         let ended = conn::drive(
             Pin::new(&mut conn),
@@ -350,14 +363,17 @@ where
             moves,
         )
         .await;
-        if !matches!(ended, conn::Ended::Detached) {
-            drop(conn);
-            conn::note_upgrade(shared, &ended);
-            if let conn::Ended::Done(Err(e)) = ended {
-                debug!(error = %e, "connection ended with an error");
+        let permit = match ended {
+            conn::Ended::Detached(permit) => permit,
+            ended => {
+                drop(conn);
+                conn::note_upgrade(shared, &ended);
+                if let conn::Ended::Done(Err(e)) = ended {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return None;
             }
-            return None;
-        }
+        };
         // In a block: what is left of hyper's connection (its read buffer, the service)
         // is freed here.
         let (inner, buffered) = {
@@ -372,17 +388,22 @@ where
             // Parked (idle long enough): the connection's task keeps the bare socket.
             return Some((inner, buffered));
         }
-        if may_move
-            && shared.moves()
-            && Box::pin(hand_over(
-                inner.socket(),
-                shared,
-                Proto::Http1,
-                &buffered,
-                ctx,
-                listener,
-            ))
-            .await
+        // Parked just as the drain started: no permit yet; served again, it waits for
+        // one (or serves on here) like any connection.
+        let Some(permit) = permit else {
+            io = conn::Rewind::new(inner, Bytes::from(buffered));
+            continue;
+        };
+        if Box::pin(handover::hand_over(
+            inner.socket(),
+            shared,
+            Proto::Http1,
+            &buffered,
+            ctx,
+            listener,
+            permit,
+        ))
+        .await
         {
             shared.mark_handed_over();
             return None;
@@ -421,7 +442,7 @@ mod tests {
             idle_grace: DEFAULT_IDLE_GRACE,
             limits: crate::tracker::Limits::default(),
             names: vec!["http".into()],
-            slots: slots::Slots::new(16),
+            slots: slots::Slots::new(16, 1, false),
             tls: None,
             lot: None,
         });

@@ -2,10 +2,13 @@
 //! from the previous generation (connections and totals come in) and the one to the
 //! next (connections and totals go out).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::Shutdown;
@@ -13,38 +16,113 @@ use crate::channel::{self, Channel, Message, Proto, Totals};
 use crate::sync::lock;
 use crate::tracker::History;
 
-/// Serves a connection received from the previous generation: its listener, its socket,
-/// what was known of it, what it carries on, and the bytes read from it but not served
-/// yet.
-pub(crate) type Sink = Arc<dyn Fn(&str, OwnedFd, Proto, History, Vec<u8>) + Send + Sync>;
+/// A server's part in the hand-over of open connections, both ways: implemented by the
+/// HTTP servers, called by the channel's readers.
+pub(crate) trait Mover: Send + Sync {
+    /// The listeners whose connections it takes (and passes on).
+    fn listeners(&self) -> &[String];
+    /// Serves a connection received from the previous generation: its listener, its
+    /// socket, what was known of it, what it carries on, and the bytes read from it but
+    /// not served yet.
+    fn take(&self, listener: &str, fd: OwnedFd, proto: Proto, history: History, buffered: Vec<u8>);
+    /// The previous generation still holds `count` connections of `listener` that may
+    /// come: keep slots for them (and send credit, see [`Shutdown::send_room`]).
+    fn coming(&self, listener: &str, count: u32);
+    /// The previous generation sends nothing more (it is gone, or it never said what it
+    /// holds): no slot is kept for it, accepting goes on.
+    fn nothing_more_coming(&self);
+    /// This generation's open connections of `listener` that may move on.
+    fn open(&self, listener: &str) -> u32;
+}
+
+/// The generation channel's state in the coordinator: both ends, what came through
+/// them, and the servers that take and pass on connections.
+pub(super) struct Links {
+    inbound: Mutex<Inbound>,
+    inbound_channel: Mutex<Option<Arc<Channel>>>,
+    /// The previous generation said what it holds (a `Moving` came): its connections
+    /// have slots kept; without that, accepting is held for a while only.
+    predecessor_spoke: AtomicBool,
+    /// The totals the previous generations last reported.
+    inherited_totals: Mutex<Totals>,
+    /// How many reports of them came (and one more when the channel closed).
+    totals_seen: watch::Sender<u64>,
+    /// Reads the channel to the next generation (its credit, its requests for the
+    /// totals, the end of its probation) and keeps it told what may still move.
+    outbound_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    outbound: Mutex<Option<Arc<Outbound>>>,
+    /// A worker's link to its master, on which the master passes the channel to the
+    /// worker replacing it (see `MasterBuilder::hand_over`).
+    master_link: Mutex<Option<OwnedFd>>,
+    /// This process's servers that take and pass on connections.
+    movers: Mutex<Vec<Arc<dyn Mover>>>,
+}
+
+impl Links {
+    pub(super) fn new() -> Links {
+        Links {
+            inbound: Mutex::new(Inbound {
+                fd: inherited(),
+                ..Inbound::default()
+            }),
+            inbound_channel: Mutex::new(None),
+            predecessor_spoke: AtomicBool::new(false),
+            inherited_totals: Mutex::new(Totals::default()),
+            totals_seen: watch::Sender::new(0),
+            outbound_task: Mutex::new(None),
+            outbound: Mutex::new(None),
+            master_link: Mutex::new(master_link()),
+            movers: Mutex::new(Vec::new()),
+        }
+    }
+}
 
 /// The channel from the previous generation.
 #[derive(Default)]
-pub(super) struct Inbound {
+struct Inbound {
     /// Until the first server takes connections: the inherited descriptor.
     fd: Option<OwnedFd>,
     started: bool,
-    sinks: HashMap<String, Sink>,
+    by_listener: HashMap<String, Arc<dyn Mover>>,
+}
+
+/// Where the next generation stands, as its predecessor sees it through the channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Successor {
+    /// It serves; this generation's probation runs.
+    Serving,
+    /// It handed over in turn, or shuts down: the probation is over.
+    MovedOn,
+    /// Its end of the channel closed: it exited (or closed it, which it does only as
+    /// it ends).
+    Gone,
 }
 
 /// The channel to the generation this one handed over to.
 #[derive(Debug)]
 pub(crate) struct Outbound {
     pub(crate) channel: Channel,
-    /// The listeners whose connections it takes.
-    takes: HashSet<String>,
+    /// The listeners whose connections it takes, with the credit it gave for them: a
+    /// connection is sent only on a permit (see `Message::Room`).
+    credit: HashMap<String, Arc<Semaphore>>,
+    pub(crate) state: watch::Sender<Successor>,
 }
 
 impl Outbound {
     pub(crate) fn takes(&self, listener: &str) -> bool {
-        self.takes.contains(listener)
+        self.credit.contains_key(listener)
+    }
+
+    /// The credit for `listener`'s connections, if it takes them.
+    pub(crate) fn credit(&self, listener: &str) -> Option<Arc<Semaphore>> {
+        self.credit.get(listener).cloned()
     }
 }
 
 /// The channel passed to this process by the previous generation, if any: taken once,
 /// as early as possible (close-on-exec from then on, so nothing this process starts
 /// inherits it).
-pub(super) fn inherited() -> Option<OwnedFd> {
+fn inherited() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     adopt(
         &TAKEN,
@@ -55,7 +133,7 @@ pub(super) fn inherited() -> Option<OwnedFd> {
 
 /// A worker's link to its master (see `MasterBuilder::hand_over`), if it has one: taken
 /// once, like the channel.
-pub(super) fn master_link() -> Option<OwnedFd> {
+fn master_link() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     adopt(
         &TAKEN,
@@ -84,20 +162,21 @@ fn adopt(taken: &std::sync::atomic::AtomicBool, var: &str, without: &str) -> Opt
     }
 }
 
-impl Inbound {
-    pub(super) fn new(fd: Option<OwnedFd>) -> Mutex<Inbound> {
-        Mutex::new(Inbound {
-            fd,
-            ..Inbound::default()
-        })
-    }
-}
-
 impl Shutdown {
+    fn links(&self) -> &Links {
+        &self.inner.links
+    }
+
+    /// Whether this process was started with a channel from a previous generation.
+    pub(crate) fn has_predecessor(&self) -> bool {
+        let inbound = lock(&self.links().inbound);
+        inbound.fd.is_some() || lock(&self.links().inbound_channel).is_some()
+    }
+
     /// Starts reading the channel from the previous generation, if there is one (once;
     /// by the first server that starts, or by `run`). Call within the runtime.
-    pub(super) fn start_inbound(&self) {
-        let mut inbound = lock(&self.inner.inbound);
+    pub(crate) fn start_inbound(&self) {
+        let mut inbound = lock(&self.links().inbound);
         self.start_inbound_locked(&mut inbound);
     }
 
@@ -116,12 +195,12 @@ impl Shutdown {
                 return;
             }
         };
-        // What the previous generation sent before this one started (the TLS keys),
-        // taken before anything is served.
+        // What the previous generation sent before this one started (the TLS keys, its
+        // totals), taken before anything is served.
         for (message, _) in channel.drain_now() {
             self.take_early(message);
         }
-        *lock(&self.inner.inbound_channel) = Some(Arc::clone(&channel));
+        *lock(&self.links().inbound_channel) = Some(Arc::clone(&channel));
         tokio::spawn(receive(self.clone(), channel));
     }
 
@@ -134,42 +213,97 @@ impl Shutdown {
                 );
             }
             Message::Totals { totals, .. } => {
-                lock(&self.inner.inherited_totals).update(totals);
-                self.inner.totals_seen.send_modify(|n| *n += 1);
+                lock(&self.links().inherited_totals).update(totals);
+                self.links().totals_seen.send_modify(|n| *n += 1);
             }
             _ => {}
         }
     }
 
-    /// Called by a server of this generation as it starts: its `listeners` take the open
-    /// connections of the previous generation, served by `sink`. Tells the previous
-    /// generation (before this one reports ready); does nothing for a first generation.
-    pub(crate) fn take_connections(&self, listeners: &[String], sink: Sink) {
-        let mut inbound = lock(&self.inner.inbound);
+    /// Called by a server of this generation as it starts: it takes the open
+    /// connections of the previous generation for its listeners, and passes its own on
+    /// at a hand-over. Tells the previous generation (before this one reports ready).
+    /// Without a previous generation, the server accepts at once.
+    pub(crate) fn take_connections(&self, mover: Arc<dyn Mover>) {
+        lock(&self.links().movers).push(Arc::clone(&mover));
+        let mut inbound = lock(&self.links().inbound);
         self.start_inbound_locked(&mut inbound);
-        for name in listeners {
-            inbound.sinks.insert(name.clone(), Arc::clone(&sink));
+        for name in mover.listeners() {
+            inbound.by_listener.insert(name.clone(), Arc::clone(&mover));
         }
-        let Some(channel) = lock(&self.inner.inbound_channel).clone() else {
+        drop(inbound);
+        let Some(channel) = lock(&self.links().inbound_channel).clone() else {
+            mover.nothing_more_coming();
             return;
         };
         // Sent now, not from a task: it must be in the channel before this generation
         // reports ready, when the previous one reads it (the channel is empty at this
         // point, nothing else goes this way, so it fits at once).
-        if let Err(e) = channel.try_send(&Message::Takes(listeners.to_vec())) {
+        if let Err(e) = channel.try_send(&Message::Takes(mover.listeners().to_vec())) {
             warn!(error = %e, "cannot tell the previous generation which listeners take connections; they drain there");
+            mover.nothing_more_coming();
+        }
+    }
+
+    /// Sends the previous generation credit for `n` more connections of `listener`
+    /// (see `Message::Room`).
+    pub(crate) async fn send_room(&self, listener: &str, n: u32) {
+        let Some(channel) = lock(&self.links().inbound_channel).clone() else {
+            return;
+        };
+        let room = Message::Room {
+            listener: listener.to_owned(),
+            n,
+        };
+        if let Err(e) = channel.send(&room, &[]).await {
+            debug!(error = %e, "cannot send credit to the previous generation");
+        }
+    }
+
+    /// After this generation reported ready: if the previous generation has not said
+    /// what it holds within a while (one of another version says nothing), this one's
+    /// servers stop keeping room for it and accept.
+    pub(super) fn wait_for_predecessor(&self) {
+        if lock(&self.links().inbound_channel).is_none() {
+            return;
+        }
+        let shutdown = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(PREDECESSOR_WAIT).await;
+            if !shutdown.links().predecessor_spoke.load(Ordering::Acquire) {
+                debug!("the previous generation said nothing of its connections: accepting");
+                for mover in lock(&shutdown.links().movers).iter() {
+                    mover.nothing_more_coming();
+                }
+            }
+        });
+    }
+
+    /// Tells the previous generation, if it still waits on this one (its probation),
+    /// that it can go: this one hands over in turn, or shuts down.
+    pub(crate) fn release_predecessor(&self) {
+        if let Some(channel) = lock(&self.links().inbound_channel).clone() {
+            let _ = channel.try_send(&Message::ProbationOver);
         }
     }
 
     /// The channel to the next generation and the listeners it takes connections of,
     /// once this generation handed over (`None` before).
     pub(crate) fn successor(&self) -> Option<Arc<Outbound>> {
-        lock(&self.inner.outbound).clone()
+        lock(&self.links().outbound).clone()
+    }
+
+    /// This generation's part in its predecessor's probation is over (see
+    /// `release_predecessor`); its successor's state (`None` without one).
+    pub(crate) fn successor_state(&self) -> Option<watch::Receiver<Successor>> {
+        self.successor().map(|o| o.state.subscribe())
     }
 
     /// After the next generation said it is ready: reads which listeners it takes
-    /// connections of (it said so before it was ready) and keeps the channel for the
-    /// hand-over. Returns how many listeners it takes.
+    /// connections of (it said so before it was ready), keeps the channel for the
+    /// hand-over, tells it how many connections may come, and from then on reads what it
+    /// sends (credit, requests for the totals, the end of the probation). Returns how
+    /// many listeners it takes.
     pub(super) fn connect_successor(&self, ours: OwnedFd) -> usize {
         let channel = match Channel::new(ours) {
             Ok(c) => c,
@@ -178,14 +312,25 @@ impl Shutdown {
                 return 0;
             }
         };
-        let mut takes = HashSet::new();
+        let mut credit = HashMap::new();
         for (message, _) in channel.drain_now() {
             if let Message::Takes(names) = message {
-                takes.extend(names);
+                for name in names {
+                    credit.insert(name, Arc::new(Semaphore::new(0)));
+                }
             }
         }
-        let n = takes.len();
-        *lock(&self.inner.outbound) = Some(Arc::new(Outbound { channel, takes }));
+        let n = credit.len();
+        let outbound = Arc::new(Outbound {
+            channel,
+            credit,
+            state: watch::Sender::new(Successor::Serving),
+        });
+        *lock(&self.links().outbound) = Some(Arc::clone(&outbound));
+        let task = tokio::spawn(follow_successor(self.clone(), outbound));
+        if let Some(old) = lock(&self.links().outbound_task).replace(task) {
+            old.abort();
+        }
         n
     }
 
@@ -193,7 +338,7 @@ impl Shutdown {
     /// the worker that replaces it (a reload); if so, it is connected as after a
     /// restart of its own, and the drain is a hand-over to that worker.
     pub(super) fn successor_from_master(&self) -> Option<crate::Restarted> {
-        let link = lock(&self.inner.master_link).take()?;
+        let link = lock(&self.links().master_link).take()?;
         let link = match Channel::new(link) {
             Ok(c) => c,
             Err(e) => {
@@ -229,23 +374,15 @@ impl Shutdown {
         None
     }
 
-    /// Once the restart is counted: sends the totals to the next generation now, and
-    /// whenever it asks (its admin endpoints ask before they answer, while this one
-    /// drains); the last ones when this one is done (`report_end`).
+    /// Once the restart is counted: sends the totals to the next generation now (it
+    /// asks again whenever it answers for them, and gets the last ones at this one's
+    /// end, `report_end`).
     pub(super) fn start_reporting(&self) {
         let Some(to) = self.successor() else {
             return;
         };
         let shutdown = self.clone();
-        let reporter = tokio::spawn(async move {
-            shutdown.send_totals(&to, false).await;
-            while let Ok(Some((message, _))) = to.channel.recv().await {
-                if message == Message::TotalsPlease {
-                    shutdown.send_totals(&to, false).await;
-                }
-            }
-        });
-        *lock(&self.inner.totals_reporter) = Some(reporter);
+        tokio::spawn(async move { shutdown.send_totals(&to, false).await });
     }
 
     /// Sends this generation's totals (with those of the ones before it) to the next.
@@ -263,12 +400,21 @@ impl Shutdown {
 
     /// After the drain of a hand-over: the last totals to the next generation.
     pub(super) async fn report_end(&self) {
-        if let Some(reporter) = lock(&self.inner.totals_reporter).take() {
-            reporter.abort();
+        if let Some(task) = lock(&self.links().outbound_task).take() {
+            task.abort();
         }
         if let Some(to) = self.successor() {
             let _ = tokio::time::timeout(TOTALS_WAIT, self.send_totals(&to, true)).await;
         }
+    }
+
+    /// How many connections of `listener` this process holds that may move on.
+    fn movable(&self, listener: &str) -> u32 {
+        lock(&self.links().movers)
+            .iter()
+            .filter(|m| m.listeners().iter().any(|l| l == listener))
+            .map(|m| m.open(listener))
+            .sum()
     }
 
     /// The connections of the whole service: this generation's and those of the ones
@@ -288,7 +434,7 @@ impl Shutdown {
         // where they closed.
         own_t.0[0] = own.accepted.saturating_sub(own.taken_over);
         own_t.0[6] = own.closed.saturating_sub(own.handed_over);
-        let base = *lock(&self.inner.inherited_totals);
+        let base = *lock(&self.links().inherited_totals);
         let mut sum = Totals::default();
         for (i, slot) in sum.0.iter_mut().enumerate() {
             *slot = base.0[i].saturating_add(own_t.0[i]);
@@ -303,7 +449,7 @@ impl Shutdown {
     /// [`restart_stats`](Shutdown::restart_stats) is this generation's alone.
     pub fn restart_stats_all_generations(&self) -> crate::RestartStats {
         let mut r = self.restart_stats();
-        lock(&self.inner.inherited_totals).add_restarts(&mut r);
+        lock(&self.links().inherited_totals).add_restarts(&mut r);
         r
     }
 
@@ -313,10 +459,10 @@ impl Shutdown {
     /// everything it counted until now. At once for a first generation, or once the
     /// previous one is gone (its last totals came with its end).
     pub async fn totals_settled(&self) {
-        let Some(channel) = lock(&self.inner.inbound_channel).clone() else {
+        let Some(channel) = lock(&self.links().inbound_channel).clone() else {
             return;
         };
-        let mut rx = self.inner.totals_seen.subscribe();
+        let mut rx = self.links().totals_seen.subscribe();
         let seen = *rx.borrow_and_update();
         if channel.send(&Message::TotalsPlease, &[]).await.is_err() {
             return;
@@ -326,7 +472,67 @@ impl Shutdown {
 }
 
 /// How long the next generation waits for the totals at most.
-const TOTALS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const TOTALS_WAIT: Duration = Duration::from_secs(1);
+/// How long after its ready a new generation keeps room for the previous generation's
+/// connections without a word from it.
+const PREDECESSOR_WAIT: Duration = Duration::from_secs(2);
+/// How often a generation that handed over tells the next how many connections may
+/// still come.
+const MOVING_EVERY: Duration = Duration::from_millis(200);
+
+/// Reads what the next generation sends (credit, requests for the totals, the end of
+/// this one's probation, its end), and tells it how many connections may still come:
+/// at once, then whenever that changes.
+async fn follow_successor(shutdown: Shutdown, to: Arc<Outbound>) {
+    let mut told: HashMap<String, u32> = HashMap::new();
+    let mut tick = tokio::time::interval(MOVING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            received = to.channel.recv() => match received {
+                Ok(Some((Message::Room { listener, n }, _))) => {
+                    if let Some(credit) = to.credit.get(&listener) {
+                        credit.add_permits(n as usize);
+                    }
+                }
+                Ok(Some((Message::TotalsPlease, _))) => shutdown.send_totals(&to, false).await,
+                Ok(Some((Message::ProbationOver, _))) => {
+                    to.state.send_if_modified(|s| {
+                        let moved_on = *s == Successor::Serving;
+                        if moved_on {
+                            *s = Successor::MovedOn;
+                        }
+                        moved_on
+                    });
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => {
+                    to.state.send_replace(Successor::Gone);
+                    // Nothing more can move: wake every connection waiting for credit.
+                    for credit in to.credit.values() {
+                        credit.close();
+                    }
+                    return;
+                }
+            },
+            _ = tick.tick() => {
+                for listener in to.credit.keys() {
+                    let count = shutdown.movable(listener);
+                    if told.get(listener) == Some(&count) {
+                        continue;
+                    }
+                    let moving = Message::Moving {
+                        listener: listener.clone(),
+                        count,
+                    };
+                    if to.channel.send(&moving, &[]).await.is_ok() {
+                        told.insert(listener.clone(), count);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Receives what the previous generation sends until it closes its end (it exited).
 ///
@@ -361,26 +567,46 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                     warn!(%listener, "a connection message from the previous generation without its socket");
                     continue;
                 };
-                let sink = lock(&shutdown.inner.inbound).sinks.get(&listener).cloned();
-                match sink {
-                    Some(sink) => {
+                let mover = lock(&shutdown.links().inbound)
+                    .by_listener
+                    .get(&listener)
+                    .cloned();
+                match mover {
+                    Some(mover) => {
                         taken += 1;
-                        sink(&listener, fd, proto, history, buffered);
+                        mover.take(&listener, fd, proto, history, buffered);
                     }
                     None => {
                         warn!(%listener, "a connection of a listener this generation does not serve: closed");
                     }
                 }
             }
+            Ok(Some((Message::Moving { listener, count }, _))) => {
+                shutdown
+                    .links()
+                    .predecessor_spoke
+                    .store(true, Ordering::Release);
+                let mover = lock(&shutdown.links().inbound)
+                    .by_listener
+                    .get(&listener)
+                    .cloned();
+                if let Some(mover) = mover {
+                    mover.coming(&listener, count);
+                }
+            }
             Ok(Some((Message::Totals { totals, last }, _))) => {
-                lock(&shutdown.inner.inherited_totals).update(totals);
-                shutdown.inner.totals_seen.send_modify(|n| *n += 1);
+                lock(&shutdown.links().inherited_totals).update(totals);
+                shutdown.links().totals_seen.send_modify(|n| *n += 1);
                 if last {
                     debug!("the previous generation sent its last totals");
                 }
             }
             Ok(Some((
-                Message::Takes(_) | Message::TotalsPlease | Message::Successor { .. },
+                Message::Takes(_)
+                | Message::TotalsPlease
+                | Message::Successor { .. }
+                | Message::Room { .. }
+                | Message::ProbationOver,
                 _,
             ))) => {}
             Ok(Some((message @ Message::Keys(_), _))) => shutdown.take_early(message),
@@ -398,10 +624,13 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
     }
     // Gone: nothing of it is open any more, whatever it last said; the channel is
     // closed here too.
-    *lock(&shutdown.inner.inbound_channel) = None;
+    *lock(&shutdown.links().inbound_channel) = None;
     drop(channel);
-    lock(&shutdown.inner.inherited_totals).gone();
-    shutdown.inner.totals_seen.send_modify(|n| *n += 1);
+    for mover in lock(&shutdown.links().movers).iter() {
+        mover.nothing_more_coming();
+    }
+    lock(&shutdown.links().inherited_totals).gone();
+    shutdown.links().totals_seen.send_modify(|n| *n += 1);
     if taken > 0 {
         info!(
             pid = std::process::id(),

@@ -39,7 +39,7 @@ pub use builder::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
     ShutdownBuilder,
 };
-pub(crate) use generations::Sink;
+pub(crate) use generations::{Mover, Successor};
 pub use restart::{LastRestart, RestartRequest, RestartStats};
 
 type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -110,20 +110,8 @@ struct Inner {
     started: std::time::Instant,
     /// Why this generation drains, set before the drain starts.
     drain_cause: std::sync::OnceLock<DrainCause>,
-    /// The generation channel from the previous generation.
-    inbound: Mutex<generations::Inbound>,
-    inbound_channel: Mutex<Option<Arc<crate::channel::Channel>>>,
-    /// The totals the previous generations last reported.
-    inherited_totals: Mutex<crate::channel::Totals>,
-    /// How many reports of them came (and one more when the channel closed).
-    totals_seen: tokio::sync::watch::Sender<u64>,
-    /// Sends this generation's totals to the next while it drains.
-    totals_reporter: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The generation channel to the next generation, once handed over.
-    outbound: Mutex<Option<Arc<generations::Outbound>>>,
-    /// A worker's link to its master, on which the master passes the channel to the
-    /// worker replacing it (see `MasterBuilder::hand_over`).
-    master_link: Mutex<Option<std::os::fd::OwnedFd>>,
+    /// The generation channel, both ways.
+    links: generations::Links,
 }
 
 struct Pending {
@@ -211,13 +199,7 @@ impl Shutdown {
                 restarts: Mutex::new(RestartStats::default()),
                 started: std::time::Instant::now(),
                 drain_cause: std::sync::OnceLock::new(),
-                inbound: generations::Inbound::new(generations::inherited()),
-                master_link: Mutex::new(generations::master_link()),
-                inbound_channel: Mutex::new(None),
-                inherited_totals: Mutex::new(crate::channel::Totals::default()),
-                totals_seen: tokio::sync::watch::Sender::new(0),
-                totals_reporter: Mutex::new(None),
-                outbound: Mutex::new(None),
+                links: generations::Links::new(),
             }),
         }
     }
@@ -491,6 +473,7 @@ impl Shutdown {
         crate::activation::close_unclaimed();
         self.start_inbound();
         let taken_over = self.announce_ready()?;
+        self.wait_for_predecessor();
         let mut commands = pending.commands;
         if !taken_over {
             // The previous generation gave up on this one and serves on: leave, with

@@ -289,10 +289,12 @@ pub(crate) fn send_nonblocking_with_fds(
 /// Receives one message of a Unix seqpacket or datagram socket into `buf`, without
 /// blocking, with the descriptors attached to it (close-on-exec); at most `MAX_FDS`
 /// are kept, more are closed. `Ok(None)` when the peer closed its end.
+///
+/// The `bool` says the kernel had to drop descriptors (`MSG_CTRUNC`: none was free).
 pub(crate) fn recv_with_fds(
     sock: BorrowedFd<'_>,
     buf: &mut [u8],
-) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+) -> io::Result<Option<(usize, Vec<OwnedFd>, bool)>> {
     const MAX_FDS: usize = 4;
     let payload = (MAX_FDS * std::mem::size_of::<RawFd>()) as u32;
     // SAFETY: CMSG_SPACE computes a size from an integer.
@@ -347,7 +349,44 @@ pub(crate) fn recv_with_fds(
             "a message longer than the buffer (cut)",
         ));
     }
-    Ok(Some((n as usize, fds)))
+    Ok(Some((
+        n as usize,
+        fds,
+        msg.msg_flags & libc::MSG_CTRUNC != 0,
+    )))
+}
+
+/// A descriptor held in reserve (`/dev/null`, close-on-exec): closed just before a
+/// receive that may bring a socket, so that one descriptor is always free for it.
+pub(crate) fn spare_fd() -> io::Result<OwnedFd> {
+    std::fs::File::open("/dev/null").map(OwnedFd::from)
+}
+
+/// Raises this process's soft limit of open descriptors to its hard limit (as nginx's
+/// `worker_rlimit_nofile` and systemd do for services): the default soft limit (1,024)
+/// is a compatibility setting for `select(2)`, which nothing here uses. Returns the
+/// limit now in force.
+pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads one struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(limit.rlim_max);
+    }
+    Ok(limit.rlim_cur)
 }
 
 fn send_message(
