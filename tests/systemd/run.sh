@@ -8,7 +8,9 @@
 # from target/debug/examples). For each unit: reloads under load (0 failed, the main PID
 # follows each new generation where it changes), a stop with a request in flight (it is
 # answered, the unit ends `Result=success`), and a reload followed by a stop while the
-# old generation still drains (the same). Exit status 0 only if every check passed.
+# old generation still drains (the same). First, every unit file of docs/systemd/ and
+# every unit snippet of README.md through `systemd-analyze verify` (units.sh). Exit
+# status 0 only if every check passed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -55,6 +57,13 @@ install_unit() {
 }
 STATE_DIR=$(mktemp -d)
 trap 'cleanup; rm -rf "$STATE_DIR"' EXIT
+
+# 0. The unit files as this systemd parses them, before any is run: every unit snippet
+#    of README.md and every file of docs/systemd/ through `systemd-analyze verify`, no
+#    warning about them allowed (a comment after a value is "ignoring"d with exit 0);
+#    each snippet the same as a tested file (units.sh).
+. tests/systemd/units.sh
+check_units README.md
 
 wait_answers() { # port, bounded
   local i
