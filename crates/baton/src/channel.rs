@@ -153,7 +153,7 @@ impl Totals {
 }
 
 /// The kinds of failed restarts carried over (`RestartFailure::kind`).
-pub(crate) const RESTART_FAILURES: [&str; 8] = [
+pub(crate) const RESTART_FAILURES: [&str; 9] = [
     "executable",
     "spawn",
     "exited",
@@ -162,6 +162,7 @@ pub(crate) const RESTART_FAILURES: [&str; 8] = [
     "busy",
     "draining",
     "master",
+    "died",
 ];
 
 /// One message of the channel.
@@ -200,6 +201,12 @@ pub(crate) enum Message {
     /// Successor to predecessor: it hands over in turn, or shuts down: the
     /// predecessor's probation is over (see `ShutdownBuilder::probation`).
     ProbationOver,
+    /// Master to a worker (on its link): the worker of generation `generation`, PID
+    /// `pid`, serves now and its probation runs: stop accepting, keep the connections.
+    Standby { pid: u32, generation: u32 },
+    /// Master to the worker standing by: the new one died in its probation: accept
+    /// again, serve on.
+    Resume,
 }
 
 const TAKES: u8 = b'T';
@@ -211,6 +218,8 @@ const SUCCESSOR: u8 = b'S';
 const MOVING: u8 = b'M';
 const ROOM: u8 = b'R';
 const PROBATION_OVER: u8 = b'P';
+const STANDBY: u8 = b'B';
+const RESUME: u8 = b'U';
 
 impl Message {
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -261,6 +270,12 @@ impl Message {
                 out.extend_from_slice(listener.as_bytes());
             }
             Message::ProbationOver => out.push(PROBATION_OVER),
+            Message::Standby { pid, generation } => {
+                out.push(STANDBY);
+                out.extend_from_slice(&pid.to_le_bytes());
+                out.extend_from_slice(&generation.to_le_bytes());
+            }
+            Message::Resume => out.push(RESUME),
             Message::Totals { totals, last } => {
                 out.push(TOTALS);
                 out.push(u8::from(*last));
@@ -344,6 +359,11 @@ impl Message {
                 })
             }
             PROBATION_OVER if rest.is_empty() => Some(Message::ProbationOver),
+            RESUME if rest.is_empty() => Some(Message::Resume),
+            STANDBY if rest.len() == 8 => Some(Message::Standby {
+                pid: u32::from_le_bytes(rest[..4].try_into().ok()?),
+                generation: u32::from_le_bytes(rest[4..].try_into().ok()?),
+            }),
             SUCCESSOR if rest.len() == 8 => Some(Message::Successor {
                 pid: u32::from_le_bytes(rest[..4].try_into().ok()?),
                 generation: u32::from_le_bytes(rest[4..].try_into().ok()?),
@@ -472,6 +492,32 @@ impl Channel {
         }
     }
 
+    /// Waits until something can be read (a message, or the other end's close).
+    pub(crate) async fn when_readable(&self) -> io::Result<()> {
+        let mut guard = self.fd.readable().await?;
+        // Cleared before the caller reads: what comes after is a new edge.
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// The messages already waiting, without waiting for more, and whether the other
+    /// end is closed.
+    pub(crate) fn drain_now_or_closed(&self) -> (Vec<(Message, Vec<OwnedFd>)>, bool) {
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let mut got = Vec::new();
+        loop {
+            match self.recv_now(&mut buf) {
+                Ok(Some((n, fds))) => {
+                    if let Some(message) = Message::decode(&buf[..n]) {
+                        got.push((message, fds));
+                    }
+                }
+                Ok(None) => return (got, true),
+                Err(_) => return (got, false),
+            }
+        }
+    }
+
     /// The messages already waiting, without waiting for more.
     pub(crate) fn drain_now(&self) -> Vec<(Message, Vec<OwnedFd>)> {
         let mut buf = vec![0u8; MAX_MESSAGE];
@@ -509,6 +555,11 @@ mod tests {
                 n: 3,
             },
             Message::ProbationOver,
+            Message::Standby {
+                pid: 77,
+                generation: 3,
+            },
+            Message::Resume,
             Message::Conn {
                 listener: "http-2".into(),
                 proto: Proto::Http1,

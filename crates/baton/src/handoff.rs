@@ -56,6 +56,14 @@ pub enum RestartFailure {
     /// This process is a master's worker: the master carried out the restart, and it
     /// failed (or could not be asked).
     Master(String),
+    /// The new generation was ready, then died within its probation: the previous one
+    /// resumed and serves on.
+    DiedInProbation {
+        /// Its PID.
+        pid: u32,
+        /// How long after its ready it died.
+        after: Duration,
+    },
 }
 
 impl RestartFailure {
@@ -70,6 +78,7 @@ impl RestartFailure {
             RestartFailure::Busy(_) => "busy",
             RestartFailure::Draining { .. } => "draining",
             RestartFailure::Master(_) => "master",
+            RestartFailure::DiedInProbation { .. } => "died",
         }
     }
 }
@@ -101,6 +110,11 @@ impl fmt::Display for RestartFailure {
             ),
             RestartFailure::Busy(what) => write!(f, "{what}"),
             RestartFailure::Master(why) => write!(f, "the master's reload failed: {why}"),
+            RestartFailure::DiedInProbation { pid, after } => write!(
+                f,
+                "the new generation (pid {pid}) died {:.1} s after it was ready, within its probation; the previous generation resumed",
+                after.as_secs_f64()
+            ),
         }
     }
 }

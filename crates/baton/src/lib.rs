@@ -88,8 +88,9 @@ pub use hook::{HookOutcome, HookReport};
 pub use listener::{IntoListenAddr, ListenAddr, Listener, ListenerInfo, default_listener_name};
 pub use report::{Forced, Report};
 pub use shutdown::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
-    DrainCause, LastRestart, RestartRequest, RestartStats, Shutdown, ShutdownBuilder,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_PROBATION,
+    DEFAULT_READY_TIMEOUT, DrainCause, LastRestart, RestartRequest, RestartStats, Shutdown,
+    ShutdownBuilder,
 };
 pub use signal::{Action, Preset, Signal, SignalMap};
 pub use tracker::{ConnectionStats, Phase};

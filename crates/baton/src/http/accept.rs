@@ -122,11 +122,21 @@ pub(super) async fn accept_loop<A: Accept, S, B>(
     tokio::pin!(draining);
     let mut last_complaint: Option<Instant> = None;
     let tracker = ctx.shutdown.tracker();
+    let mut paused = tracker.paused();
     loop {
         // A cheap check first: under a steady stream of connections `accept` is always
         // ready and the `draining` future below would never be polled.
         if tracker.phase() >= Phase::Draining {
             break;
+        }
+        // Paused (the probation after a restart: the new generation accepts, this one
+        // stands by with its listener): wait to resume, or for the drain.
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                biased;
+                () = &mut draining => break,
+                _ = paused.wait_for(|p| !*p) => continue,
+            }
         }
         // At the connection limit, stop accepting: clients wait in the kernel's queue.
         // The drain first, in both waits: a slot freed by a connection that moved to
@@ -144,6 +154,7 @@ pub(super) async fn accept_loop<A: Accept, S, B>(
         let accepted = tokio::select! {
             biased;
             () = &mut draining => break,
+            _ = paused.changed() => continue,
             res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
         };
         match accepted {

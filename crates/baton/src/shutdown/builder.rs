@@ -16,6 +16,9 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new generation may take to report ready when none is configured.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the previous generation stands by after a restart when not configured (see
+/// [`ShutdownBuilder::probation`]).
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(2);
 /// How many generations may be alive at once when not configured: the serving one, the
 /// one being started, and two still draining.
 pub const DEFAULT_MAX_GENERATIONS: usize = 4;
@@ -30,6 +33,7 @@ pub struct ShutdownBuilder {
     pub(super) hooks: Vec<Hook>,
     pub(super) user_hooks: UserHooks,
     pub(super) ready_timeout: Duration,
+    pub(super) probation: Duration,
     pub(super) max_generations: usize,
     pub(super) pidfile: Option<PathBuf>,
     error: Option<Error>,
@@ -57,6 +61,7 @@ impl Default for ShutdownBuilder {
             hooks: Vec::new(),
             user_hooks: UserHooks::default(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            probation: DEFAULT_PROBATION,
             max_generations: DEFAULT_MAX_GENERATIONS,
             pidfile: None,
             error: None,
@@ -99,6 +104,25 @@ impl ShutdownBuilder {
     /// [`DEFAULT_READY_TIMEOUT`] (30 s); from 1 ms to 24 h.
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = timeout;
+        self
+    }
+
+    /// After a graceful restart, how long this generation stands by before it drains:
+    /// the probation of the new one. The new generation serves new connections from its
+    /// ready on; this one stops accepting but keeps its listening sockets and its open
+    /// connections (and serves them). If the new generation dies within the window (a
+    /// panic on its first real requests, an OOM kill), this one resumes accepting at
+    /// once and serves on, says so (log, service manager status, restart statistics,
+    /// and the error of [`Shutdown::restart`]), and only the connections the dead one
+    /// held are lost. At the end of the window (or sooner, when the new generation
+    /// restarts in turn or shuts down, or another restart is asked for), the new
+    /// generation becomes the main process (pidfile, `MAINPID=`) and this one drains,
+    /// its connections moving over. Default [`DEFAULT_PROBATION`] (2 s); up to 24 h;
+    /// zero turns it off (the drain starts at the new generation's ready, as nginx's
+    /// and HAProxy's reloads do, and a crash of the new generation after that is an
+    /// outage).
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
         self
     }
 
@@ -180,6 +204,7 @@ impl ShutdownBuilder {
         check_limit("drain timeout", self.drain_timeout)?;
         check_delay("drain delay", self.drain_delay)?;
         check_limit("ready timeout", self.ready_timeout)?;
+        check_delay("probation", self.probation)?;
         for signal in self.user_hooks.signals() {
             self.signals = self.signals.on(signal, Action::User)?;
         }

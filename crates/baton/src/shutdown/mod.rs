@@ -36,8 +36,8 @@ use builder::check_hook;
 use drain::{DrainKind, DrainPlan, Intake, Parts};
 
 pub use builder::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_READY_TIMEOUT,
-    ShutdownBuilder,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_PROBATION,
+    DEFAULT_READY_TIMEOUT, ShutdownBuilder,
 };
 pub(crate) use generations::{Mover, Successor};
 pub use restart::{LastRestart, RestartRequest, RestartStats};
@@ -95,6 +95,8 @@ struct Inner {
     listeners: Mutex<Vec<Passed>>,
     program: Program,
     ready_timeout: Duration,
+    /// See `ShutdownBuilder::probation`.
+    probation: Duration,
     max_generations: usize,
     pidfile: Option<PathBuf>,
     /// The PID of the generation this one handed over to (0 before).
@@ -191,6 +193,7 @@ impl Shutdown {
                 listeners: Mutex::new(Vec::new()),
                 program: Program::current(),
                 ready_timeout: b.ready_timeout,
+                probation: b.probation,
                 max_generations: b.max_generations,
                 pidfile: b.pidfile,
                 successor: AtomicU32::new(0),
@@ -472,6 +475,7 @@ impl Shutdown {
         }
         crate::activation::close_unclaimed();
         self.start_inbound();
+        self.follow_master();
         let taken_over = self.announce_ready()?;
         self.wait_for_predecessor();
         let mut commands = pending.commands;
@@ -484,6 +488,9 @@ impl Shutdown {
             ));
         }
         let end = self.serve(&mut commands).await;
+        // A previous generation still standing by for this one can go: this one hands
+        // over in turn, restarts in full, or stops.
+        self.release_predecessor();
         let full_restart = matches!(end, End::FullRestart(_));
         let mut escalation = Escalation::new(crate::supervisor::is_worker());
         if let End::Shutdown(stop) = &end {
@@ -512,7 +519,14 @@ impl Shutdown {
             stop_asked: &inner.stop_asked,
             escalation,
         };
+        let stopping = matches!(plan.kind, DrainKind::Shutdown);
+        let timeout = plan.timeout;
         let mut report = drain::drain(plan, parts, &mut intake).await;
+        if stopping {
+            // A stop that came during a probation went to the new generation too: this
+            // one (the main process still) ends after it.
+            self.wait_successor_gone(timeout).await;
+        }
         self.report_end().await;
         if full_restart {
             self.exec_full_restart(&mut report);

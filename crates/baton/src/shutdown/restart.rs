@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Cmd, End, RestartReply, Shutdown};
+use super::{Cmd, End, RestartReply, Shutdown, Successor};
 use crate::command::{Command, FollowUp};
 use crate::handoff::{self, RestartFailure, Restarted};
 use crate::notify::{self, Generation};
@@ -24,6 +24,12 @@ use crate::{Action, Error, Signal};
 /// A new generation that failed or was aborted gets this long after `SIGTERM` to drain
 /// what it may have accepted before it is killed.
 const ABANDON_GRACE: Duration = Duration::from_secs(10);
+/// A restart at the cap of live generations looks this often whether the oldest
+/// draining one ended.
+const CAP_LOOK: Duration = Duration::from_millis(20);
+/// How long past its drain deadline a draining generation may outlive it before a
+/// restart at the cap forces it.
+const CAP_GRACE: Duration = Duration::from_secs(5);
 
 /// The graceful restarts this generation attempted ([`Shutdown::restart_stats`]). A
 /// generation that succeeds hands over and ends, so `ok` is 0 or 1; the new generation
@@ -92,7 +98,13 @@ impl Shutdown {
     ) -> Result<Restarted, Option<End>> {
         let mut follow_up = FollowUp::default();
         let t0 = Instant::now();
-        let outcome = self.carry_out(reason, &mut follow_up, commands).await;
+        let outcome = match self.carry_out(reason, &mut follow_up, commands).await {
+            Ok((restarted, announced)) => {
+                self.probation(restarted, announced, &mut follow_up, commands)
+                    .await
+            }
+            Err(failed) => Err(failed),
+        };
         self.record(&outcome, t0.elapsed());
         if outcome.is_ok() {
             self.start_reporting();
@@ -149,12 +161,15 @@ impl Shutdown {
         reason: &str,
         follow_up: &mut FollowUp<RestartReply>,
         commands: &mut mpsc::UnboundedReceiver<Cmd>,
-    ) -> Result<Restarted, Failed> {
+    ) -> Result<(Restarted, Option<String>), Failed> {
         let inner = &self.inner;
         let pid = std::process::id();
         let triggered = Instant::now();
         let generation = self.generation() + 1;
         info!(pid, %reason, generation = self.generation(), "server reloading");
+        // A previous generation standing by for this one can go: its probation covered
+        // this one's first steps; this one now restarts in turn.
+        self.release_predecessor();
         notify::reloading();
         notify::status(&format!("reloading: starting generation {generation}"));
         // The generation channel: open connections and totals go to the new generation
@@ -209,7 +224,13 @@ impl Shutdown {
             back_to_ready();
             return Err((e, None));
         }
-        let draining = self.enforce_generation_cap();
+        let draining = match self.room_for_one_more(follow_up, commands).await {
+            Ok(draining) => draining,
+            Err(failed) => {
+                back_to_ready();
+                return Err(failed);
+            }
+        };
 
         let spawned = handoff::spawn(
             &inner.program,
@@ -236,27 +257,12 @@ impl Shutdown {
         let ready = loop {
             tokio::select! {
                 res = spawned.ready(inner.ready_timeout) => break res,
-                cmd = commands.recv() => match cmd {
-                    Some(Command::Restart { reason, reply }) => {
-                        let n = follow_up.join(reply);
-                        info!(pid, %reason, "restart requested during a restart: coalesced into it ({n} so far)");
-                    }
-                    Some(Command::FullRestart { reason, .. }) => {
-                        warn!(pid, %reason, "full restart refused: a graceful restart is in progress");
-                    }
-                    Some(Command::Pass { signal }) => inner.user_hooks.run(signal),
-                    Some(Command::Status { .. }) => {}
-                    Some(Command::Shutdown(stop)) => {
+                cmd = commands.recv() => {
+                    if let Err(failed) = self.meanwhile(cmd, follow_up) {
                         spawned.abandon(ABANDON_GRACE);
-                        let reason = stop.reason.clone();
-                        return Err((RestartFailure::Aborted { reason }, Some(End::Shutdown(stop))));
+                        return Err(failed);
                     }
-                    Some(Command::Hammer { reason }) => {
-                        spawned.abandon(ABANDON_GRACE);
-                        return Err((RestartFailure::Aborted { reason: reason.clone() }, Some(End::Hammer(reason))));
-                    }
-                    None => return Err((RestartFailure::Busy("the coordinator is gone"), None)),
-                },
+                }
             }
         };
         let announced = match ready {
@@ -280,6 +286,108 @@ impl Shutdown {
         // the manager hears `MAINPID=` (one that is not is killed at once at a stop).
         spawned.release().await;
         inner.successor.store(restarted.pid, Ordering::Relaxed);
+        Ok((restarted, announced))
+    }
+
+    /// The new generation is ready: it serves new connections. For the probation
+    /// window this one stops accepting but keeps its listeners and its connections; if
+    /// the new one dies meanwhile, this one resumes. `Ok` once the new one is the
+    /// service's (then this one drains); `Err` when it died (this one serves on) or a
+    /// shutdown came (it is passed on to the new one, and this one stops too).
+    async fn probation(
+        &self,
+        restarted: Restarted,
+        announced: Option<String>,
+        follow_up: &mut FollowUp<RestartReply>,
+        commands: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<Restarted, Failed> {
+        let inner = &self.inner;
+        let pid = std::process::id();
+        let window = inner.probation;
+        let mut state = self.successor_state();
+        if !window.is_zero()
+            && let Some(state) = &mut state
+        {
+            inner.tracker.pause_accepting(true);
+            notify::ready();
+            notify::status(&format!(
+                "reloaded: generation {} (pid {}) serves new connections; generation {} (pid {pid}) stands by for {window:?}",
+                restarted.generation,
+                restarted.pid,
+                restarted.generation - 1
+            ));
+            info!(
+                pid,
+                new_pid = restarted.pid,
+                generation = restarted.generation,
+                spawn = ?restarted.spawn,
+                ready = ?restarted.ready,
+                probation = ?window,
+                "restart: the new generation is ready and serves new connections; this one stops accepting and stands by with its connections until the probation ends"
+            );
+            let ready_at = Instant::now();
+            let deadline = tokio::time::sleep(window);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    () = &mut deadline => break,
+                    changed = state.wait_for(|s| *s != Successor::Serving) => {
+                        match changed.map(|s| *s) {
+                            Ok(Successor::Gone) if !crate::sys::is_alive(restarted.pid) => {
+                                let after = ready_at.elapsed();
+                                return Err((self.resume(&restarted, after), None));
+                            }
+                            // It restarted in turn or shuts down (or closed the channel
+                            // and lives on): the service is its.
+                            _ => break,
+                        }
+                    }
+                    cmd = commands.recv() => match cmd {
+                        Some(Command::Restart { reason, reply }) => {
+                            let n = follow_up.join(reply);
+                            info!(pid, %reason, "restart requested during the probation: the new generation takes over now and restarts ({n} asked)");
+                            break;
+                        }
+                        Some(Command::FullRestart { reason, .. }) => {
+                            warn!(pid, %reason, "full restart refused: a graceful restart is in progress");
+                        }
+                        Some(Command::Pass { signal }) => inner.user_hooks.run(signal),
+                        Some(Command::Status { .. }) => {}
+                        Some(Command::Shutdown(stop)) => {
+                            // The service stops: the new generation too. This one stays
+                            // the main process until both are done.
+                            inner.tracker.pause_accepting(false);
+                            pass_on(restarted.pid, libc::SIGTERM, "shutdown");
+                            let reason = stop.reason.clone();
+                            return Err((RestartFailure::Aborted { reason }, Some(End::Shutdown(stop))));
+                        }
+                        Some(Command::Hammer { reason }) => {
+                            inner.tracker.pause_accepting(false);
+                            if let Some(force) = crate::sys::generation_force_signal() {
+                                pass_on(restarted.pid, force, "hammer");
+                            }
+                            return Err((RestartFailure::Aborted { reason: reason.clone() }, Some(End::Hammer(reason))));
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+        self.commit_hand_over(&restarted, follow_up, announced.as_deref());
+        Ok(restarted)
+    }
+
+    /// The new generation is the service's now: the pidfile and the service manager
+    /// say so, and a restart asked for meanwhile goes to it.
+    fn commit_hand_over(
+        &self,
+        restarted: &Restarted,
+        follow_up: &FollowUp<RestartReply>,
+        announced: Option<&str>,
+    ) {
+        let inner = &self.inner;
+        let pid = std::process::id();
+        let generation = restarted.generation;
         if let Some(path) = &inner.pidfile
             && let Err(e) = notify::write_pidfile(path, restarted.pid)
         {
@@ -301,44 +409,133 @@ impl Shutdown {
             "restart: the new generation is ready; this one stops accepting and drains"
         );
         if follow_up.is_wanted() {
-            ask_follow_up(restarted.pid, follow_up.asked(), announced.as_deref());
+            ask_follow_up(restarted.pid, follow_up.asked(), announced);
         }
-        Ok(restarted)
     }
 
-    /// The older generations still draining, this one added; forces the oldest ones
-    /// when starting another would exceed the cap.
-    fn enforce_generation_cap(&self) -> Vec<Generation> {
-        let max = self.inner.max_generations;
-        let mut draining: Vec<Generation> = notify::origin()
-            .draining
-            .iter()
-            .copied()
-            .filter(Generation::alive)
-            .collect();
-        // Alive during the restart: the draining ones, this one and the new one.
-        while !draining.is_empty() && draining.len() + 2 > max {
-            let oldest = draining.remove(0);
-            // Not a shutdown signal: a generation draining after a hand-over keeps
-            // draining on those (an init system sends them to every generation).
-            let sig = crate::sys::generation_force_signal()
-                .or_else(|| {
-                    self.inner
-                        .signals
-                        .signal_for(Action::Hammer)
-                        .map(Signal::as_raw)
-                })
-                .unwrap_or(libc::SIGKILL);
-            warn!(
-                pid = std::process::id(),
-                oldest = oldest.pid,
-                max,
-                "too many generations alive: forcing the oldest draining one (signal {sig})"
-            );
-            let _ = crate::sys::kill(oldest.pid, sig);
+    /// The new generation died during its probation: this one accepts again and serves
+    /// on, as if the restart had not happened (the connections the dead one held are
+    /// lost; nothing else is).
+    fn resume(&self, restarted: &Restarted, after: Duration) -> RestartFailure {
+        let inner = &self.inner;
+        let pid = std::process::id();
+        inner.tracker.set_hand_over(false);
+        inner.tracker.set_closing(false);
+        inner.tracker.pause_accepting(false);
+        inner.successor.store(0, Ordering::Relaxed);
+        self.forget_successor();
+        let failure = RestartFailure::DiedInProbation {
+            pid: restarted.pid,
+            after,
+        };
+        notify::ready();
+        notify::status(&format!(
+            "serving: generation {} (pid {pid}) resumed: generation {} (pid {}) died {:.1} s after it was ready",
+            restarted.generation - 1,
+            restarted.generation,
+            restarted.pid,
+            after.as_secs_f64()
+        ));
+        failure
+    }
+
+    /// A command that came during a restart: restarts are folded into it, a full
+    /// restart is refused, a shutdown or hammer aborts it (`Err`, to be carried out).
+    fn meanwhile(
+        &self,
+        cmd: Option<Cmd>,
+        follow_up: &mut FollowUp<RestartReply>,
+    ) -> Result<(), Failed> {
+        let pid = std::process::id();
+        match cmd {
+            Some(Command::Restart { reason, reply }) => {
+                let n = follow_up.join(reply);
+                info!(pid, %reason, "restart requested during a restart: coalesced into it ({n} so far)");
+                Ok(())
+            }
+            Some(Command::FullRestart { reason, .. }) => {
+                warn!(pid, %reason, "full restart refused: a graceful restart is in progress");
+                Ok(())
+            }
+            Some(Command::Pass { signal }) => {
+                self.inner.user_hooks.run(signal);
+                Ok(())
+            }
+            Some(Command::Status { .. }) => Ok(()),
+            Some(Command::Shutdown(stop)) => {
+                let reason = stop.reason.clone();
+                Err((
+                    RestartFailure::Aborted { reason },
+                    Some(End::Shutdown(stop)),
+                ))
+            }
+            Some(Command::Hammer { reason }) => Err((
+                RestartFailure::Aborted {
+                    reason: reason.clone(),
+                },
+                Some(End::Hammer(reason)),
+            )),
+            None => Err((RestartFailure::Busy("the coordinator is gone"), None)),
         }
-        draining.extend(Generation::this_process());
-        draining
+    }
+
+    /// The older generations still draining, this one added, once one more fits under
+    /// the cap. A restart storm must not cut connections: rather than forcing the
+    /// oldest draining generation, this restart waits for it to end (restart requests
+    /// that come meanwhile fold into this one); only one that outlives its own drain
+    /// deadline (which should have ended it) is forced.
+    async fn room_for_one_more(
+        &self,
+        follow_up: &mut FollowUp<RestartReply>,
+        commands: &mut mpsc::UnboundedReceiver<Cmd>,
+    ) -> Result<Vec<Generation>, Failed> {
+        let max = self.inner.max_generations;
+        let pid = std::process::id();
+        let give_up = Instant::now() + self.inner.drain_timeout + CAP_GRACE;
+        let mut told = false;
+        loop {
+            let mut draining: Vec<Generation> = notify::origin()
+                .draining
+                .iter()
+                .copied()
+                .filter(Generation::alive)
+                .collect();
+            // Alive during the restart: the draining ones, this one and the new one.
+            if draining.len() + 2 <= max {
+                draining.extend(Generation::this_process());
+                return Ok(draining);
+            }
+            if Instant::now() >= give_up {
+                let oldest = draining[0];
+                let sig = crate::sys::generation_force_signal()
+                    .or_else(|| {
+                        self.inner
+                            .signals
+                            .signal_for(Action::Hammer)
+                            .map(Signal::as_raw)
+                    })
+                    .unwrap_or(libc::SIGKILL);
+                warn!(
+                    pid,
+                    oldest = oldest.pid,
+                    max,
+                    "too many generations alive, and the oldest outlived its drain deadline: forcing it (signal {sig})"
+                );
+                let _ = crate::sys::kill(oldest.pid, sig);
+            } else if !told {
+                told = true;
+                info!(
+                    pid,
+                    draining = draining.len(),
+                    max,
+                    "generations alive at the cap: this restart waits for the oldest draining one to end"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(CAP_LOOK) => {}
+                cmd = commands.recv() => self.meanwhile(cmd, follow_up)?,
+            }
+        }
     }
 
     /// The full restart, once drained: executes the program anew in this process with
@@ -466,6 +663,14 @@ pub(super) fn delegate(
             let _ = reply.send(outcome);
         }
     });
+}
+
+/// Passes a shutdown (or hammer) that came during the probation on to the new
+/// generation: the service stops, in both.
+fn pass_on(successor: u32, signal: i32, what: &str) {
+    if let Err(e) = crate::sys::kill(successor, signal) {
+        warn!(successor, error = %e, "cannot pass the {what} on to the new generation");
+    }
 }
 
 /// Requests that came in during a restart wanted a restart after it: ask the new

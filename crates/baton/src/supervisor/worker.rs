@@ -143,6 +143,31 @@ impl Worker {
         }
     }
 
+    /// Tells the worker, on its link, that the new worker of generation `generation`
+    /// (PID `pid`) serves and its probation runs (`Some`, with `ours`, the channel to
+    /// that worker): it stops accepting and stands by with its connections; or that the
+    /// new one died in it (`None`): it accepts again. `false` without a link (the
+    /// worker keeps accepting meanwhile).
+    pub(crate) fn stand_by(&self, successor: Option<(u32, u32, BorrowedFd<'_>)>) -> bool {
+        let Some(link) = &self.link else {
+            return false;
+        };
+        let (message, fds) = match successor {
+            Some((pid, generation, ours)) => (
+                crate::channel::Message::Standby { pid, generation },
+                vec![ours],
+            ),
+            None => (crate::channel::Message::Resume, Vec::new()),
+        };
+        match crate::sys::send_nonblocking_with_fds(link.as_fd(), &message.encode(), &fds) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(worker = self.pid(), error = %e, "cannot tell the worker of the probation");
+                false
+            }
+        }
+    }
+
     /// The worker's PID.
     pub fn pid(&self) -> u32 {
         self.spawned.pid

@@ -120,6 +120,9 @@ pub(crate) struct TrackerInner {
     /// one relaxed load.
     flags: Arc<AtomicU8>,
     phase_tx: watch::Sender<Phase>,
+    /// Accept loops wait while `true`: the probation after a restart (the new generation
+    /// accepts; this one keeps its listeners, to resume if it dies).
+    paused: watch::Sender<bool>,
     conns: Mutex<Slab<Arc<ConnShared>>>,
     /// Open connections plus running accept loops; the drain is over at zero.
     busy: AtomicUsize,
@@ -197,6 +200,7 @@ impl Tracker {
                 phase: Arc::new(AtomicU8::new(Phase::Running as u8)),
                 flags: Arc::new(AtomicU8::new(0)),
                 phase_tx,
+                paused: watch::Sender::new(false),
                 conns: Mutex::new(Slab::new()),
                 busy: AtomicUsize::new(0),
                 became_idle: Notify::new(),
@@ -248,6 +252,16 @@ impl Tracker {
         for (_, conn) in lock(&self.inner.conns).iter() {
             conn.waker.wake();
         }
+    }
+
+    /// Stops (`true`) or resumes (`false`) accepting, without closing the listeners.
+    pub(crate) fn pause_accepting(&self, paused: bool) {
+        self.inner.paused.send_replace(paused);
+    }
+
+    /// Whether accepting is paused, and its changes (see `pause_accepting`).
+    pub(crate) fn paused(&self) -> watch::Receiver<bool> {
+        self.inner.paused.subscribe()
     }
 
     /// Asks HTTP/1 responses to close their connection (`true`, a restart starts) or not

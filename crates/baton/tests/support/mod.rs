@@ -216,13 +216,24 @@ impl Demo {
     }
 
     /// Waits until generation `n` reported ready and, for a restart, until the
-    /// previous generation stopped accepting (from then on every new connection goes
-    /// to generation `n`); returns its PID. For demos with one listener.
+    /// previous generation stopped accepting (after its probation: from then on every
+    /// new connection goes to generation `n`); returns its PID.
     pub fn wait_ready(&self, generation: u32) -> u32 {
-        let line = self.wait_log(&format!("generation={generation} listeners="));
+        let pid = self.ready_pid(generation);
         if generation > 1 {
-            self.wait_log_nth("http server stopped accepting on", generation as usize - 1);
+            let previous = self.ready_pid(generation - 1);
+            self.wait_log(&format!(
+                "stopped accepting on [{}]; the next generation serves it pid={previous}",
+                self.addr
+            ));
         }
+        pid
+    }
+
+    /// Waits until generation `n` reported ready (its predecessor may still stand by
+    /// for its probation); returns its PID.
+    pub fn ready_pid(&self, generation: u32) -> u32 {
+        let line = self.wait_log(&format!("generation={generation} listeners="));
         between(&line, "server ready pid=", " ").parse().unwrap()
     }
 

@@ -154,6 +154,17 @@ pub enum Progress {
         /// Its PID.
         pid: u32,
     },
+    /// The old worker stands by for the new one's probation (see
+    /// `MasterBuilder::probation`): it drains once that ends, or serves on if the new one
+    /// dies within it.
+    Standby {
+        /// The old worker's generation.
+        generation: u32,
+        /// Its PID.
+        pid: u32,
+        /// The probation.
+        window: Duration,
+    },
     /// A reload asked during a full restart joins it.
     JoinedRestart,
     /// A stop asked while the master already stops.
@@ -230,6 +241,15 @@ impl fmt::Display for Progress {
                 f,
                 "a reload follows the {kind} in progress (gen {generation} pid {pid})"
             ),
+            Progress::Standby {
+                generation,
+                pid,
+                window,
+            } => write!(
+                f,
+                "standing by: gen {generation} pid {pid} for {} (probation)",
+                secs(*window)
+            ),
             Progress::JoinedRestart => f.write_str("joined the full restart in progress"),
             Progress::AlreadyStopping => f.write_str("already stopping"),
             Progress::Other(text) => f.write_str(&one_line(text)),
@@ -284,6 +304,15 @@ impl Progress {
                 pid,
                 open_sockets,
                 queued: rest.ends_with("; clients wait in the accept queue"),
+            });
+        }
+        if let Some(rest) = text.strip_prefix("standing by: ") {
+            let (generation, pid, rest) = gen_pid(rest)?;
+            let window = rest.strip_prefix("for ")?.strip_suffix(" (probation)")?;
+            return Some(Progress::Standby {
+                generation,
+                pid,
+                window: parse_secs(window)?,
             });
         }
         if let Some(rest) = text.strip_prefix("a reload follows the ") {
@@ -343,6 +372,8 @@ pub enum MasterState {
     Reloading,
     /// A full restart: the worker drains before a new one starts.
     Restarting,
+    /// A reload's new worker serves; the old one stands by until its probation ends.
+    Probation,
     /// No worker: one starts again after a pause.
     Respawning,
     /// The master stops; its workers drain.
@@ -358,6 +389,7 @@ impl fmt::Display for MasterState {
             MasterState::Starting(kind) => kind,
             MasterState::Reloading => "reload",
             MasterState::Restarting => "restarting",
+            MasterState::Probation => "probation",
             MasterState::Respawning => "respawning",
             MasterState::Stopping => "stopping",
             MasterState::Other(s) => s,
@@ -371,6 +403,7 @@ impl MasterState {
             "serving" => MasterState::Serving,
             "reload" => MasterState::Reloading,
             "restarting" => MasterState::Restarting,
+            "probation" => MasterState::Probation,
             "respawning" => MasterState::Respawning,
             "stopping" => MasterState::Stopping,
             "start" | "restart" | "respawn" => MasterState::Starting(s.to_owned()),
@@ -389,6 +422,8 @@ pub enum Role {
     Starting,
     /// It was told to drain.
     Draining,
+    /// It stands by, not accepting, for the probation of the worker that replaced it.
+    Standby,
 }
 
 impl Role {
@@ -397,6 +432,7 @@ impl Role {
             Role::Serving => "serving",
             Role::Starting => "starting",
             Role::Draining => "draining",
+            Role::Standby => "standby",
         }
     }
 
@@ -405,6 +441,7 @@ impl Role {
             "serving" => Some(Role::Serving),
             "starting" => Some(Role::Starting),
             "draining" => Some(Role::Draining),
+            "standby" => Some(Role::Standby),
             _ => None,
         }
     }
@@ -704,6 +741,11 @@ mod tests {
                 generation: 8,
                 pid: 9,
             },
+            Progress::Standby {
+                generation: 6,
+                pid: 4100,
+                window: Duration::from_millis(2500),
+            },
             Progress::JoinedRestart,
             Progress::AlreadyStopping,
             Progress::Other("something new".into()),
@@ -772,7 +814,14 @@ mod tests {
             _ => None,
         });
         assert_eq!(Status::from_items(items), status);
-        for state in ["start", "restart", "respawn", "reload", "restarting"] {
+        for state in [
+            "start",
+            "restart",
+            "respawn",
+            "reload",
+            "restarting",
+            "probation",
+        ] {
             assert_eq!(MasterState::decode(state).to_string(), state);
         }
     }

@@ -29,6 +29,7 @@ pub struct MasterBuilder {
     pub(super) pidfile: Option<PathBuf>,
     pub(super) reap_orphans: bool,
     pub(super) hand_over: bool,
+    pub(super) probation: Duration,
 }
 
 #[derive(Debug)]
@@ -44,6 +45,8 @@ pub(super) struct Config {
     /// Workers get a link, and each new worker of a reload a generation channel from
     /// the one it replaces (see `MasterBuilder::hand_over`).
     pub(super) hand_over: bool,
+    /// See `MasterBuilder::probation`.
+    pub(super) probation: Duration,
 }
 
 impl MasterBuilder {
@@ -64,6 +67,19 @@ impl MasterBuilder {
     /// descriptors it never uses).
     pub fn hand_over(mut self, on: bool) -> Self {
         self.hand_over = on;
+        self
+    }
+
+    /// After a reload, how long the old worker stands by before it is told to drain:
+    /// the new worker's probation. If the new worker dies within it, the old one serves
+    /// on and the reload is reported failed (`baton reload` exits non-zero), instead of
+    /// an outage until a respawn. A baton worker with a link (see
+    /// [`hand_over`](MasterBuilder::hand_over)) stops accepting meanwhile and keeps its
+    /// open connections, which move once the probation ends; any other worker keeps
+    /// accepting beside the new one until then (the master cannot ask it to stop).
+    /// Default 2 s ([`crate::DEFAULT_PROBATION`]); zero turns it off.
+    pub fn probation(mut self, window: Duration) -> Self {
+        self.probation = window;
         self
     }
 
@@ -143,6 +159,7 @@ impl MasterBuilder {
         };
         crate::supervisor::worker::resolve(program).map_err(Error::Worker)?;
         check_limit("ready timeout", self.ready_timeout)?;
+        crate::error::check_delay("probation", self.probation)?;
         check_limit("drain timeout", self.drain_timeout)?;
         if self.listeners.is_empty() {
             return Err(Error::Master(
@@ -215,6 +232,7 @@ impl MasterBuilder {
                 forward,
                 reap_orphans: self.reap_orphans,
                 hand_over: self.hand_over,
+                probation: self.probation,
             },
             listeners: self.listeners,
             control,

@@ -257,6 +257,7 @@ impl Master {
             pidfile: None,
             reap_orphans: std::process::id() == 1,
             hand_over: false,
+            probation: crate::DEFAULT_PROBATION,
         }
     }
 

@@ -58,6 +58,25 @@ pub(super) struct Start {
     pub(super) channel: Option<std::os::fd::OwnedFd>,
 }
 
+/// A reload in its probation.
+#[derive(Debug)]
+pub(super) struct Probation {
+    /// The new worker: it serves.
+    pub(super) serving: Gen,
+    /// The worker it replaced, standing by.
+    pub(super) old: Gen,
+    /// When the new one was ready, and when the probation ends.
+    pub(super) ready_at: Instant,
+    pub(super) until: Instant,
+    /// The reload's requesters, told once the old worker is gone (or the new one died).
+    pub(super) replies: Vec<Reply>,
+    /// The reload's kind and time to ready, recorded once it is decided.
+    pub(super) kind: Kind,
+    pub(super) took: Duration,
+    /// The generation channel's end for the old worker, passed to it when it drains.
+    pub(super) channel: Option<std::os::fd::OwnedFd>,
+}
+
 /// The master stops: its workers drain.
 #[derive(Debug)]
 pub(super) struct Stopping {
@@ -83,6 +102,9 @@ pub(super) enum State {
         serving: Option<Gen>,
         start: Box<Start>,
     },
+    /// A reload's new worker serves; the old one stands by until `until` (its
+    /// probation), then drains; if the new one dies first, the old one serves on.
+    Probation(Box<Probation>),
     /// A full restart: the worker (`pid`) drains; a new one starts once it is gone.
     Restarting {
         pid: u32,
@@ -102,6 +124,7 @@ impl State {
             State::Serving(_) => MasterState::Serving,
             State::Reloading { .. } => MasterState::Reloading,
             State::Restarting { .. } => MasterState::Restarting,
+            State::Probation(_) => MasterState::Probation,
             State::Stopping(_) => MasterState::Stopping,
         }
     }
@@ -113,6 +136,7 @@ impl State {
             | State::Reloading {
                 serving: Some(g), ..
             } => Some(g),
+            State::Probation(p) => Some(&p.serving),
             _ => None,
         }
     }
@@ -123,6 +147,15 @@ impl State {
             | State::Reloading {
                 serving: Some(g), ..
             } => Some(g),
+            State::Probation(p) => Some(&mut p.serving),
+            _ => None,
+        }
+    }
+
+    /// The worker standing by for a probation, if one does.
+    pub(super) fn standby(&self) -> Option<&Gen> {
+        match self {
+            State::Probation(p) => Some(&p.old),
             _ => None,
         }
     }
@@ -229,6 +262,14 @@ impl Snapshot<'_> {
                 s.new.generation,
                 s.new.worker.pid(),
                 s.new.since,
+            ));
+        }
+        if let State::Probation(p) = self.state {
+            workers.push(worker(
+                Role::Standby,
+                p.old.generation,
+                p.old.worker.pid(),
+                p.ready_at,
             ));
         }
         for d in self.draining {

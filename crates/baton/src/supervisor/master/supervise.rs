@@ -34,6 +34,9 @@ enum Event {
     Command(Cmd),
     Ready(Result<(), RestartFailure>),
     Exited(io::Result<ExitStatus>),
+    /// The worker standing by for a probation exited.
+    StandbyExited(io::Result<ExitStatus>),
+    ProbationOver,
     Drained(DrainEnd),
     Respawn,
     Reap,
@@ -199,6 +202,10 @@ impl Master {
                 State::Idle { respawn_at } => Some(*respawn_at),
                 _ => None,
             };
+            let probation_until = match &sv.state {
+                State::Probation(p) => Some(p.until),
+                _ => None,
+            };
             let event = tokio::select! {
                 Some(cmd) = cmd_rx.recv() => Event::Command(cmd),
                 Some(asked) = req_rx.recv() => Event::Command(asked.into_command()),
@@ -210,6 +217,7 @@ impl Master {
                     Err(e) => { warn!(pid = me, error = %e, "a drain task failed"); continue }
                 },
                 () = sleep_until(respawn_at) => Event::Respawn,
+                () = sleep_until(probation_until) => Event::ProbationOver,
                 _ = recv_sigchld(&mut sigchld) => Event::Reap,
                 _ = reap_tick.tick(), if cfg.reap_orphans => Event::Reap,
                 _ = progress_tick.tick(), if sv.state.is_stopping() => {
@@ -221,6 +229,8 @@ impl Master {
                 Event::Command(cmd) => sv.on_command(cmd),
                 Event::Ready(res) => sv.on_ready(res).map_err(Error::Worker)?,
                 Event::Exited(status) => sv.on_exit(status),
+                Event::StandbyExited(status) => sv.on_standby_exit(status),
+                Event::ProbationOver => sv.end_probation(),
                 Event::Drained(end) => sv.on_drained(end),
                 Event::Respawn => sv.respawn(),
                 Event::Reap => {
@@ -288,13 +298,15 @@ async fn accept(control: Option<&control::Server>, requests: &mpsc::UnboundedSen
     }
 }
 
-/// The starting worker's readiness, or the serving worker's exit.
+/// The starting worker's readiness, the serving worker's exit, or the exit of the one
+/// standing by for a probation.
 async fn worker_event(state: &mut State, cfg: &Config) -> Event {
-    let (starting, serving) = match state {
-        State::Starting(s) => (Some(s), None),
-        State::Serving(g) => (None, Some(g)),
-        State::Reloading { serving, start } => (Some(start), serving.as_mut()),
-        State::Idle { .. } | State::Restarting { .. } | State::Stopping(_) => (None, None),
+    let (starting, serving, standby) = match state {
+        State::Starting(s) => (Some(s), None, None),
+        State::Serving(g) => (None, Some(g), None),
+        State::Reloading { serving, start } => (Some(start), serving.as_mut(), None),
+        State::Probation(p) => (None, Some(&mut p.serving), Some(&mut p.old)),
+        State::Idle { .. } | State::Restarting { .. } | State::Stopping(_) => (None, None, None),
     };
     let ready = async {
         match starting {
@@ -308,9 +320,16 @@ async fn worker_event(state: &mut State, cfg: &Config) -> Event {
             None => std::future::pending().await,
         }
     };
+    let standby_exited = async {
+        match standby {
+            Some(g) => g.worker.wait().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         res = ready => Event::Ready(res),
         status = exited => Event::Exited(status),
+        status = standby_exited => Event::StandbyExited(status),
     }
 }
 

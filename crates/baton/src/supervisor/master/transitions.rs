@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Config;
-use super::state::{DrainEnd, Draining, Gen, Kind, Snapshot, Start, State, Stopping};
+use super::state::{DrainEnd, Draining, Gen, Kind, Probation, Snapshot, Start, State, Stopping};
 use super::supervise::{
     Cmd, FIRST_BACKOFF, HEALTHY_RUN, MAX_BACKOFF, Supervisor, idle_placeholder,
 };
@@ -202,12 +202,21 @@ impl Supervisor<'_> {
     /// A reload for each of `replies` (one per request; `Reply::none()` for a signal).
     fn reload(&mut self, replies: Vec<Reply>) {
         let me = std::process::id();
+        // A reload during a probation: the new worker is the service's now.
+        self.end_probation();
         self.state = match std::mem::replace(&mut self.state, idle_placeholder()) {
             State::Stopping(s) => {
                 for r in &replies {
                     r.error("the master is stopping");
                 }
                 State::Stopping(s)
+            }
+            // Ended just above.
+            p @ State::Probation(_) => {
+                for r in &replies {
+                    r.error("a probation is in progress");
+                }
+                p
             }
             mut starting @ (State::Starting(_) | State::Reloading { .. }) => {
                 if let Some(s) = starting.starting_mut() {
@@ -299,10 +308,16 @@ impl Supervisor<'_> {
 
     fn full_restart(&mut self, reply: Option<Reply>) {
         let reply = reply.unwrap_or_else(Reply::none);
+        self.end_probation();
         self.state = match std::mem::replace(&mut self.state, idle_placeholder()) {
             State::Stopping(s) => {
                 reply.error("the master is stopping");
                 State::Stopping(s)
+            }
+            // Ended just above.
+            p @ State::Probation(_) => {
+                reply.error("a probation is in progress");
+                p
             }
             busy @ (State::Starting(_) | State::Reloading { .. } | State::Restarting { .. }) => {
                 warn!(
@@ -346,6 +361,8 @@ impl Supervisor<'_> {
 
     fn stop(&mut self, reply: Reply) {
         notify::stopping();
+        // Both drain: the new worker's status is the master's.
+        self.end_probation();
         let (serving, start, restart_replies, pid) =
             match std::mem::replace(&mut self.state, idle_placeholder()) {
                 State::Serving(g) => {
@@ -361,8 +378,9 @@ impl Supervisor<'_> {
                 // ours.
                 State::Restarting { pid, replies, .. } => (None, None, replies, Some(pid)),
                 State::Idle { .. } => (None, None, Vec::new(), None),
-                State::Stopping(s) => {
-                    self.state = State::Stopping(s);
+                // Ended just above.
+                other @ (State::Stopping(_) | State::Probation(_)) => {
+                    self.state = other;
                     return;
                 }
             };
@@ -535,6 +553,13 @@ impl Supervisor<'_> {
                 notify::status(&format!("serving: worker gen {generation} (pid {pid})"));
                 self.last_exit = None;
                 match serving {
+                    Some(old) if !self.cfg.probation.is_zero() => {
+                        self.start_probation(new, old, replies, kind, took, channel);
+                        if follow_up.is_wanted() {
+                            self.reload(follow_up.take().1);
+                        }
+                        return Ok(());
+                    }
                     Some(old) => {
                         let old_pid = old.worker.pid();
                         info!(
@@ -621,10 +646,192 @@ impl Supervisor<'_> {
         Ok(())
     }
 
+    /// The reload's new worker is ready: it serves; the old one stands by for the
+    /// probation (a baton worker with a link stops accepting and keeps its
+    /// connections; another keeps accepting beside the new one).
+    fn start_probation(
+        &mut self,
+        new: Gen,
+        old: Gen,
+        replies: Vec<Reply>,
+        kind: Kind,
+        took: Duration,
+        channel: Option<std::os::fd::OwnedFd>,
+    ) {
+        let me = std::process::id();
+        let window = self.cfg.probation;
+        let (generation, pid) = (new.generation, new.worker.pid());
+        let old_pid = old.worker.pid();
+        // A baton worker with a link gets the channel to the new one now: it stops
+        // accepting, and the new one keeps slots for its connections.
+        let stands_by = channel
+            .as_ref()
+            .is_some_and(|ours| old.worker.stand_by(Some((pid, generation, ours.as_fd()))));
+        let channel = if stands_by { None } else { channel };
+        info!(
+            pid = me,
+            worker = pid,
+            "reloaded: gen {generation} serves; gen {} (pid {old_pid}) stands by for {window:?}{}",
+            old.generation,
+            if stands_by {
+                ", not accepting"
+            } else {
+                ", accepting beside it"
+            }
+        );
+        let step = Progress::Standby {
+            generation: old.generation,
+            pid: old_pid,
+            window,
+        };
+        for r in &replies {
+            r.progress(step.clone());
+        }
+        let now = Instant::now();
+        self.state = State::Probation(Box::new(Probation {
+            serving: Gen { since: now, ..new },
+            old,
+            ready_at: now,
+            until: now + window,
+            replies,
+            kind,
+            took,
+            channel,
+        }));
+    }
+
+    /// The probation is over (its time passed, or a reload, restart or stop came): the
+    /// new worker is the service's, the old one drains (its connections moving over,
+    /// for a baton worker with a link). Nothing outside a probation.
+    pub(super) fn end_probation(&mut self) {
+        let me = std::process::id();
+        let p = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Probation(p) => *p,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        let Probation {
+            serving,
+            old,
+            replies,
+            kind,
+            took,
+            channel,
+            ..
+        } = p;
+        let (generation, pid) = (serving.generation, serving.worker.pid());
+        let old_pid = old.worker.pid();
+        info!(
+            pid = me,
+            worker = pid,
+            "probation over: gen {generation} serves; gen {} (pid {old_pid}) drains",
+            old.generation
+        );
+        let step = self.draining_step(&old, false);
+        for r in &replies {
+            r.progress(step.clone());
+        }
+        self.awaiting_drain.push((old_pid, replies));
+        // Before the drain signal, so that the old worker finds it when the signal
+        // comes.
+        if let Some(ours) = channel
+            && old.worker.pass_successor(ours, pid, generation)
+        {
+            info!(
+                pid = me,
+                worker = old_pid,
+                "gen {} passes its open connections to gen {generation}",
+                old.generation
+            );
+        }
+        self.drain(old);
+        self.history
+            .record(kind, true, took, format!("gen {generation} pid {pid}"));
+        self.state = State::Serving(serving);
+    }
+
+    /// The new worker died within its probation: the old one serves on (told to
+    /// accept again), and the reload failed.
+    fn probation_failed(&mut self, p: Probation, status: &io::Result<ExitStatus>) {
+        let me = std::process::id();
+        let Probation {
+            serving,
+            old,
+            ready_at,
+            replies,
+            kind,
+            took,
+            ..
+        } = p;
+        let after = ready_at.elapsed();
+        old.worker.stand_by(None);
+        let why = format!(
+            "the new worker gen {} (pid {}) died {:.1} s after it was ready, within its probation ({}); gen {} (pid {}) serves on",
+            serving.generation,
+            serving.worker.pid(),
+            after.as_secs_f64(),
+            describe(status),
+            old.generation,
+            old.worker.pid()
+        );
+        warn!(pid = me, "{} failed: {why}", kind.word());
+        for r in &replies {
+            r.error(format!("{} failed: {why}", kind.word()));
+        }
+        notify::status(&format!(
+            "serving: worker gen {} (pid {}); {why}",
+            old.generation,
+            old.worker.pid()
+        ));
+        self.history.record(kind, false, took, why);
+        self.state = State::Serving(old);
+    }
+
+    /// The worker standing by for a probation exited by itself: the new one serves on,
+    /// and the reload is done.
+    pub(super) fn on_standby_exit(&mut self, status: io::Result<ExitStatus>) {
+        let me = std::process::id();
+        let p = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Probation(p) => *p,
+            other => {
+                self.state = other;
+                return;
+            }
+        };
+        let (generation, pid) = (p.serving.generation, p.serving.worker.pid());
+        warn!(
+            pid = me,
+            worker = p.old.worker.pid(),
+            status = describe(&status),
+            "the worker standing by exited during the probation; gen {generation} serves"
+        );
+        let step = Progress::Ended {
+            generation: p.old.generation,
+            how: Ending::Exited {
+                status: describe(&status),
+                after: p.ready_at.elapsed(),
+            },
+        };
+        for r in &p.replies {
+            r.progress(step.clone());
+            r.ok(format!("reloaded: gen {generation} pid {pid} serving"));
+        }
+        self.history
+            .record(p.kind, true, p.took, format!("gen {generation} pid {pid}"));
+        self.state = State::Serving(p.serving);
+    }
+
     /// The serving worker exited by itself.
     pub(super) fn on_exit(&mut self, status: io::Result<ExitStatus>) {
         let me = std::process::id();
         let (gone, starting) = match std::mem::replace(&mut self.state, idle_placeholder()) {
+            State::Probation(p) => {
+                self.probation_failed(*p, &status);
+                self.last_exit = Some(status);
+                return;
+            }
             State::Serving(g) => (g, None),
             State::Reloading {
                 serving: Some(g),
@@ -759,6 +966,7 @@ impl Supervisor<'_> {
     pub(super) fn known_pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self.draining.iter().map(|d| d.pid).collect();
         pids.extend(self.state.serving().map(|g| g.worker.pid()));
+        pids.extend(self.state.standby().map(|g| g.worker.pid()));
         pids.extend(self.state.starting().map(|s| s.new.worker.pid()));
         pids.extend(crate::supervisor::own_children());
         pids
