@@ -6,6 +6,8 @@
 //! cargo run --release --example hello -- --listen 127.0.0.1:8080
 //! curl localhost:8080/            # hello
 //! curl localhost:8080/pid         # the server's PID
+//! curl localhost:8080/echo/a-1    # a-1 pid=<PID>: a response matched to its request
+//! curl --data-binary @FILE localhost:8080/echo             # len=<bytes> pid=<PID>
 //! curl 'localhost:8080/sleep?secs=5' &  kill -HUP <pid>    # finishes on the old PID
 //! curl localhost:8080/pid                                  # ... the new one answers
 //! curl -X POST localhost:8080/restart                      # Faygo's reboot
@@ -25,7 +27,7 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use baton::http::Server;
 use baton::{Action, DrainCause, ListenAddr, Preset, Shutdown, Signal, SignalMap};
 use clap::Parser;
@@ -76,6 +78,12 @@ struct Args {
     /// How long a new generation may take to report ready at a restart.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     ready_timeout: Duration,
+
+    /// After a restart, how long the old generation stands by (not accepting, keeping
+    /// its listeners and connections) before it drains; if the new one dies within it,
+    /// the old one resumes. 0s: drain at once.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = delay)]
+    probation: Duration,
 
     /// The signal convention: baton (TERM/INT shutdown, QUIT without drain delay,
     /// HUP/USR2 restart), faygo, endless, ghelper, goframe, nginx, or none.
@@ -211,6 +219,7 @@ fn be_the_master(args: &Args) -> ExitCode {
     let build = || -> Result<baton::supervisor::Master, baton::Error> {
         let mut master = baton::supervisor::Master::this_program()?
             .ready_timeout(args.ready_timeout)
+            .probation(args.probation)
             .drain_timeout(args.drain_timeout);
         if let Some(path) = &args.pidfile {
             master = master
@@ -286,6 +295,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
         .drain_timeout(args.drain_timeout)
         .drain_delay(args.drain_delay)
         .ready_timeout(args.ready_timeout)
+        .probation(args.probation)
         .max_generations(args.max_generations)
         .signals(signals);
     if usr1_free {
@@ -389,6 +399,8 @@ fn app(shutdown: Shutdown) -> Router {
             "/pid",
             get(|| async { format!("{}\n", std::process::id()) }),
         )
+        .route("/echo/{id}", get(echo_id))
+        .route("/echo", post(echo_upload))
         .route("/sleep", get(sleep))
         .route("/ready", get(ready))
         .route("/shutdown", any(shutdown_route))
@@ -411,6 +423,37 @@ fn secs(query: &HashMap<String, String>, default: f64) -> Result<Duration, (Stat
             StatusCode::BAD_REQUEST,
             format!("secs=`{raw}` must be a number of seconds from 0 to 86400\n"),
         ))
+}
+
+/// `GET /echo/{ID}`: `ID pid=PID`, the ID as it is in the request's path (not
+/// percent-decoded): a client (`baton-bench --mode echo`) matches every response to its
+/// request, and sees which process served it.
+async fn echo_id(uri: axum::http::Uri) -> String {
+    let id = uri.path().strip_prefix("/echo/").unwrap_or_default();
+    format!("{id} pid={}\n", std::process::id())
+}
+
+/// `POST /echo`: reads the whole request body (any size; `Expect: 100-continue` is
+/// answered when the body is first read) and answers `len=N pid=PID`.
+async fn echo_upload(body: axum::body::Body) -> (StatusCode, String) {
+    use futures_util::StreamExt as _;
+    let mut data = body.into_data_stream();
+    let mut len = 0u64;
+    while let Some(chunk) = data.next().await {
+        match chunk {
+            Ok(bytes) => len += bytes.len() as u64,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body after {len} bytes: {e}\n"),
+                );
+            }
+        }
+    }
+    (
+        StatusCode::OK,
+        format!("len={len} pid={}\n", std::process::id()),
+    )
 }
 
 /// GoFrame's `/sleep`: answers after `secs` seconds, with the PID at start and end.

@@ -41,6 +41,10 @@ pub(crate) enum Mode {
     /// trigger every worker sends one request on it at a random moment within
     /// `--idle-spread`.
     Idle,
+    /// One raw HTTP/1.1 keep-alive connection per worker: pipelined batches of 1 to 4
+    /// `GET <base><worker>-<seq>`, heads written in two parts, idle pauses; every
+    /// response checked against its request (the demo's `/echo/{ID}`).
+    Echo,
 }
 
 impl Mode {
@@ -49,6 +53,7 @@ impl Mode {
             Mode::KeepAlive => "keep-alive",
             Mode::NewConn => "new-conn",
             Mode::Idle => "idle",
+            Mode::Echo => "echo",
         }
     }
 }
@@ -157,6 +162,8 @@ pub(crate) struct LoadConfig {
     /// Idle mode: each worker's request follows a trigger by a uniformly random delay in
     /// [0, this).
     pub(crate) idle_spread: Duration,
+    /// Echo mode: an idle pause is uniformly random in [0, this).
+    pub(crate) echo_idle: Duration,
 }
 
 /// At most this many distinct failure messages are counted one by one.
@@ -196,6 +203,8 @@ pub(crate) struct Shared {
     /// The reload triggers (or, in idle mode without `--reload`, the ticks): how many so
     /// far and when the last one started. Idle workers wait on it.
     pub(crate) ticks: tokio::sync::watch::Sender<(u64, Instant)>,
+    /// Echo mode's counts of what it did.
+    pub(crate) echo: crate::echo::Counters,
 }
 
 impl Shared {
@@ -213,6 +222,7 @@ impl Shared {
             first_failure: std::sync::Mutex::new(Vec::new()),
             failure_lines: std::sync::Mutex::new(FailureLines::default()),
             ticks: tokio::sync::watch::Sender::new((0, started)),
+            echo: crate::echo::Counters::default(),
         }
     }
 
@@ -240,7 +250,7 @@ impl Shared {
         self.stopped.notify_waiters();
     }
 
-    fn take_ticket(&self, cfg: &LoadConfig) -> bool {
+    pub(crate) fn take_ticket(&self, cfg: &LoadConfig) -> bool {
         if self.stop.load(Ordering::Relaxed) {
             return false;
         }
@@ -250,7 +260,20 @@ impl Shared {
         }
     }
 
-    fn note_failure(&self, at_us: u64, outcome: Outcome, message: String) {
+    pub(crate) fn note_failure(&self, at_us: u64, outcome: Outcome, message: String) {
+        self.note_failure_with(at_us, outcome, message, None);
+    }
+
+    /// A failure counted under `message`, with `detail` (when given) in its place in the
+    /// sample of first failures: identical failures count together, and the first ones
+    /// still say exactly what came.
+    pub(crate) fn note_failure_with(
+        &self,
+        at_us: u64,
+        outcome: Outcome,
+        message: String,
+        detail: Option<String>,
+    ) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         {
             let mut counted = self.failure_lines.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,7 +291,7 @@ impl Shared {
         }
         let mut sample = self.first_failure.lock().unwrap_or_else(|e| e.into_inner());
         if sample.len() < 100 {
-            sample.push((at_us, outcome, message));
+            sample.push((at_us, outcome, detail.unwrap_or(message)));
         }
     }
 }
@@ -583,6 +606,9 @@ pub(crate) async fn worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usi
     if cfg.mode == Mode::Idle {
         return idle_worker(&cfg, &shared, index).await;
     }
+    if cfg.mode == Mode::Echo {
+        return crate::echo::worker(&cfg, &shared, index).await;
+    }
     if cfg.http == Http::Two && cfg.streams > 1 {
         return streams_worker(cfg, shared, index).await;
     }
@@ -764,6 +790,11 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in [0, n) (0 when n is 0).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        ((self.unit() * n as f64) as usize).min(n.saturating_sub(1))
     }
 }
 

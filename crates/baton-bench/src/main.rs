@@ -2,6 +2,7 @@
 //! recorded and classified; the report says how many failed, how, and when.
 #![forbid(unsafe_code)]
 
+mod echo;
 mod load;
 mod outcome;
 mod plot;
@@ -28,7 +29,8 @@ use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
 /// is a failure (only an HTTP/2 request that the server said it did not process, by
 /// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when failures <=
 /// --max-failures, 1 when more failed, 2 for a bad command line, 3 when the run could
-/// not be made.
+/// not be made. In echo mode a mismatched response (one that is not its request's)
+/// exits 1 whatever --max-failures allows.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -51,7 +53,10 @@ struct Args {
 
     /// keep-alive: reuse connections; new-conn: a new connection per request; idle: one
     /// connection per worker, idle between reload triggers, one request per worker after
-    /// each trigger (see --idle-spread).
+    /// each trigger (see --idle-spread); echo: one raw HTTP/1.1 connection per worker
+    /// with pipelined, split and idle requests to the URL's path + ID (`/` means
+    /// `/echo/`: the demo's /echo/{ID}), every response checked against its request:
+    /// `mismatched` when it is another's, `lost` when the connection ends under it.
     #[arg(long, value_enum, default_value = "keep-alive")]
     mode: Mode,
 
@@ -61,6 +66,11 @@ struct Args {
     /// trigger (no command is run).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     idle_spread: Option<Duration>,
+
+    /// Echo mode: about one batch in four follows an idle pause, uniformly random in
+    /// [0, DUR) (0s: no pauses).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    echo_idle: Option<Duration>,
 
     /// HTTP version: 1 (HTTP/1.1) or 2 (h2c, prior knowledge).
     #[arg(long, default_value = "1", value_parser = ["1", "2"])]
@@ -147,6 +157,9 @@ struct Args {
 /// The default of --idle-spread.
 const IDLE_SPREAD: Duration = Duration::from_millis(500);
 
+/// The default of --echo-idle.
+const ECHO_IDLE: Duration = Duration::from_millis(300);
+
 /// Combinations clap cannot check by itself; a usage error (exit 2) for each.
 fn check_usage(args: &Args) {
     let usage = |msg: &str| {
@@ -164,6 +177,20 @@ fn check_usage(args: &Args) {
     }
     if args.idle_spread.is_some() && args.mode != Mode::Idle {
         usage("--idle-spread needs --mode idle");
+    }
+    if args.echo_idle.is_some() && args.mode != Mode::Echo {
+        usage("--echo-idle needs --mode echo");
+    }
+    if args.mode == Mode::Echo {
+        if args.http != "1" {
+            usage("--mode echo speaks HTTP/1.1 (its requests are pipelined): no --http 2");
+        }
+        if args.pid_header.is_some() || args.pid_body {
+            usage("--mode echo reads the PID from the echo body: no --pid-header or --pid-body");
+        }
+        if args.urls.iter().any(|u| !u.starts_with("http://")) {
+            usage("--mode echo speaks plain HTTP/1.1 on raw connections: http:// URLs only");
+        }
     }
     if args.mode == Mode::Idle {
         if args.requests.is_some() {
@@ -320,7 +347,9 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
         args.idle_spread
             .unwrap_or(IDLE_SPREAD.min(args.reload_every))
     });
-    let pid_source = !matches!(pid_from, PidFrom::None);
+    // Echo mode reads the PID from each echo.
+    let pid_source = !matches!(pid_from, PidFrom::None) || args.mode == Mode::Echo;
+    let echo_idle = (args.mode == Mode::Echo).then(|| args.echo_idle.unwrap_or(ECHO_IDLE));
     let cfg = Arc::new(LoadConfig {
         targets,
         mode: args.mode,
@@ -330,6 +359,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
         max_requests: args.requests,
         streams: args.streams as usize,
         idle_spread: idle_spread.unwrap_or_default(),
+        echo_idle: echo_idle.unwrap_or_default(),
     });
     let label = args.label.clone().unwrap_or_else(|| {
         format!(
@@ -466,6 +496,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
                 timeout_s: args.timeout.as_secs_f64(),
                 streams: args.streams as usize,
                 idle_spread_s: idle_spread.map(|d| d.as_secs_f64()),
+                echo_idle_s: echo_idle.map(|d| d.as_secs_f64()),
             },
             duration_s: elapsed,
             triggers,
@@ -488,6 +519,16 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()),
             ),
+            echo: (args.mode == Mode::Echo).then(|| {
+                let c = &shared.echo;
+                report::Echo {
+                    batches: c.batches.load(Ordering::Relaxed),
+                    pipelined: c.pipelined.load(Ordering::Relaxed),
+                    split: c.split.load(Ordering::Relaxed),
+                    idle_pauses: c.idle.load(Ordering::Relaxed),
+                    close_responses: c.close_responses.load(Ordering::Relaxed),
+                }
+            }),
         },
     );
     print!("{}", report::text(&report));
@@ -498,6 +539,13 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plot {
         std::fs::write(path, plot::svg(&report))
             .with_context(|| format!("write {}", path.display()))?;
+    }
+    let mismatched = report.failures.get("mismatched").copied().unwrap_or(0);
+    if mismatched > 0 {
+        eprintln!(
+            "FAILED: {mismatched} responses were not their request's (a mismatch is never allowed)"
+        );
+        return Ok(ExitCode::from(1));
     }
     if report.failed > args.max_failures {
         eprintln!(

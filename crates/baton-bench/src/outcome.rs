@@ -21,16 +21,25 @@ pub(crate) enum Outcome {
     Timeout,
     /// Anything else (the message is kept in the failure sample).
     Other,
+    /// Echo mode: a complete 200 response that is not the one of its request (another
+    /// request's id: out of order, duplicated, from another connection; or not an echo).
+    Mismatched,
+    /// Echo mode: the connection closed or was reset while the request was outstanding
+    /// (written, or due to be written on an idle connection), without the
+    /// `Connection: close` that says it was not processed.
+    Lost,
 }
 
 impl Outcome {
-    pub(crate) const FAILURES: [Outcome; 6] = [
+    pub(crate) const FAILURES: [Outcome; 8] = [
         Outcome::Status,
         Outcome::Refused,
         Outcome::Reset,
         Outcome::Eof,
         Outcome::Timeout,
         Outcome::Other,
+        Outcome::Mismatched,
+        Outcome::Lost,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -42,6 +51,8 @@ impl Outcome {
             Outcome::Eof => "eof",
             Outcome::Timeout => "timeout",
             Outcome::Other => "other",
+            Outcome::Mismatched => "mismatched",
+            Outcome::Lost => "lost",
         }
     }
 

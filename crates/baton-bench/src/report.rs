@@ -105,6 +105,24 @@ pub(crate) struct Client {
     /// Idle mode only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) idle_spread_s: Option<f64>,
+    /// Echo mode only: the longest idle pause (`--echo-idle`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) echo_idle_s: Option<f64>,
+}
+
+/// Echo mode: what the workers wrote, and how often the server said it closes.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct Echo {
+    /// Batches written (1 to 4 requests each).
+    pub(crate) batches: u64,
+    /// Batches of 2 to 4 requests in one write.
+    pub(crate) pipelined: u64,
+    /// Batches whose last request head was written in two parts, with a pause between.
+    pub(crate) split: u64,
+    /// Idle pauses before a batch.
+    pub(crate) idle_pauses: u64,
+    /// Responses with `Connection: close` (each: a new connection for what follows).
+    pub(crate) close_responses: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +155,12 @@ pub(crate) struct Report {
     pub(crate) reloads: Reloads,
     pub(crate) pids_seen: usize,
     pub(crate) replaced_connections: u64,
+    /// HTTP/2: requests sent again after GOAWAY or `REFUSED_STREAM`; echo mode: requests
+    /// pipelined after a `Connection: close` response, sent again on a new connection.
     pub(crate) resent_requests: u64,
+    /// Echo mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) echo: Option<Echo>,
     /// Connections the clients opened, first ones included.
     pub(crate) connections_opened: u64,
     /// Keep-alive and idle modes: connections opened beyond one per client (`null` in
@@ -177,6 +200,7 @@ pub(crate) struct RunFacts {
     pub(crate) server_cpu_s: Option<f64>,
     pub(crate) first_failures: Vec<(u64, Outcome, String)>,
     pub(crate) failure_lines: FailureLines,
+    pub(crate) echo: Option<Echo>,
 }
 
 /// What the responses' PIDs say about the triggers.
@@ -381,6 +405,7 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
         pids_seen: pids.len(),
         replaced_connections: facts.replaced_connections,
         resent_requests: facts.resent_requests,
+        echo: facts.echo,
         connections_opened: facts.connections_opened,
         connections_reopened,
         client_cpu_cores: facts.client_cpu_cores,
@@ -421,6 +446,10 @@ pub(crate) fn text(r: &Report) -> String {
             crate::load::Mode::Idle => format!(
                 "idle (one request per worker within {} ms after each trigger)",
                 r.client.idle_spread_s.map_or(0.0, |v| v * 1000.0)
+            ),
+            crate::load::Mode::Echo => format!(
+                "echo (one raw connection per worker: pipelined batches of 1-4, split heads, idle pauses up to {} ms; every response checked against its request)",
+                r.client.echo_idle_s.map_or(0.0, |v| v * 1000.0)
             ),
         },
         r.client.http,
@@ -520,11 +549,28 @@ pub(crate) fn text(r: &Report) -> String {
             r.connections_opened, r.client.concurrency
         );
     }
+    if let Some(e) = &r.echo {
+        let _ = writeln!(
+            s,
+            "  echo        {} batches: {} pipelined (2-4 requests in one write), {} split (a head in two writes), {} after an idle pause; {} responses with Connection: close",
+            e.batches, e.pipelined, e.split, e.idle_pauses, e.close_responses
+        );
+    }
     if r.resent_requests > 0 {
         let _ = writeln!(
             s,
-            "  re-sent     {} HTTP/2 requests the server had not processed (GOAWAY, REFUSED_STREAM)",
-            r.resent_requests
+            "  re-sent     {}",
+            if r.echo.is_some() {
+                format!(
+                    "{} requests pipelined after a Connection: close response (not processed), on a new connection",
+                    r.resent_requests
+                )
+            } else {
+                format!(
+                    "{} HTTP/2 requests the server had not processed (GOAWAY, REFUSED_STREAM)",
+                    r.resent_requests
+                )
+            }
         );
     }
     if let Some(c) = r.client_cpu_cores {
@@ -554,6 +600,25 @@ pub(crate) fn text(r: &Report) -> String {
                 )
             } else {
                 String::new()
+            }
+        );
+    }
+    if r.echo.is_some() {
+        let class = |c: &str| r.failures.get(c).copied().unwrap_or(0);
+        let (lost, mismatched) = (class("lost"), class("mismatched"));
+        let _ = writeln!(
+            s,
+            "  verdict     {}",
+            if r.failed == 0 {
+                format!(
+                    "every one of the {} responses matched its request, in order, exactly once; 0 lost",
+                    r.ok
+                )
+            } else {
+                format!(
+                    "FAILED: {lost} lost, {mismatched} mismatched, {} other failures",
+                    r.failed - lost - mismatched
+                )
             }
         );
     }
