@@ -91,6 +91,13 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = limit)]
     ready_timeout: Duration,
 
+    /// After a reload, how long the old worker stands by before it is told to drain;
+    /// if the new worker dies within it, the old one serves on and the reload fails.
+    /// 0s: drain at once. (A worker run with --hand-over stops accepting meanwhile;
+    /// another keeps accepting beside the new one.)
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = delay)]
+    probation: Duration,
+
     /// The signal that tells a worker to drain and exit.
     #[arg(long, value_name = "SIGNAL", default_value = "TERM")]
     drain_signal: Signal,
@@ -172,6 +179,10 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
 
 fn limit(s: &str) -> Result<Duration, baton::Error> {
     baton::parse_duration(s, Duration::from_millis(1))
+}
+
+fn delay(s: &str) -> Result<Duration, baton::Error> {
+    baton::parse_duration(s, Duration::ZERO)
 }
 
 fn main() -> ExitCode {
@@ -259,6 +270,7 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
     let mut builder = Master::builder(args.command)
         .readiness(args.ready)
         .ready_timeout(args.ready_timeout)
+        .probation(args.probation)
         .drain_signal(args.drain_signal)
         .drain_timeout(args.drain_timeout)
         .signals(SignalMap::preset(args.signals))

@@ -421,3 +421,82 @@ async fn a_worker_that_would_die_of_its_drain_signal_is_reported_not_killed() {
     assert_eq!(code, Some(0));
     wait_until("the worker has ended", || !alive(first));
 }
+
+/// Probation under `baton run` (issue 26): the new worker killed after it was ready,
+/// within its probation. The old worker serves on (it never stopped: a worker that is
+/// not a baton server keeps accepting beside the new one), no client is refused, the
+/// status names it, and `baton reload` exits 1 saying the new worker died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_worker_that_dies_in_its_probation_leaves_the_old_one_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let rd = run_dir.to_str().unwrap().to_owned();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let hello = support::hello_exe();
+    let start = [
+        "start",
+        "--name",
+        "web",
+        "--run-dir",
+        &rd,
+        "--listen",
+        &addr,
+        "--probation",
+        "1h",
+        "--",
+        hello.to_str().unwrap(),
+    ];
+    let (code, _, _) = text(&baton(&start));
+    let _cleanup = Cleanup {
+        pidfile: run_dir.join("web.pid"),
+    };
+    assert_eq!(code, Some(0));
+    let gen1 = serving_pid(&status_json(&run_dir, "web"));
+    let load = Load::start(&addr, 2, false);
+    let reload = {
+        let rd = rd.clone();
+        std::thread::spawn(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+                .args(["reload", "--name", "web", "--run-dir", &rd])
+                .output()
+                .unwrap();
+            text(&out)
+        })
+    };
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let gen2 = loop {
+        let v = status_json(&run_dir, "web");
+        if v["state"] == "probation" {
+            let standby = v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["role"] == "standby" && w["pid"] == gen1);
+            assert!(standby, "{v}");
+            break serving_pid(&v);
+        }
+        assert!(std::time::Instant::now() < deadline, "no probation: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_ne!(gen1, gen2);
+    support::signal_pid(gen2, "KILL");
+    let (code, out, err) = tokio::task::block_in_place(|| reload.join().unwrap());
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("standing by: gen 1"), "{out}");
+    assert!(
+        err.contains(&format!("the new worker gen 2 (pid {gen2}) died"))
+            && err.contains("within its probation"),
+        "{err}"
+    );
+    let v = status_json(&run_dir, "web");
+    assert_eq!(serving_pid(&v), gen1, "{v}");
+    assert_eq!(v["last_reload"]["outcome"], "failed", "{v}");
+    support::wait_answered_by(&addr, gen1).await;
+    let tally = load.stop().await;
+    assert!(
+        !tally.failures.iter().any(|f| f.contains("refused")),
+        "{:?}",
+        tally.failures
+    );
+    assert!(alive(gen1));
+}

@@ -10,6 +10,9 @@
 //! [`Message::TotalsPlease`] while it drains, and at its end). A connection whose message was sent belongs to the
 //! successor (if it dies before reading it, the kernel closes the socket with the
 //! channel); one that could not be sent stays with the predecessor.
+// The connection part serves the HTTP servers only; a build without them (the `baton`
+// CLI) keeps the totals, the keys and the master's messages.
+#![cfg_attr(not(feature = "http"), allow(dead_code))]
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -207,6 +210,25 @@ pub(crate) enum Message {
     /// Master to the worker standing by: the new one died in its probation: accept
     /// again, serve on.
     Resume,
+}
+
+impl Message {
+    /// What it carries, in words (for a log line).
+    pub(crate) fn what(&self) -> &'static str {
+        match self {
+            Message::Takes(_) => "the listeners taken",
+            Message::Conn { .. } => "a connection",
+            Message::Totals { .. } => "the totals",
+            Message::TotalsPlease => "a request for the totals",
+            Message::Keys(_) => "the TLS session-ticket keys (sessions will not resume)",
+            Message::Successor { .. } => "the successor",
+            Message::Moving { .. } => "what may move",
+            Message::Room { .. } => "credit",
+            Message::ProbationOver => "the end of the probation",
+            Message::Standby { .. } => "a standby",
+            Message::Resume => "a resume",
+        }
+    }
 }
 
 const TAKES: u8 = b'T';

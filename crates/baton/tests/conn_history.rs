@@ -50,7 +50,7 @@ async fn moved_idle_connections_close_at_their_idle_timeout_not_the_header_timeo
     }
     let last_request = Instant::now();
     signal_pid(demo.pid, "HUP");
-    let new = demo.wait_ready(2);
+    demo.wait_ready(2);
     wait_until("the old generation exited", || !alive(demo.pid));
     let stats = support::get(&demo.addr, "/stats").await.unwrap().body;
     assert!(
@@ -67,7 +67,6 @@ async fn moved_idle_connections_close_at_their_idle_timeout_not_the_header_timeo
         );
     }
     wait_stat(&demo.addr, "timed_out", |n| n == 20).await;
-    drop(new);
 }
 
 /// Regression (issue 26, defect 2): connections that moved were never parked again

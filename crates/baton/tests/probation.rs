@@ -85,3 +85,31 @@ async fn without_probation_the_old_generation_drains_at_once() {
     let refused = tokio::net::TcpStream::connect(&demo.addr).await;
     assert!(refused.is_err(), "something still accepts");
 }
+
+/// A stop during the probation (systemd's `stop` sends it to the main process, which
+/// the old generation still is): it goes to the new generation too, both drain (a
+/// request in flight on each finishes), and the old one ends last, so that a service
+/// manager sees its main process outlive the rest. Review finding: the two waited on
+/// each other until the new one's drain deadline (30 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_during_the_probation_stops_both_generations_old_one_last() {
+    let mut demo = Demo::start(&["--probation", "1h", "--drain-timeout", "1h"]);
+    let on_old = demo.sleep_in_flight("2");
+    signal_pid(demo.pid, "HUP");
+    let new = demo.ready_pid(2);
+    demo.wait_log("stands by with its connections");
+    support::wait_answered_by(&demo.addr, new).await;
+    let addr = demo.addr.clone();
+    let on_new = tokio::spawn(async move { support::get(&addr, "/sleep?secs=2").await });
+    demo.wait_log_nth("sleep 2s: start", 2);
+    // With a drain deadline of an hour, waiting on each other would hang (the harness's
+    // waits give up after a minute).
+    demo.signal("TERM");
+    assert_eq!(on_old.await.unwrap().unwrap().status, 200);
+    assert_eq!(on_new.await.unwrap().unwrap().status, 200);
+    assert!(
+        demo.wait_exit().success(),
+        "the old generation stopped cleanly"
+    );
+    assert!(!alive(new), "the new generation ended first");
+}

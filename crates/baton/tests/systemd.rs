@@ -57,7 +57,9 @@ fn recv_skipping_status(sock: &UnixDatagram, statuses: &mut Vec<String>) -> Stri
 
 /// A `Type=notify-reload` unit with an FD store: at start the listening socket goes to
 /// the store once (`FDSTORE=1`, `FDNAME=http`, the socket attached), then `READY=1`; at a
-/// restart `RELOADING=1` with `MONOTONIC_USEC`, then `MAINPID=` of the new generation
+/// restart `RELOADING=1` with `MONOTONIC_USEC`, `READY=1` once the new generation is
+/// ready (the reload is done; the old generation, still the main process, stands by
+/// for the probation), then at the probation's end `MAINPID=` of the new generation
 /// with `READY=1` (the new generation stores nothing: the store has the socket); at the
 /// shutdown `STOPPING=1`. Nothing else, in this order, but `STATUS=` lines that say what
 /// the process does.
@@ -88,6 +90,7 @@ async fn notify_messages_are_those_systemd_expects_in_order() {
         .unwrap_or_else(|| panic!("{reloading:?}"));
     assert!(usec.parse::<u64>().unwrap() > 0, "{reloading:?}");
     let new = demo.wait_ready(2);
+    assert_eq!(recv_skipping_status(&sock, &mut statuses), "READY=1");
     assert_eq!(
         recv_skipping_status(&sock, &mut statuses),
         format!("MAINPID={new}\nREADY=1")

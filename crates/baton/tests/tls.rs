@@ -391,3 +391,56 @@ async fn a_tls_session_resumes_across_a_restart_and_not_with_another_service() {
     let (kind, pid) = kind_and_pid(&tls, &other.addr).await;
     assert_eq!((kind, pid), (HandshakeKind::Full, other.pid.to_string()));
 }
+
+/// Issue 26: the session-ticket keys also go from a master's old worker to its new one
+/// (before anything moves to it), so a TLS client resumes its session across a
+/// `--master` reload too. Before, the old worker learnt of the reload only after the
+/// new one served with keys of its own: the handshake was full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_resumes_across_a_masters_reload() {
+    use tokio_rustls::rustls::HandshakeKind;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    install(dir.path(), &ca.leaf(dir.path(), "site", false));
+    let demo = demo_tls(dir.path(), &["--master"]);
+    let tls = ca.client(&[b"http/1.1"]);
+    let kind_of = |pid: &str| {
+        let pid = pid.to_owned();
+        let tls = tls.clone();
+        let addr = demo.addr.clone();
+        async move {
+            let (stream, _, _) = connect(&tls, &addr).await.unwrap();
+            let kind = stream.get_ref().1.handshake_kind().unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let req = Request::get("/pid")
+                .header("host", "127.0.0.1")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            use http_body_util::BodyExt;
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let got = String::from_utf8_lossy(&body).trim().to_owned();
+            assert!(pid.is_empty() || got == pid, "answered by {got}, not {pid}");
+            (kind, got)
+        }
+    };
+    let (kind, first) = kind_of("").await;
+    assert_eq!(kind, HandshakeKind::Full);
+    assert_ne!(first, demo.pid.to_string(), "a worker answers");
+    let (kind, _) = kind_of(&first).await;
+    assert_eq!(kind, HandshakeKind::Resumed, "resumption works at all");
+    demo.signal("HUP");
+    let line = demo.wait_log("reloaded: gen 2 serves");
+    let new = line.rsplit("worker=").next().unwrap().trim().to_owned();
+    let old: u32 = first.parse().unwrap();
+    support::wait_until("the old worker exited", || !support::alive(old));
+    let (kind, pid) = kind_of(&new).await;
+    assert_eq!(
+        (kind, pid),
+        (HandshakeKind::Resumed, new.clone()),
+        "the session resumed with the master's new worker"
+    );
+}

@@ -1,6 +1,9 @@
 //! The coordinator's two ends of the generation channel (see `crate::channel`): the one
 //! from the previous generation (connections and totals come in) and the one to the
 //! next (connections and totals go out).
+// The connection part serves the HTTP servers only; a build without them (the `baton`
+// CLI) keeps the totals, the keys and the master's messages.
+#![cfg_attr(not(feature = "http"), allow(dead_code))]
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -335,6 +338,15 @@ impl Shutdown {
             }
         }
         let n = credit.len();
+        // A master's new worker started before this one knew of it: its keys and totals
+        // come now, before anything moves (the channel is empty: they fit at once).
+        // After a restart of its own they came before the start already; again is
+        // harmless.
+        for message in self.early_messages() {
+            if let Err(e) = channel.try_send(&message) {
+                warn!(error = %e, "cannot pass {} to the new generation", message.what());
+            }
+        }
         let outbound = Arc::new(Outbound {
             channel,
             credit,
@@ -348,21 +360,33 @@ impl Shutdown {
         n
     }
 
-    /// Waits (at most `limit`) until the next generation, if any, is gone.
+    /// After a stop that came during a probation (and went to the next generation
+    /// too): closes this generation's end of the channel (the next one's drain waits for
+    /// it: nothing more comes) and waits, at most `limit`, until that generation is gone.
     pub(super) async fn wait_successor_gone(&self, limit: Duration) {
-        let Some(mut state) = self.successor_state() else {
+        let Some(successor) = self.successor() else {
             return;
         };
         let pid = std::process::id();
+        let new_pid = self.inner.successor.load(Ordering::Relaxed);
+        drop(successor);
+        self.forget_successor();
+        if new_pid == 0 {
+            return;
+        }
         info!(
             pid,
-            "waiting for the new generation to finish its own drain"
+            new_pid, "waiting for the new generation to finish its own drain"
         );
-        let gone = tokio::time::timeout(limit, state.wait_for(|s| *s == Successor::Gone));
-        if gone.await.is_err() {
+        let gone = async {
+            while crate::sys::is_alive(new_pid) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(limit, gone).await.is_err() {
             warn!(
                 pid,
-                "the new generation still runs after {limit:?}; leaving it"
+                new_pid, "the new generation still runs after {limit:?}; leaving it"
             );
         }
     }
@@ -507,6 +531,24 @@ impl Shutdown {
             "the master's new worker takes this one's open connections"
         );
         Some(restarted(pid, generation))
+    }
+
+    /// What the next generation takes before it serves: the TLS session-ticket keys (so
+    /// that clients resume their sessions there) and the totals so far (so that its
+    /// counters start where this one's are, whatever happens to this one later).
+    pub(super) fn early_messages(&self) -> Vec<Message> {
+        let mut early = Vec::new();
+        #[cfg(feature = "tls")]
+        if let Some(keys) = crate::http::tickets::export() {
+            early.push(Message::Keys(keys));
+        }
+        let mut totals = Totals::from_stats(&self.connections_all_generations());
+        totals.set_restarts(&self.restart_stats_all_generations());
+        early.push(Message::Totals {
+            totals,
+            last: false,
+        });
+        early
     }
 
     /// Once the restart is counted: sends the totals to the next generation now (it

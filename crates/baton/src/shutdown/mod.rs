@@ -39,7 +39,9 @@ pub use builder::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_PROBATION,
     DEFAULT_READY_TIMEOUT, ShutdownBuilder,
 };
-pub(crate) use generations::{Mover, Successor};
+#[cfg(feature = "http")]
+pub(crate) use generations::Mover;
+pub(crate) use generations::Successor;
 pub use restart::{LastRestart, RestartRequest, RestartStats};
 
 type Trigger = Pin<Box<dyn Future<Output = ()> + Send>>;

@@ -186,18 +186,16 @@ impl Shutdown {
         // drain (if it takes none after all, such a connection closes after the idle
         // grace, as before the channel).
         inner.tracker.set_hand_over(channel.is_some());
-        // The TLS session-ticket keys, in the channel before the new generation starts
-        // (it reads them before it serves).
-        #[cfg(feature = "tls")]
-        if let Some((ours, _)) = &channel
-            && let Some(keys) = crate::http::tickets::export()
-            && let Err(e) = crate::sys::send_nonblocking_with_fds(
-                ours.as_fd(),
-                &crate::channel::Message::Keys(keys).encode(),
-                &[],
-            )
-        {
-            warn!(error = %e, "cannot pass the TLS session-ticket keys: sessions will not resume across this restart");
+        // The TLS session-ticket keys and the totals so far, in the channel before the
+        // new generation starts (it reads them before it serves).
+        if let Some((ours, _)) = &channel {
+            for message in self.early_messages() {
+                if let Err(e) =
+                    crate::sys::send_nonblocking_with_fds(ours.as_fd(), &message.encode(), &[])
+                {
+                    warn!(error = %e, "cannot pass {} to the new generation", message.what());
+                }
+            }
         }
         // Keep-alive clients answered from now on reconnect (unless their connection
         // moves, above: set first, or a response in between would close it): the new

@@ -313,6 +313,7 @@ pub(crate) fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd:
     })
 }
 
+#[cfg(feature = "http")]
 /// A new epoll instance (close-on-exec): the parking lot's own readiness set.
 pub(crate) fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -325,6 +326,7 @@ pub(crate) fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+#[cfg(feature = "http")]
 /// Adds `fd` to epoll instance `ep`, level-triggered, for bytes to read or the peer's
 /// end (`EPOLLIN | EPOLLRDHUP`); its events carry `data`.
 pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, data: u64) -> io::Result<()> {
@@ -348,6 +350,7 @@ pub(crate) fn epoll_add(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>, data: u64) -> io
     Ok(())
 }
 
+#[cfg(feature = "http")]
 /// Removes `fd` from epoll instance `ep`.
 pub(crate) fn epoll_del(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: both descriptors are open (borrowed for the call); since Linux 2.6.9 the
@@ -366,9 +369,11 @@ pub(crate) fn epoll_del(ep: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> io::Result<()
     Ok(())
 }
 
+#[cfg(feature = "http")]
 /// How many events [`epoll_poll`] takes at most per call.
 pub(crate) const EPOLL_BATCH: usize = 64;
 
+#[cfg(feature = "http")]
 /// The events pending on epoll instance `ep`, without waiting: appends the data of at
 /// most [`EPOLL_BATCH`] of them to `out` and returns how many.
 pub(crate) fn epoll_poll(ep: BorrowedFd<'_>, out: &mut Vec<u64>) -> io::Result<usize> {

@@ -13,11 +13,12 @@ mod platform;
 #[path = "other.rs"]
 mod platform;
 
+#[cfg(feature = "http")]
+pub(crate) use platform::{EPOLL_BATCH, epoll_add, epoll_create, epoll_del, epoll_poll};
 pub(crate) use platform::{
-    EPOLL_BATCH, become_subreaper, children, connect_abstract, epoll_add, epoll_create, epoll_del,
-    epoll_poll, generation_force_signal, is_alive, is_locked, open_sockets, pidfd_open,
-    process_uid, reap_orphans, send_to_abstract, seqpacket_pair, signal_disposition, start_time,
-    try_lock,
+    become_subreaper, children, connect_abstract, generation_force_signal, is_alive, is_locked,
+    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, seqpacket_pair,
+    signal_disposition, start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
@@ -362,6 +363,7 @@ pub(crate) fn spare_fd() -> io::Result<OwnedFd> {
     std::fs::File::open("/dev/null").map(OwnedFd::from)
 }
 
+#[cfg(feature = "http")]
 /// Raises this process's soft limit of open descriptors to its hard limit (as nginx's
 /// `worker_rlimit_nofile` and systemd do for services): the default soft limit (1,024)
 /// is a compatibility setting for `select(2)`, which nothing here uses. Returns the

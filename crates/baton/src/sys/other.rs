@@ -96,20 +96,25 @@ pub(crate) fn seqpacket_pair() -> io::Result<(std::os::fd::OwnedFd, std::os::fd:
     ))
 }
 
+#[cfg(feature = "http")]
 pub(crate) fn epoll_create() -> io::Result<std::os::fd::OwnedFd> {
     Err(unsupported("parking idle connections (epoll)"))
 }
 
+#[cfg(feature = "http")]
 pub(crate) fn epoll_add(_ep: BorrowedFd<'_>, _fd: BorrowedFd<'_>, _data: u64) -> io::Result<()> {
     Err(unsupported("parking idle connections (epoll)"))
 }
 
+#[cfg(feature = "http")]
 pub(crate) fn epoll_del(_ep: BorrowedFd<'_>, _fd: BorrowedFd<'_>) -> io::Result<()> {
     Err(unsupported("parking idle connections (epoll)"))
 }
 
+#[cfg(feature = "http")]
 pub(crate) const EPOLL_BATCH: usize = 64;
 
+#[cfg(feature = "http")]
 pub(crate) fn epoll_poll(_ep: BorrowedFd<'_>, _out: &mut Vec<u64>) -> io::Result<usize> {
     Err(unsupported("parking idle connections (epoll)"))
 }

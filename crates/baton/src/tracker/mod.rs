@@ -21,7 +21,9 @@ use crate::sys;
 mod conn;
 mod sweep;
 
-pub(crate) use conn::{ConnHandle, ConnShared, History, Limits, ParkedConn, conn_reached};
+pub(crate) use conn::{ConnHandle, ConnShared, History, Limits};
+#[cfg(feature = "http")]
+pub(crate) use conn::{ParkedConn, conn_reached};
 
 /// Where a shutdown stands. Phases only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

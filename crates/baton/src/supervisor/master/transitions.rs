@@ -679,6 +679,14 @@ impl Supervisor<'_> {
                 ", accepting beside it"
             }
         );
+        if stands_by {
+            info!(
+                pid = me,
+                worker = old_pid,
+                "gen {} passes its open connections to gen {generation} when the probation ends",
+                old.generation
+            );
+        }
         let step = Progress::Standby {
             generation: old.generation,
             pid: old_pid,
