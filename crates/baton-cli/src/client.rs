@@ -293,13 +293,21 @@ fn act(t: &Target, request: Request) -> ExitCode {
             }
             ExitCode::from(OK)
         }
+        // A flood of control clients (or a stuck one per slot): the master's signal does
+        // the same, and cannot be crowded out.
+        Ok(End::Error(msg))
+            if msg == baton::supervisor::control::BUSY && matches!(command, "reload" | "stop") =>
+        {
+            let busy = std::io::Error::other(format!("the master answered: {msg}"));
+            fallback(&paths, pid, command, &busy, t.timeout)
+        }
         Ok(End::Error(msg)) => fail(FAILED, format!("{}: {msg}", paths.label)),
         Err(e) if socket_gone(&e) => fallback(&paths, pid, command, &e, t.timeout),
         Err(e) => fail(FAILED, format!("{}: {command}: {e}", paths.label)),
     }
 }
 
-/// The control socket is gone: the signal the master said does `command`, and the
+/// The control socket is gone or busy: the signal the master said does `command`, and the
 /// outcome as far as the process table shows it.
 fn fallback(
     paths: &Paths,
@@ -324,7 +332,7 @@ fn fallback(
             return fail(
                 FAILED,
                 format!(
-                    "the control socket {socket} is gone ({e}) and no signal is known to do a {command}; master pid {pid} was left alone"
+                    "the control socket {socket} cannot be used ({e}) and no signal is known to do a {command}; master pid {pid} was left alone"
                 ),
             );
         }
@@ -334,7 +342,7 @@ fn fallback(
         return fail(FAILED, msg);
     }
     eprintln!(
-        "baton: the control socket {socket} is gone ({e}); sent {} to master pid {pid} instead",
+        "baton: the control socket {socket} cannot be used ({e}); sent {} to master pid {pid} instead",
         sig.short_name()
     );
     if command == "stop" {

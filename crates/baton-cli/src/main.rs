@@ -121,9 +121,15 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
 
-    /// Reap orphaned processes re-parented to the master (a child subreaper); always
-    /// on when the master is PID 1.
+    /// Do not make the master a child subreaper (on Linux it is one by default:
+    /// processes a worker leaves behind, such as a server that daemonizes itself, are
+    /// re-parented to the master, reaped when they exit, and stopped with the master
+    /// if they still hold its listening sockets). Always a subreaper as PID 1.
     #[arg(long)]
+    no_subreaper: bool,
+
+    /// On by default now (kept for scripts that pass it).
+    #[arg(long, hide = true, conflicts_with = "no_subreaper")]
     subreaper: bool,
 
     /// The worker is a baton server: at a reload, the old worker passes its open
@@ -275,7 +281,7 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
         .drain_timeout(args.drain_timeout)
         .signals(SignalMap::preset(args.signals))
         .hand_over(args.hand_over);
-    if args.subreaper {
+    if cfg!(target_os = "linux") && !args.no_subreaper {
         builder = builder.reap_orphans(true);
     }
     if let Some(name) = &args.name {

@@ -308,7 +308,7 @@ async fn a_failed_reload_exits_non_zero_with_the_reason() {
         out.contains("reload done (seen from the process table"),
         "{out}"
     );
-    assert!(err.contains("is gone"), "{err}");
+    assert!(err.contains("cannot be used"), "{err}");
     assert!(err.contains("sent HUP to master pid"), "{err}");
     let start = std::time::Instant::now();
     loop {
@@ -499,4 +499,80 @@ async fn a_new_worker_that_dies_in_its_probation_leaves_the_old_one_serving() {
         tally.failures
     );
     assert!(alive(gen1));
+}
+
+/// Regression (issue 32, defect 4): past 64 control clients, each new one got a task of
+/// its own with no limit: 70 silent clients made `baton reload` fail with "busy", 4,000
+/// held clients took the master to 4,018 descriptors. Now a client past the bound is
+/// answered at once and closed, the master's descriptors stay bounded, and `baton
+/// reload` falls back to the master's signal when it is crowded out, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_control_clients_does_not_crowd_out_a_reload() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // Room for 4,000 clients in this test process.
+    let limit = getrlimit(Resource::Nofile);
+    let want = limit.maximum.map_or(8192, |max| max.min(8192));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(want),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let rd = run_dir.to_str().unwrap().to_owned();
+    let addr = format!("127.0.0.1:{}", support::free_port());
+    let hello = support::hello_exe();
+    let (code, _, _) = text(&baton(&[
+        "start",
+        "--name",
+        "web",
+        "--run-dir",
+        &rd,
+        "--listen",
+        &addr,
+        "--probation",
+        "0s",
+        "--",
+        hello.to_str().unwrap(),
+    ]));
+    let _cleanup = Cleanup {
+        pidfile: run_dir.join("web.pid"),
+    };
+    assert_eq!(code, Some(0));
+    let v = status_json(&run_dir, "web");
+    let master = u32::try_from(v["master_pid"].as_u64().unwrap()).unwrap();
+    let gen1 = serving_pid(&v);
+    let socket = run_dir.join("web.sock");
+    let clients = u64::min(4_000, want.saturating_sub(200));
+    let mut held = Vec::new();
+    for _ in 0..clients {
+        // Silent clients that never read and never leave.
+        match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(s) => held.push(s),
+            // The master's accept queue is full for a moment: the flood is there.
+            Err(_) => break,
+        }
+    }
+    let fds = support::fd_count(master);
+    println!(
+        "{} silent control clients held; the master holds {fds} descriptors",
+        held.len()
+    );
+    assert!(held.len() >= 1_000, "only {} clients connected", held.len());
+    assert!(
+        fds < 200,
+        "the master holds {fds} descriptors under the flood"
+    );
+    let (code, out, err) = text(&baton(&["reload", "--name", "web", "--run-dir", &rd]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("busy") && err.contains("instead") || out.contains("reload done"),
+        "says how it reloaded: {out}{err}"
+    );
+    support::wait_until("the old worker is gone", || !alive(gen1));
+    assert_ne!(serving_pid(&status_json(&run_dir, "web")), gen1);
+    drop(held);
 }

@@ -156,7 +156,7 @@ impl Totals {
 }
 
 /// The kinds of failed restarts carried over (`RestartFailure::kind`).
-pub(crate) const RESTART_FAILURES: [&str; 9] = [
+pub(crate) const RESTART_FAILURES: [&str; 10] = [
     "executable",
     "spawn",
     "exited",
@@ -166,6 +166,7 @@ pub(crate) const RESTART_FAILURES: [&str; 9] = [
     "draining",
     "master",
     "died",
+    "closed-listeners",
 ];
 
 /// One message of the channel.

@@ -368,27 +368,56 @@ impl Listener {
         let mut complained = false;
         loop {
             let n = self.socket.recv(&mut buf).await?;
-            match parse(&buf[..n]) {
-                Some(fields) => {
-                    if fields.iter().any(|(k, v)| *k == "READY" && *v == "1") {
-                        let sig = fields
-                            .iter()
-                            .find(|(k, _)| *k == RESTART_SIGNAL)
-                            .map(|(_, v)| (*v).to_owned());
-                        return Ok(sig);
-                    }
-                    debug!(?fields, "notify message from the new generation");
-                }
-                None if !complained => {
-                    complained = true;
-                    warn!(
-                        bytes = n,
-                        "the new generation sent a malformed notify message (expected KEY=VALUE lines); ignoring it"
-                    );
-                }
-                None => {}
+            if let Some(ready) = self.read_one(&buf[..n], &mut complained) {
+                return Ok(ready);
             }
         }
+    }
+
+    /// What already waits in the socket, without waiting: `Some` once a `READY=1` is
+    /// among it (with the restart signal announced). Asked before a readiness deadline
+    /// is declared missed: a master or generation whose thread ran late (a paused VM,
+    /// CPU starvation) must not take a readiness that came in time for a timeout.
+    pub(crate) fn ready_now(&self) -> Option<Option<String>> {
+        let mut buf = vec![0u8; 4096];
+        let mut complained = false;
+        // Straight from the socket (non-blocking, a status flag of the socket that a
+        // duplicate shares): tokio's `try_recv` answers from its own view of the
+        // socket's readiness, which is just what may lag here.
+        use std::os::fd::AsFd;
+        let socket = self.socket.as_fd().try_clone_to_owned().ok()?;
+        let socket = std::os::unix::net::UnixDatagram::from(socket);
+        loop {
+            let n = socket.recv(&mut buf).ok()?;
+            if let Some(ready) = self.read_one(&buf[..n], &mut complained) {
+                return Some(ready);
+            }
+        }
+    }
+
+    /// One message: `Some` for `READY=1`.
+    fn read_one(&self, msg: &[u8], complained: &mut bool) -> Option<Option<String>> {
+        match parse(msg) {
+            Some(fields) => {
+                if fields.iter().any(|(k, v)| *k == "READY" && *v == "1") {
+                    let sig = fields
+                        .iter()
+                        .find(|(k, _)| *k == RESTART_SIGNAL)
+                        .map(|(_, v)| (*v).to_owned());
+                    return Some(sig);
+                }
+                debug!(?fields, "notify message from the new generation");
+            }
+            None if !*complained => {
+                *complained = true;
+                warn!(
+                    bytes = msg.len(),
+                    "the new generation sent a malformed notify message (expected KEY=VALUE lines); ignoring it"
+                );
+            }
+            None => {}
+        }
+        None
     }
 }
 

@@ -190,6 +190,93 @@ pub(crate) fn open_sockets(pid: u32) -> Option<usize> {
     )
 }
 
+/// The processes (other than this one) holding a socket with one of these inodes open:
+/// who still serves a listening socket. Reads every process's descriptor table: call it
+/// off an async runtime's thread, and rarely.
+pub(crate) fn socket_holders(inodes: &[u64]) -> Vec<u32> {
+    let me = std::process::id();
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(Result::ok).any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|t| wanted.iter().any(|w| t.as_os_str() == w.as_str()))
+                })
+            })
+        })
+        .collect()
+}
+
+/// Which of these socket inodes process `pid` or one of its descendants holds open;
+/// `None` when its descriptor table cannot be read.
+pub(crate) fn held_in_tree(pid: u32, inodes: &[u64]) -> Option<Vec<u64>> {
+    let mut held = Vec::new();
+    let mut todo = vec![pid];
+    let mut seen = 0;
+    let mut readable = false;
+    while let Some(p) = todo.pop() {
+        seen += 1;
+        if seen > 256 {
+            break;
+        }
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) {
+            readable = true;
+            for fd in fds.filter_map(Result::ok) {
+                let Ok(target) = std::fs::read_link(fd.path()) else {
+                    continue;
+                };
+                let target = target.to_string_lossy();
+                if let Some(ino) = target
+                    .strip_prefix("socket:[")
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok())
+                    && inodes.contains(&ino)
+                    && !held.contains(&ino)
+                {
+                    held.push(ino);
+                }
+            }
+        }
+        if let Ok(kids) = children(p) {
+            todo.extend(kids);
+        }
+    }
+    readable.then_some(held)
+}
+
+/// Whether `ancestor` is `pid`'s parent, grandparent, ...
+pub(crate) fn is_descendant(pid: u32, ancestor: u32) -> bool {
+    let mut at = pid;
+    for _ in 0..64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{at}/stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces and parentheses.
+        let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if ppid == ancestor {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        at = ppid;
+    }
+    false
+}
+
 /// What process `pid` does with `signal`, from `/proc/PID/status` (`SigCgt`, `SigIgn`,
 /// and `SigBlk` of its main thread); `None` where it cannot be read.
 pub(crate) fn signal_disposition(pid: u32, signal: i32) -> Option<super::Disposition> {

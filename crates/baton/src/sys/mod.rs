@@ -16,9 +16,9 @@ mod platform;
 #[cfg(feature = "http")]
 pub(crate) use platform::{EPOLL_BATCH, epoll_add, epoll_create, epoll_del, epoll_poll};
 pub(crate) use platform::{
-    become_subreaper, children, connect_abstract, generation_force_signal, is_alive, is_locked,
-    open_sockets, pidfd_open, process_uid, reap_orphans, send_to_abstract, seqpacket_pair,
-    signal_disposition, start_time, try_lock,
+    become_subreaper, children, connect_abstract, generation_force_signal, held_in_tree, is_alive,
+    is_descendant, is_locked, open_sockets, pidfd_open, process_uid, reap_orphans,
+    send_to_abstract, seqpacket_pair, signal_disposition, socket_holders, start_time, try_lock,
 };
 
 use std::ffi::{CString, OsStr};
@@ -103,6 +103,14 @@ pub(crate) fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     } else {
         Ok(())
     }
+}
+
+/// The inode of the socket `fd` (what `/proc/PID/fd` links name, `socket:[INODE]`).
+pub(crate) fn socket_inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// Makes `fd` non-blocking (a status flag of the open file, shared with every process
@@ -363,10 +371,10 @@ pub(crate) fn spare_fd() -> io::Result<OwnedFd> {
     std::fs::File::open("/dev/null").map(OwnedFd::from)
 }
 
-#[cfg(feature = "http")]
 /// Raises this process's soft limit of open descriptors to its hard limit (as nginx's
 /// `worker_rlimit_nofile` and systemd do for services): the default soft limit (1,024)
-/// is a compatibility setting for `select(2)`, which nothing here uses. Returns the
+/// is a compatibility setting for `select(2)`, which nothing here uses. The programs
+/// this process starts get the soft limit it had (they may use `select`). Returns the
 /// limit now in force.
 pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
@@ -386,10 +394,15 @@ pub(crate) fn raise_nofile_limit() -> io::Result<u64> {
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        let _ = CHILD_NOFILE.set((limit.rlim_cur, limit.rlim_max));
         return Ok(limit.rlim_max);
     }
     Ok(limit.rlim_cur)
 }
+
+/// The descriptor limit (soft, hard) this process had before it raised its own: what
+/// the programs it starts get back.
+static CHILD_NOFILE: std::sync::OnceLock<(libc::rlim_t, libc::rlim_t)> = std::sync::OnceLock::new();
 
 fn send_message(
     sock: BorrowedFd<'_>,
@@ -586,6 +599,15 @@ impl ExecPlan {
         // Dispositions and the mask as a freshly started program expects them: a signal
         // this process ignores (or blocks) would stay ignored across the exec.
         reset_signals();
+        // The descriptor limit this process had before it raised its own.
+        if let Some((soft, hard)) = CHILD_NOFILE.get() {
+            let limit = libc::rlimit {
+                rlim_cur: *soft,
+                rlim_max: *hard,
+            };
+            // SAFETY: setrlimit (a plain system call) reads one struct on our stack.
+            unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+        }
         for (i, fd) in self.fds.iter().enumerate() {
             // SAFETY: dup2 on two integers; the source is open (owned by the plan), the
             // target is a plain number. dup2 clears close-on-exec on the target, so the
@@ -630,9 +652,10 @@ impl ExecPlan {
     pub(crate) fn install(mut self, cmd: &mut tokio::process::Command) {
         // SAFETY: the closure runs in the forked child before exec, where only
         // async-signal-safe functions may be called: `exec_in_child` calls fork, write,
-        // waitpid, poll and _exit (the sitter), sigaction, sigprocmask, dup2, getpid and
-        // execve, and writes digits into memory it owns; it allocates nothing and takes
-        // no lock.
+        // waitpid, poll and _exit (the sitter), sigaction, sigprocmask, setrlimit, dup2,
+        // getpid and execve, and writes digits into memory it owns; it allocates
+        // nothing and takes no lock (a `OnceLock` set before the fork is read without
+        // one).
         unsafe {
             cmd.pre_exec(move || Err(self.exec_in_child()));
         }

@@ -118,3 +118,18 @@ pub(crate) const EPOLL_BATCH: usize = 64;
 pub(crate) fn epoll_poll(_ep: BorrowedFd<'_>, _out: &mut Vec<u64>) -> io::Result<usize> {
     Err(unsupported("parking idle connections (epoll)"))
 }
+
+/// Who holds a socket cannot be read without `/proc`: nobody known.
+pub(crate) fn socket_holders(_inodes: &[u64]) -> Vec<u32> {
+    Vec::new()
+}
+
+/// Without `/proc`, no ancestry is known.
+pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
+    false
+}
+
+/// Without `/proc`, what a process holds is not known.
+pub(crate) fn held_in_tree(_pid: u32, _inodes: &[u64]) -> Option<Vec<u64>> {
+    None
+}

@@ -342,6 +342,8 @@ pub fn signal_pid(pid: u32, sig: &str) {
             "USR1" => Signal::USR1,
             "USR2" => Signal::USR2,
             "KILL" => Signal::KILL,
+            "STOP" => Signal::STOP,
+            "CONT" => Signal::CONT,
             other => panic!("the harness does not know signal {other}"),
         };
         let pid = Pid::from_raw(pid as i32).expect("a child's pid is positive");

@@ -31,8 +31,14 @@ use tracing::{debug, warn};
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest command line accepted.
 const MAX_LINE: usize = 128;
-/// Clients served at once; more are told the master is busy.
+/// Clients served at once (their request read); more are told the master is busy.
 const MAX_CLIENTS: usize = 64;
+/// Clients whose command line is awaited at once; a new one past it closes the one
+/// that waited longest (a silent client cannot hold a place a prompt one needs).
+const MAX_PENDING: usize = 64;
+/// The answer to a client past [`MAX_CLIENTS`]; the CLI recognises it and falls back to
+/// the master's signal.
+pub const BUSY: &str = "busy: too many control clients at once";
 
 /// Where the answer to one request goes. Cloned for every party that reports on it; the
 /// connection closes when the last clone is dropped, so a final line must be sent
@@ -166,6 +172,7 @@ impl Bound {
             listener,
             path,
             clients: Arc::new(Semaphore::new(MAX_CLIENTS)),
+            pending: Arc::default(),
         })
     }
 }
@@ -184,6 +191,15 @@ pub(crate) struct Server {
     listener: UnixListener,
     path: PathBuf,
     clients: Arc<Semaphore>,
+    /// The clients whose command line is awaited, oldest first.
+    pending: Arc<std::sync::Mutex<Pending>>,
+}
+
+/// Connections whose command line is awaited, oldest first (by number).
+#[derive(Debug, Default)]
+struct Pending {
+    next: u64,
+    waiting: std::collections::VecDeque<(u64, tokio::task::AbortHandle)>,
 }
 
 impl Server {
@@ -206,6 +222,23 @@ impl Server {
     /// Accepts the next client and serves it in a task of its own, which sends its
     /// request to `requests`.
     pub(crate) async fn accept(&self, requests: &mpsc::UnboundedSender<Asked>) {
+        // At the bound of clients awaited, the one that waited longest goes before the
+        // next is accepted (and its task is dropped, its descriptor closed, before).
+        let evicted = {
+            let mut pending = crate::sync::lock(&self.pending);
+            let mut evicted = false;
+            while pending.waiting.len() >= MAX_PENDING {
+                let Some((_, oldest)) = pending.waiting.pop_front() else {
+                    break;
+                };
+                oldest.abort();
+                evicted = true;
+            }
+            evicted
+        };
+        if evicted {
+            tokio::task::yield_now().await;
+        }
         let stream = match self.listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -224,13 +257,11 @@ impl Server {
                     peer_uid = cred.uid(),
                     "control socket: a client of another user was refused"
                 );
-                tokio::spawn(async move {
-                    let e = Line::Error(format!(
-                        "permission denied: uid {} may not control this master",
-                        cred.uid()
-                    ));
-                    refuse(stream, &format!("{}\n", e.encode())).await;
-                });
+                let e = Line::Error(format!(
+                    "permission denied: uid {} may not control this master",
+                    cred.uid()
+                ));
+                refuse_now(&stream, &e);
                 return;
             }
             Err(e) => {
@@ -238,18 +269,32 @@ impl Server {
                 return;
             }
         }
-        let Ok(permit) = self.clients.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let busy = Line::Error("busy: too many control clients at once".into());
-                refuse(stream, &format!("{}\n", busy.encode())).await;
-            });
-            return;
-        };
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            serve(stream, requests).await;
+        // A bounded number of connections in every state (issue 32: 4,000 silent
+        // clients took the master to 4,018 descriptors): at most MAX_PENDING wait for
+        // their command line (a new one closes the one that waited longest), at most
+        // MAX_CLIENTS are served; past that, "busy" is answered at once and the
+        // connection closed, without a task (the CLI then falls back to the signal).
+        let (requests, clients) = (requests.clone(), Arc::clone(&self.clients));
+        let pending = Arc::clone(&self.pending);
+        let mut waiting = crate::sync::lock(&self.pending);
+        let id = waiting.next;
+        waiting.next += 1;
+        let task = tokio::spawn(async move {
+            let request = read_request(stream).await;
+            crate::sync::lock(&pending)
+                .waiting
+                .retain(|(i, _)| *i != id);
+            let Some((mut stream, request)) = request else {
+                return;
+            };
+            let Ok(permit) = clients.try_acquire_owned() else {
+                refuse_now(&stream, &Line::Error(BUSY.into()));
+                return;
+            };
+            serve(&mut stream, request, requests).await;
             drop(permit);
         });
+        waiting.waiting.push_back((id, task.abort_handle()));
     }
 }
 
@@ -259,48 +304,45 @@ impl Drop for Server {
     }
 }
 
-async fn serve(mut stream: UnixStream, requests: mpsc::UnboundedSender<Asked>) {
-    let request = match tokio::time::timeout(COMMAND_TIMEOUT, read_line(&mut stream)).await {
+/// Reads the client's command line (within [`COMMAND_TIMEOUT`]); a bad or missing one
+/// is answered with an error and the connection closed (`None`).
+async fn read_request(mut stream: UnixStream) -> Option<(UnixStream, Request)> {
+    let line = tokio::time::timeout(COMMAND_TIMEOUT, read_line(&mut stream)).await;
+    let error = match line {
         Ok(Ok(line)) => match line.parse::<Request>() {
-            Ok(r) => r,
-            Err(e) => {
-                refuse(stream, &format!("{}\n", Line::Error(e).encode())).await;
-                return;
-            }
+            Ok(r) => return Some((stream, r)),
+            Err(e) => e,
         },
-        Ok(Err(e)) => {
-            refuse(
-                stream,
-                &format!("{}\n", Line::Error(e.to_string()).encode()),
-            )
-            .await;
-            return;
-        }
-        Err(_) => {
-            let e = Line::Error(format!("no command within {COMMAND_TIMEOUT:?}"));
-            refuse(stream, &format!("{}\n", e.encode())).await;
-            return;
-        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no command within {COMMAND_TIMEOUT:?}"),
     };
+    refuse(stream, &format!("{}\n", Line::Error(error).encode())).await;
+    None
+}
+
+async fn serve(stream: &mut UnixStream, request: Request, requests: mpsc::UnboundedSender<Asked>) {
     let (reply, mut rx) = Reply::channel();
     if requests.send(Asked { request, reply }).is_err() {
         let e = Line::Error("the master is exiting".into());
-        let _ = write(&mut stream, format!("{}\n", e.encode()).as_bytes()).await;
+        let _ = write(stream, format!("{}\n", e.encode()).as_bytes()).await;
         return;
     }
     while let Some(line) = rx.recv().await {
         let mut text = line.encode();
         text.push('\n');
-        if write(&mut stream, text.as_bytes()).await.is_err() {
+        if write(stream, text.as_bytes()).await.is_err() {
             // The client left; the request carries on regardless.
             return;
         }
     }
 }
 
-/// Answers `msg` and closes. What the client sent beyond the command line is read and
-/// dropped first (bounded): closing a Unix socket with unread input resets it, and the
-/// client would lose the answer.
+/// Answers `line` without waiting (into the socket's buffer, which a fresh connection
+/// has room for) and closes the connection.
+fn refuse_now(stream: &UnixStream, line: &Line) {
+    let _ = stream.try_write(format!("{}\n", line.encode()).as_bytes());
+}
+
 async fn refuse(mut stream: UnixStream, msg: &str) {
     if write(&mut stream, msg.as_bytes()).await.is_err() {
         return;

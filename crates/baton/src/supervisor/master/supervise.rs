@@ -37,6 +37,8 @@ enum Event {
     /// The worker standing by for a probation exited.
     StandbyExited(io::Result<ExitStatus>),
     ProbationOver,
+    /// The time came for a request put off until the worker settled.
+    Settled,
     Drained(DrainEnd),
     Respawn,
     Reap,
@@ -45,7 +47,14 @@ enum Event {
 /// The loop's state and what it keeps beside it.
 pub(super) struct Supervisor<'a> {
     pub(super) cfg: &'a Config,
-    pub(super) listeners: &'a [Listener],
+    /// The listening sockets passed to every worker; closed here when a stop begins
+    /// (see `Supervisor::stop`).
+    pub(super) listeners: Vec<Listener>,
+    /// How many there are (a worker's open sockets count them too).
+    pub(super) passed: usize,
+    /// Their sockets' inodes: who holds them (a new worker must; nothing else may once
+    /// the master is done).
+    pub(super) inodes: Vec<u64>,
     /// The private control socket's path, given to every worker.
     pub(super) private: Option<&'a std::path::Path>,
     pub(super) state: State,
@@ -64,6 +73,8 @@ pub(super) struct Supervisor<'a> {
     pub(super) hammer: watch::Sender<bool>,
     /// Whether a stop signal again kills the workers (see `Escalation`).
     pub(super) escalation: Escalation,
+    /// A reload or full restart put off until the serving worker settled.
+    pub(super) deferred: Option<super::transitions::Deferred>,
 }
 
 impl Asked {
@@ -110,6 +121,12 @@ impl Master {
             _pidfile,
         } = self;
         let me = std::process::id();
+        // A flood of control clients, or a worker's many sockets, must not run the
+        // master out of descriptors at 1,024 (its workers get the limit back).
+        match crate::sys::raise_nofile_limit() {
+            Ok(limit) => tracing::debug!(pid = me, limit, "descriptor limit"),
+            Err(e) => warn!(pid = me, error = %e, "cannot raise the descriptor limit"),
+        }
         let control = control
             .map(|c| {
                 let path = c.path().display().to_string();
@@ -177,7 +194,15 @@ impl Master {
         .map_err(Error::Worker)?;
         let mut sv = Supervisor {
             cfg: &cfg,
-            listeners: &listeners,
+            passed: listeners.len(),
+            inodes: {
+                use std::os::fd::AsFd;
+                listeners
+                    .iter()
+                    .filter_map(|l| crate::sys::socket_inode(l.as_fd()))
+                    .collect()
+            },
+            listeners,
             private: private_path.as_deref(),
             state: State::Starting(first),
             started: Instant::now(),
@@ -190,6 +215,7 @@ impl Master {
             last_exit: None,
             hammer: watch::channel(false).0,
             escalation: Escalation::new(false),
+            deferred: None,
         };
         let mut reap_tick = tokio::time::interval(Duration::from_secs(1));
         let mut progress_tick = tokio::time::interval(crate::notify::PROGRESS_CHECK);
@@ -202,6 +228,7 @@ impl Master {
                 State::Idle { respawn_at } => Some(*respawn_at),
                 _ => None,
             };
+            let settled_at = sv.deferred.as_ref().map(|d| d.at);
             let probation_until = match &sv.state {
                 State::Probation(p) => Some(p.until),
                 _ => None,
@@ -218,6 +245,7 @@ impl Master {
                 },
                 () = sleep_until(respawn_at) => Event::Respawn,
                 () = sleep_until(probation_until) => Event::ProbationOver,
+                () = sleep_until(settled_at) => Event::Settled,
                 _ = recv_sigchld(&mut sigchld) => Event::Reap,
                 _ = reap_tick.tick(), if cfg.reap_orphans => Event::Reap,
                 _ = progress_tick.tick(), if sv.state.is_stopping() => {
@@ -227,10 +255,16 @@ impl Master {
             };
             match event {
                 Event::Command(cmd) => sv.on_command(cmd),
-                Event::Ready(res) => sv.on_ready(res).map_err(Error::Worker)?,
+                Event::Ready(res) => {
+                    if let Err(e) = sv.on_ready(res) {
+                        stop_strays(sv.inodes.clone()).await;
+                        return Err(Error::Worker(e));
+                    }
+                }
                 Event::Exited(status) => sv.on_exit(status),
                 Event::StandbyExited(status) => sv.on_standby_exit(status),
                 Event::ProbationOver => sv.end_probation(),
+                Event::Settled => sv.on_settled(),
                 Event::Drained(end) => sv.on_drained(end),
                 Event::Respawn => sv.respawn(),
                 Event::Reap => {
@@ -241,6 +275,7 @@ impl Master {
                 }
             }
         }
+        stop_strays(sv.inodes.clone()).await;
         // Requests that came too late: the master is gone once they could be served.
         req_rx.close();
         while let Ok(asked) = req_rx.try_recv() {
@@ -332,6 +367,54 @@ async fn worker_event(state: &mut State, cfg: &Config) -> Event {
         status = standby_exited => Event::StandbyExited(status),
     }
 }
+
+/// Once the master's workers are gone: processes that still hold its listening sockets.
+/// Those of its own tree (a worker that daemonized itself, a child a worker left: with
+/// the master a subreaper, they are its children now) would serve on unsupervised with
+/// the service's port: they are stopped (`SIGTERM`, then `SIGKILL` after a grace).
+/// Others are named and left alone.
+async fn stop_strays(inodes: Vec<u64>) {
+    let me = std::process::id();
+    let holders = tokio::task::spawn_blocking(move || crate::sys::socket_holders(&inodes))
+        .await
+        .unwrap_or_default();
+    let (ours, others): (Vec<u32>, Vec<u32>) = holders
+        .into_iter()
+        .partition(|p| crate::sys::is_descendant(*p, me));
+    for p in others {
+        warn!(
+            pid = me,
+            holder = p,
+            "process {p}, not of the master's tree, holds the master's listening socket; left alone"
+        );
+    }
+    if ours.is_empty() {
+        return;
+    }
+    warn!(
+        pid = me,
+        holders = ?ours,
+        "processes left by the workers still hold the listening socket (a server that daemonized itself?): stopping them"
+    );
+    for p in &ours {
+        let _ = crate::sys::kill(*p, libc::SIGTERM);
+    }
+    let deadline = Instant::now() + STRAY_GRACE;
+    while ours.iter().any(|p| crate::sys::is_alive(*p)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in ours.iter().filter(|p| crate::sys::is_alive(**p)) {
+        warn!(
+            pid = me,
+            holder = p,
+            "still running after {STRAY_GRACE:?}: killed"
+        );
+        let _ = crate::sys::kill(*p, libc::SIGKILL);
+    }
+}
+
+/// How long a stray holder of the listening sockets has to exit after `SIGTERM`.
+const STRAY_GRACE: Duration = Duration::from_secs(5);
 
 async fn sleep_until(at: Option<Instant>) {
     match at {

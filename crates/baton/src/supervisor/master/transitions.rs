@@ -109,7 +109,7 @@ impl Supervisor<'_> {
     fn start(&mut self, kind: Kind, replies: Vec<Reply>) -> Result<Box<Start>, RestartFailure> {
         let start = Self::start_worker(
             self.cfg,
-            self.listeners,
+            &self.listeners,
             self.private,
             self.next_generation,
             kind,
@@ -179,14 +179,14 @@ impl Supervisor<'_> {
                     started: self.started,
                     state: &self.state,
                     draining: &self.draining,
-                    listeners: self.listeners,
+                    listeners: &self.listeners,
                     history: &self.history,
                 }
                 .status();
                 // Counting a worker's sockets reads a directory with an entry per
                 // connection: not on the master's one thread, which must stay free for
                 // signals and readiness.
-                let listeners = self.listeners.len();
+                let listeners = self.passed;
                 tokio::task::spawn_blocking(move || {
                     for w in &mut status.workers {
                         w.open_sockets =
@@ -256,7 +256,15 @@ impl Supervisor<'_> {
                 }
             }
             State::Serving(current) => match self.drain_would_end(&current) {
-                Some(why) => {
+                Err(Refusal::Later(at)) => {
+                    info!(
+                        pid = me,
+                        "reload: the worker serves since less than {SETTLING:?}; asked again once it settled"
+                    );
+                    self.defer(Kind::Reload, at, replies);
+                    State::Serving(current)
+                }
+                Err(Refusal::Now(why)) => {
                     warn!(pid = me, "reload refused: {why}");
                     // A reload asked by systemd (Type=notify-reload) waits for these.
                     notify::reloading();
@@ -273,7 +281,7 @@ impl Supervisor<'_> {
                     );
                     State::Serving(current)
                 }
-                None => {
+                Ok(()) => {
                     notify::reloading();
                     match self.start(Kind::Reload, replies) {
                         Ok(start) => State::Reloading {
@@ -328,7 +336,11 @@ impl Supervisor<'_> {
                 busy
             }
             State::Serving(current) => {
-                if let Some(why) = self.drain_would_end(&current) {
+                let refused = self.drain_would_end(&current);
+                if let Err(Refusal::Later(at)) = refused {
+                    self.defer(Kind::Restart, at, vec![reply]);
+                    State::Serving(current)
+                } else if let Err(Refusal::Now(why)) = refused {
                     warn!(pid = std::process::id(), "full restart refused: {why}");
                     reply.error(format!("full restart refused: {why}"));
                     State::Serving(current)
@@ -361,6 +373,14 @@ impl Supervisor<'_> {
 
     fn stop(&mut self, reply: Reply) {
         notify::stopping();
+        if let Some(d) = self.deferred.take() {
+            for r in d.replies {
+                r.error(format!(
+                    "{} abandoned: the master is stopping",
+                    d.kind.word()
+                ));
+            }
+        }
         // Both drain: the new worker's status is the master's.
         self.end_probation();
         let (serving, start, restart_replies, pid) =
@@ -410,32 +430,66 @@ impl Supervisor<'_> {
             status: None,
             replies: vec![reply],
         });
+        // Stop listening now: a client that connects during the drain would wait in the
+        // queue for the whole drain, then be reset (issue 32: 20 of 20 reset after 3.5
+        // s). The workers hold their copies until they stop accepting (a baton worker
+        // takes what is queued first); once the last one closes, new clients are
+        // refused at once. Sockets the service manager passed (or keeps in its store)
+        // stay open there: the queue waits for the next start.
+        let closed = self.listeners.len();
+        self.listeners.retain(Listener::is_inherited);
+        if closed > self.listeners.len() {
+            info!(
+                pid = std::process::id(),
+                "stopping: the master closed its listening sockets"
+            );
+        }
     }
 
     /// Why the drain signal would end worker `g` rather than drain it: it neither
     /// catches, ignores nor blocks the signal (`/proc/PID/status`), and the signal's
-    /// default action ends (or stops) the process. `None` when it handles the signal,
-    /// or where that cannot be known. systemd checks the same before it sends a reload
+    /// default action ends (or stops) the process. `Ok` when it handles the signal, or
+    /// where that cannot be known. systemd checks the same before it sends a reload
     /// signal: a missing handler must not turn a reload into a crash.
     ///
     /// A worker that serves since less than [`SETTLING`] may still be installing its
-    /// handlers (readiness by a delay says nothing about them): it is looked at again
-    /// every 50 ms until then, which holds the master up for at most that long, and
-    /// only when the signal would end the worker.
-    fn drain_would_end(&self, g: &Gen) -> Option<String> {
-        const SETTLING: Duration = Duration::from_secs(2);
+    /// handlers (readiness by a delay says nothing about them): `Err(Later(at))` then,
+    /// and the request is carried out at `at` (the master's thread never sleeps: issue
+    /// 32, `baton status` took 2 s behind such a wait).
+    fn drain_would_end(&self, g: &Gen) -> Result<(), Refusal> {
         let sig = self.cfg.drain_signal;
         let pid = g.worker.pid();
-        while dies_of(pid, sig) && g.since.elapsed() < SETTLING {
-            std::thread::sleep(Duration::from_millis(50));
+        if !dies_of(pid, sig) {
+            return Ok(());
         }
-        dies_of(pid, sig).then(|| {
-            format!(
-                "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
-                g.generation,
-                if sig == crate::Signal::Tstp { "stop" } else { "die" },
-            )
-        })
+        if g.since.elapsed() < SETTLING {
+            return Err(Refusal::Later(g.since + SETTLING));
+        }
+        Err(Refusal::Now(format!(
+            "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
+            g.generation,
+            if sig == crate::Signal::Tstp {
+                "stop"
+            } else {
+                "die"
+            },
+        )))
+    }
+
+    /// A reload or full restart put off until the serving worker settled (see
+    /// `drain_would_end`): carried out now.
+    pub(super) fn on_settled(&mut self) {
+        let Some(deferred) = self.deferred.take() else {
+            return;
+        };
+        match deferred.kind {
+            Kind::Restart => {
+                for reply in deferred.replies {
+                    self.full_restart(Some(reply));
+                }
+            }
+            _ => self.reload(deferred.replies),
+        }
     }
 
     /// Once a second while stopping: what the workers that drain still hold, for the
@@ -445,7 +499,7 @@ impl Supervisor<'_> {
         let sockets: usize = pids
             .iter()
             .filter_map(|pid| crate::sys::open_sockets(*pid))
-            .map(|n| n.saturating_sub(self.listeners.len()))
+            .map(|n| n.saturating_sub(self.passed))
             .sum();
         keeper.observe((pids.len(), sockets), |(workers, sockets)| {
             format!("stopping: {workers} worker(s) draining, {sockets} connections open")
@@ -461,8 +515,7 @@ impl Supervisor<'_> {
         Progress::Draining {
             generation: g.generation,
             pid,
-            open_sockets: crate::sys::open_sockets(pid)
-                .map(|n| n.saturating_sub(self.listeners.len())),
+            open_sockets: crate::sys::open_sockets(pid).map(|n| n.saturating_sub(self.passed)),
             queued,
         }
     }
@@ -523,6 +576,9 @@ impl Supervisor<'_> {
                 return Ok(());
             }
         };
+        // Ready means it serves what it was given: a worker that closed the passed
+        // sockets (issue 32: reported done while clients hung) is not ready.
+        let res = res.and_then(|()| self.holds_listeners(s.new.worker.pid()));
         let Start {
             new,
             kind,
@@ -554,6 +610,7 @@ impl Supervisor<'_> {
                 self.last_exit = None;
                 match serving {
                     Some(old) if !self.cfg.probation.is_zero() => {
+                        self.served(&old);
                         self.start_probation(new, old, replies, kind, took, channel);
                         if follow_up.is_wanted() {
                             self.reload(follow_up.take().1);
@@ -561,6 +618,7 @@ impl Supervisor<'_> {
                         return Ok(());
                     }
                     Some(old) => {
+                        self.served(&old);
                         let old_pid = old.worker.pid();
                         info!(
                             pid = me,
@@ -831,6 +889,29 @@ impl Supervisor<'_> {
         self.state = State::Serving(p.serving);
     }
 
+    /// Whether worker `pid` (or one of its descendants) holds every listening socket
+    /// it was given.
+    fn holds_listeners(&self, pid: u32) -> Result<(), RestartFailure> {
+        let Some(held) = crate::sys::held_in_tree(pid, &self.inodes) else {
+            return Ok(());
+        };
+        let missing: Vec<&str> = self
+            .listeners
+            .iter()
+            .zip(&self.inodes)
+            .filter(|(_, ino)| !held.contains(ino))
+            .map(|(l, _)| l.name())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(RestartFailure::ClosedListeners {
+                pid,
+                listeners: missing.join(", "),
+            })
+        }
+    }
+
     /// The serving worker exited by itself.
     pub(super) fn on_exit(&mut self, status: io::Result<ExitStatus>) {
         let me = std::process::id();
@@ -850,9 +931,7 @@ impl Supervisor<'_> {
                 return;
             }
         };
-        if gone.since.elapsed() > HEALTHY_RUN {
-            self.backoff = FIRST_BACKOFF;
-        }
+        self.served(&gone);
         let described = describe(&status);
         self.last_exit = Some(status);
         self.state = match starting {
@@ -882,6 +961,16 @@ impl Supervisor<'_> {
                 self.respawn_later()
             }
         };
+    }
+
+    /// Worker `g` leaves the serving role: if it served for a while, the crash backoff
+    /// starts over (issue 32: it was reset only when the worker that died had run
+    /// long; crashes days apart, each of a new worker just after its ready, took it to
+    /// 10 s although healthy workers served in between).
+    fn served(&mut self, g: &Gen) {
+        if g.since.elapsed() > HEALTHY_RUN {
+            self.backoff = FIRST_BACKOFF;
+        }
     }
 
     /// The state that starts a worker again after the backoff (which then doubles).
@@ -979,6 +1068,38 @@ impl Supervisor<'_> {
         pids.extend(crate::supervisor::own_children());
         pids
     }
+}
+
+/// How long after its ready a worker may still be installing its signal handlers.
+const SETTLING: Duration = Duration::from_secs(2);
+
+/// Why a drain signal is not sent now.
+enum Refusal {
+    /// The worker would die of it.
+    Now(String),
+    /// The worker may still be installing its handlers: look again then.
+    Later(Instant),
+}
+
+impl Supervisor<'_> {
+    /// Puts a request off until `at` (see `on_settled`); requests put off meanwhile join
+    /// it.
+    fn defer(&mut self, kind: Kind, at: Instant, replies: Vec<Reply>) {
+        match &mut self.deferred {
+            Some(d) => d.replies.extend(replies),
+            None => {
+                self.deferred = Some(Deferred { kind, at, replies });
+            }
+        }
+    }
+}
+
+/// A request put off until the serving worker settled.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    pub(super) kind: Kind,
+    pub(super) at: Instant,
+    pub(super) replies: Vec<Reply>,
 }
 
 /// Whether process `pid` would end (or stop) of `sig`: it neither catches, ignores nor
