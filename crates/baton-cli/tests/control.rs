@@ -279,7 +279,7 @@ async fn a_failed_reload_exits_non_zero_with_the_reason() {
     std::fs::write(&hang, b"").unwrap();
     let (code, _, err) = text(&baton(&["reload", "--name", "py", "--run-dir", rd]));
     assert_eq!(code, Some(1));
-    assert!(err.contains("did not report ready within 2s"), "{err}");
+    assert!(err.contains("did not say it was ready within 2s"), "{err}");
 
     let v = status_json(&run_dir, "py");
     assert_eq!(serving_pid(&v), first, "the first worker serves on");

@@ -215,3 +215,34 @@ while True:
         });
     });
 }
+
+/// Issue 27, defect 4: a worker that ignores the socket it was given and binds its own
+/// (`python3 -m http.server OTHERPORT`) was declared ready, and requests to baton's port
+/// hung without a word. Now the master says, within a few seconds, that it listens on
+/// a socket baton did not pass, and that it does not accept from the one it was given
+/// while connections wait there, naming both addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_binds_its_own_port_is_named() {
+    let other = support::free_port();
+    let other_s = other.to_string();
+    let master = Master::start_with(
+        &[],
+        &[],
+        "delay=300ms",
+        &["python3", "-m", "http.server", &other_s, "--bind", "127.0.0.1"],
+    );
+    let line = master.wait_log("which baton did not pass", 1);
+    assert!(
+        line.contains(&format!("listens on 127.0.0.1:{other}"))
+            && line.contains(&format!("http {}", master.addr)),
+        "{line}"
+    );
+    // A client of baton's port waits in a queue nobody takes from: said too.
+    let waiting = tokio::net::TcpStream::connect(&master.addr).await.unwrap();
+    let line = master.wait_log("does not accept from", 1);
+    assert!(
+        line.contains(&format!("http {}", master.addr)) && line.contains("connections wait"),
+        "{line}"
+    );
+    drop(waiting);
+}

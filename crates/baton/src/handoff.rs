@@ -41,6 +41,15 @@ pub enum RestartFailure {
         /// The readiness deadline.
         deadline: Duration,
     },
+    /// A master's worker, made ready by the notify protocol, sent no `READY=1` in time;
+    /// it was killed. (Most servers do not speak the protocol: they need a readiness by
+    /// delay.)
+    NoReadyMessage {
+        /// Its PID.
+        pid: u32,
+        /// The readiness deadline.
+        deadline: Duration,
+    },
     /// A shutdown was asked for during the restart; the new generation was killed.
     Aborted {
         /// What asked for the shutdown.
@@ -82,7 +91,9 @@ impl RestartFailure {
             RestartFailure::Executable { .. } => "executable",
             RestartFailure::Spawn(_) => "spawn",
             RestartFailure::Exited { .. } => "exited",
-            RestartFailure::NotReady { .. } => "not-ready",
+            RestartFailure::NotReady { .. } | RestartFailure::NoReadyMessage { .. } => {
+                "not-ready"
+            }
             RestartFailure::Aborted { .. } => "aborted",
             RestartFailure::Busy(_) => "busy",
             RestartFailure::Draining { .. } => "draining",
@@ -107,6 +118,10 @@ impl fmt::Display for RestartFailure {
             RestartFailure::NotReady { pid, deadline } => write!(
                 f,
                 "the new generation (pid {pid}) did not report ready within {deadline:?}; it is stopped"
+            ),
+            RestartFailure::NoReadyMessage { pid, deadline } => write!(
+                f,
+                "the worker (pid {pid}) did not say it was ready within {deadline:?}: no READY=1 came on NOTIFY_SOCKET; it is stopped. A server that does not speak systemd's notify protocol needs `--ready delay=DURATION` (ready once it ran that long), or must send READY=1 itself"
             ),
             RestartFailure::Aborted { reason } => {
                 write!(

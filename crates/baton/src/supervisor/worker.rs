@@ -188,7 +188,12 @@ impl Worker {
     ) -> Result<(), RestartFailure> {
         match readiness {
             Readiness::Notify => {
-                self.spawned.ready(timeout).await?;
+                self.spawned.ready(timeout).await.map_err(|e| match e {
+                    RestartFailure::NotReady { pid, deadline } => {
+                        RestartFailure::NoReadyMessage { pid, deadline }
+                    }
+                    other => other,
+                })?;
                 // Nothing reads what it sends later: make such sends fail at once rather
                 // than block on a full queue.
                 self.spawned.close_notify();

@@ -214,8 +214,9 @@ pub(crate) fn socket_holders(inodes: &[u64]) -> Vec<u32> {
         .collect()
 }
 
-/// Which of these socket inodes process `pid` or one of its descendants holds open;
-/// `None` when its descriptor table cannot be read.
+/// Which of these socket inodes process `pid` or one of its descendants holds open
+/// (all its sockets with `inodes` empty); `None` when its descriptor table cannot be
+/// read.
 pub(crate) fn held_in_tree(pid: u32, inodes: &[u64]) -> Option<Vec<u64>> {
     let mut held = Vec::new();
     let mut todo = vec![pid];
@@ -237,7 +238,7 @@ pub(crate) fn held_in_tree(pid: u32, inodes: &[u64]) -> Option<Vec<u64>> {
                     .strip_prefix("socket:[")
                     .and_then(|t| t.strip_suffix(']'))
                     .and_then(|t| t.parse::<u64>().ok())
-                    && inodes.contains(&ino)
+                    && (inodes.is_empty() || inodes.contains(&ino))
                     && !held.contains(&ino)
                 {
                     held.push(ino);
@@ -249,6 +250,51 @@ pub(crate) fn held_in_tree(pid: u32, inodes: &[u64]) -> Option<Vec<u64>> {
         }
     }
     readable.then_some(held)
+}
+
+/// The listening TCP sockets of this host (`/proc/net/tcp`, `tcp6`): inode, local
+/// address, and how many connections wait in its accept queue.
+pub(crate) fn tcp_listeners() -> Vec<(u64, String, u32)> {
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(table) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ...
+            if f.len() < 10 || f[3] != "0A" {
+                continue;
+            }
+            let queued = f[4]
+                .split_once(':')
+                .and_then(|(_, rx)| u32::from_str_radix(rx, 16).ok())
+                .unwrap_or(0);
+            let (Ok(inode), Some(addr)) = (f[9].parse::<u64>(), proc_addr(f[1], v6)) else {
+                continue;
+            };
+            out.push((inode, addr, queued));
+        }
+    }
+    out
+}
+
+/// `0100007F:1F90` (or its IPv6 form) as `127.0.0.1:8080`.
+fn proc_addr(field: &str, v6: bool) -> Option<String> {
+    let (ip, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip: std::net::IpAddr = if v6 {
+        let mut bytes = [0u8; 16];
+        for (i, chunk) in bytes.chunks_mut(4).enumerate() {
+            let word = u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?;
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        std::net::Ipv6Addr::from(bytes).into()
+    } else {
+        let word = u32::from_str_radix(ip, 16).ok()?;
+        std::net::Ipv4Addr::from(word.to_ne_bytes()).into()
+    };
+    Some(std::net::SocketAddr::new(ip, port).to_string())
 }
 
 /// Whether `ancestor` is `pid`'s parent, grandparent, ...

@@ -133,3 +133,8 @@ pub(crate) fn is_descendant(_pid: u32, _ancestor: u32) -> bool {
 pub(crate) fn held_in_tree(_pid: u32, _inodes: &[u64]) -> Option<Vec<u64>> {
     None
 }
+
+/// Without `/proc`, no table of listening sockets.
+pub(crate) fn tcp_listeners() -> Vec<(u64, String, u32)> {
+    Vec::new()
+}

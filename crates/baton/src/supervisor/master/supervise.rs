@@ -413,6 +413,87 @@ async fn stop_strays(inodes: Vec<u64>) {
     }
 }
 
+/// Watches a worker that became ready, for a while: one that does not accept from the
+/// sockets it was given while connections wait there, or that listens on sockets of its
+/// own (it bound its own port, say `python3 -m http.server 9000` under `baton run`),
+/// gets a warning naming both addresses (issue 27: requests hung, nothing said why).
+/// Reads `/proc` off the master's thread.
+pub(super) fn watch_worker(pid: u32, generation: u32, ours: Vec<(String, u64, String)>) {
+    tokio::spawn(async move {
+        let me = std::process::id();
+        let mut waited: Vec<u64> = Vec::new();
+        let mut told_foreign = false;
+        for _ in 0..WATCH_LOOKS {
+            tokio::time::sleep(WATCH_EVERY).await;
+            if !crate::sys::is_alive(pid) {
+                return;
+            }
+            let looked = tokio::task::spawn_blocking(move || {
+                (
+                    crate::sys::tcp_listeners(),
+                    crate::sys::held_in_tree(pid, &[]).unwrap_or_default(),
+                )
+            })
+            .await;
+            let Ok((table, held)) = looked else { return };
+            let foreign: Vec<&str> = table
+                .iter()
+                .filter(|(ino, _, _)| held.contains(ino) && !ours.iter().any(|(_, o, _)| o == ino))
+                .map(|(_, addr, _)| addr.as_str())
+                .collect();
+            let waiting: Vec<u64> = table
+                .iter()
+                .filter(|(ino, _, queued)| *queued > 0 && ours.iter().any(|(_, o, _)| o == ino))
+                .map(|(ino, _, _)| *ino)
+                .collect();
+            let stuck: Vec<String> = ours
+                .iter()
+                .filter(|(_, ino, _)| waiting.contains(ino) && waited.contains(ino))
+                .map(|(name, ino, addr)| {
+                    let queued = table.iter().find(|(i, _, _)| i == ino).map_or(0, |t| t.2);
+                    format!("{name} {addr} ({queued} connections wait)")
+                })
+                .collect();
+            let elsewhere = if foreign.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; it listens on {}, which baton did not pass: it must serve the socket it was given (LISTEN_FDS, descriptor 3 on) instead of binding its own",
+                    foreign.join(", ")
+                )
+            };
+            if !stuck.is_empty() {
+                warn!(
+                    pid = me,
+                    worker = pid,
+                    "worker gen {generation} (pid {pid}) does not accept from {}{elsewhere}",
+                    stuck.join(", ")
+                );
+                return;
+            }
+            if !foreign.is_empty() && !told_foreign {
+                told_foreign = true;
+                let given: Vec<String> = ours
+                    .iter()
+                    .map(|(name, _, addr)| format!("{name} {addr}"))
+                    .collect();
+                warn!(
+                    pid = me,
+                    worker = pid,
+                    "worker gen {generation} (pid {pid}) listens on {}, which baton did not pass (it was given {}): a socket of its own is neither kept across reloads nor counted",
+                    foreign.join(", "),
+                    given.join(", ")
+                );
+            }
+            waited = waiting;
+        }
+    });
+}
+
+/// How often, and how many times, a new worker is looked at (see `watch_worker`).
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+const WATCH_LOOKS: usize = 30;
+
 /// How long a stray holder of the listening sockets has to exit after `SIGTERM`.
 const STRAY_GRACE: Duration = Duration::from_secs(5);
 

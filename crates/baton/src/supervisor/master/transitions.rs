@@ -608,6 +608,7 @@ impl Supervisor<'_> {
                 notify::ready();
                 notify::status(&format!("serving: worker gen {generation} (pid {pid})"));
                 self.last_exit = None;
+                super::supervise::watch_worker(pid, generation, self.given());
                 match serving {
                     Some(old) if !self.cfg.probation.is_zero() => {
                         self.served(&old);
@@ -887,6 +888,15 @@ impl Supervisor<'_> {
         self.history
             .record(p.kind, true, p.took, format!("gen {generation} pid {pid}"));
         self.state = State::Serving(p.serving);
+    }
+
+    /// The listening sockets given to each worker: name, inode, address.
+    fn given(&self) -> Vec<(String, u64, String)> {
+        self.listeners
+            .iter()
+            .zip(&self.inodes)
+            .map(|(l, ino)| (l.name().to_owned(), *ino, l.local_addr().to_string()))
+            .collect()
     }
 
     /// Whether worker `pid` (or one of its descendants) holds every listening socket
