@@ -39,7 +39,10 @@ use tracing::info;
 /// kill -HUP (or -USR2) restarts it without dropping a request: a new process starts
 /// from the binary as it is on disk now, takes over the listening sockets, and the old
 /// one finishes its requests and exits. kill -TERM (or -INT, Ctrl-C) shuts it down
-/// gracefully; a second one forces it.
+/// gracefully; Ctrl-C again forces it (a second SIGTERM does not: the drain runs to its
+/// deadline). In a terminal, the first process exits after a restart and the new
+/// generation serves on in the background (stop it with kill -TERM); --master keeps
+/// one process in the foreground across restarts.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Args {
