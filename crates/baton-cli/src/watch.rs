@@ -2,7 +2,7 @@
 //! file changes. The old worker serves until the new build is ready; a failed build
 //! changes nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -18,6 +18,53 @@ use crate::RunArgs;
 /// A burst that never goes quiet is taken after this many quiet periods anyway.
 const MAX_BURST_QUIETS: u32 = 10;
 
+/// The polling interval, when inotify cannot be used.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// When polling, how long after a build ends its writes may still be reported (a
+/// write is seen at the next scan, up to a poll interval later).
+const SETTLE_POLLING: Duration = Duration::from_millis(2500);
+/// With inotify, the same when the fence (see [`Fence`]) cannot be used, or as a bound
+/// if its event never comes (an overflowed queue).
+const SETTLE: Duration = Duration::from_millis(500);
+const FENCE_BOUND: Duration = Duration::from_secs(10);
+
+/// Defines [`ALWAYS_IGNORED`], what version control, toolchains and editors write, and
+/// the `--ignore` help that lists it: the one place the list is kept.
+macro_rules! always_ignored {
+    ($($what:literal: $first:literal $($pattern:literal)*;)+) => {
+        /// Never a change, in gitignore syntax (`NAME/`: a directory of that name at
+        /// any depth under a watched path, with everything in it; `*.EXT`: files by
+        /// name). Matched before `.gitignore` and `--ignore`, whose `!` lines may
+        /// re-include from it.
+        const ALWAYS_IGNORED: &[&str] = &[$($first, $($pattern,)*)+];
+        /// The long help of `--ignore`.
+        const IGNORE_HELP: &str = concat!(
+            "Changes to paths matching this glob (gitignore syntax, relative to the \
+             watched path) are ignored (repeatable). `.gitignore` files are respected too.\n\n\
+             Always ignored (what version control, builds and editors write; a `!` glob \
+             re-includes, e.g. --ignore '!build/'):\n",
+            $("  ", $what, ": ", $first, $(" ", $pattern,)* "\n",)+
+            "\nAlso ignored: baton's own files (--name's run directory), the files baton \
+             watch's own output goes to, a directory's own event, and any file the build \
+             writes while it runs (see --build)."
+        );
+    };
+}
+
+always_ignored! {
+    "version control": ".git/" ".hg/" ".svn/" ".jj/";
+    "Rust": "target/";
+    "Python": "__pycache__/" "*.pyc" "*.pyo" ".venv/" "venv/" ".mypy_cache/" ".pytest_cache/" ".ruff_cache/" ".tox/" "*.egg-info/";
+    "JavaScript": "node_modules/" ".next/" ".parcel-cache/";
+    "C, C++": "*.o" "*.a" "*.so";
+    "Java, Kotlin": "*.class" ".gradle/";
+    "Zig": "zig-cache/" ".zig-cache/" "zig-out/";
+    "Elixir": "_build/";
+    "Haskell": "dist-newstyle/" ".stack-work/";
+    "any build": "build/" "dist/" ".cache/";
+    "editors": "*.swp" "*.swo" "*.swx" "*~" ".#*" "#*#" "4913" "*.kate-swp" ".goutputstream-*" "*___jb_tmp___" "*___jb_old___" ".idea/" ".DS_Store";
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct WatchArgs {
     /// A file or directory to watch, recursively (repeatable; default: the current
@@ -26,13 +73,16 @@ pub(crate) struct WatchArgs {
     paths: Vec<PathBuf>,
 
     /// Changes to paths matching this glob (gitignore syntax, relative to the watched
-    /// path) are ignored (repeatable). `.gitignore` files are respected, and so are
-    /// always `.git/`, `target/`, editor swap and backup files, and baton's own files.
-    #[arg(long = "ignore", value_name = "GLOB")]
+    /// path) are ignored (repeatable). `.gitignore` files are respected, and so is a
+    /// list of what builds and editors write (`__pycache__/`, `node_modules/`,
+    /// `target/`, `*.o`, `*.swp`, ...: see --help).
+    #[arg(long = "ignore", value_name = "GLOB", long_help = IGNORE_HELP)]
     ignores: Vec<String>,
 
     /// Run this (with `sh -c`) after a change and before the reload, e.g.
-    /// `cargo build`; its output is shown; if it fails, nothing is reloaded.
+    /// `cargo build`; its output is shown; if it fails, nothing is reloaded. The files
+    /// it writes under the watched paths while it runs are its output, not changes; a
+    /// source saved during a build queues one more round after it.
     #[arg(long, value_name = "CMD")]
     build: Option<String>,
 
@@ -92,6 +142,16 @@ impl Filter {
                 root.parent().map(Path::to_owned).unwrap_or_default()
             };
             let mut b = GitignoreBuilder::new(&base);
+            // First, so that `.gitignore` and --ignore may re-include with `!`.
+            for pattern in ALWAYS_IGNORED {
+                // A leading `#` would make the line a comment.
+                let line = match pattern.strip_prefix('#') {
+                    Some(rest) => format!("\\#{rest}"),
+                    None => (*pattern).to_owned(),
+                };
+                b.add_line(None, &line)
+                    .map_err(|e| format!("built-in ignore `{pattern}`: {e}"))?;
+            }
             let gi = base.join(".gitignore");
             if gi.is_file()
                 && let Some(e) = b.add(&gi)
@@ -124,37 +184,201 @@ impl Filter {
                 return false;
             }
         }
-        if path
-            .components()
-            .any(|c| matches!(c.as_os_str().to_str(), Some(".git" | "target")))
-        {
-            return false;
-        }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let editor_noise = name.ends_with(".swp")
-            || name.ends_with(".swx")
-            || name.ends_with(".swo")
-            || name.ends_with('~')
-            || name.starts_with(".#")
-            || (name.starts_with('#') && name.ends_with('#'))
-            || name == "4913";
-        if editor_noise {
-            return false;
-        }
         // A directory's own event (created, touched) builds nothing: the files in it
         // report their own changes. (And `notes/**` ignores what is in notes/, not
         // notes itself.)
         if path.is_dir() {
             return false;
         }
+        // A path that is gone may have been a directory (`rm -rf build`): `build/`
+        // matches it then.
+        let gone = !path.exists();
         for (base, matcher) in &self.roots {
-            if path.starts_with(base)
-                && matcher.matched_path_or_any_parents(path, false).is_ignore()
+            if path.starts_with(base) && matcher.matched_path_or_any_parents(path, gone).is_ignore()
             {
                 return false;
             }
         }
         true
+    }
+}
+
+/// One change as the watcher reported it, with when (a change waits in the channel
+/// while a reload runs: its time says whether a build was running when it happened).
+type Change = (Instant, notify::Result<notify::Event>);
+
+/// Tells the build's own writes from the changes that call for a build.
+///
+/// A build may write under the watched paths (`python3 -m py_compile` writes
+/// `__pycache__/`, a code generator its files, a bundler its output): were those
+/// changes, each build would call for the next, forever. Nothing tells who wrote a
+/// file (inotify does not say which process), and ignoring everything that happens
+/// while a build runs would lose the save a person makes meanwhile, which must build
+/// once more. So the paths are told apart by their history:
+///
+/// - a path that changed while no build ran (since the watch started) is a *source*:
+///   its change always counts, during a build too (the save during a build queues one
+///   more round);
+/// - a path first seen changing while a build ran is the build's *output*, and its
+///   changes during builds are no change from then on; outside a build it counts
+///   (and becomes a source);
+/// - the first time a path is seen, during a build: if its first event is its
+///   creation (it did not exist when the build started: an output, or a build's
+///   temporary file with a new name each time), it is the build's; if it existed (the
+///   build rewrote it, or a person saved a file not saved before since the watch
+///   started: they look the same), it counts once (one more round at worst, never a
+///   lost save) and is the build's from then on;
+/// - the first build (before anything serves) only teaches: what it writes is its
+///   output, and nothing it writes calls for another round.
+///
+/// "While a build ran": from its start until the watcher has reported everything the
+/// build wrote, which the [`Fence`] says exactly (polling: [`SETTLE_POLLING`] after
+/// its end).
+#[derive(Debug)]
+struct Attribution {
+    sources: HashSet<PathBuf>,
+    outputs: HashSet<PathBuf>,
+    /// The builds whose writes may still be reported. More than one: a change may be
+    /// read after the next build started.
+    builds: VecDeque<Build>,
+    fence: Option<Fence>,
+    /// Without a fence: how long after its end a build's writes may be reported.
+    settle: Duration,
+}
+
+#[derive(Debug)]
+struct Build {
+    start: Instant,
+    /// The first build: its writes only teach.
+    teach_only: bool,
+    /// Once it ended: its writes are reported by then at the latest, and (with a
+    /// fence) the fence file whose event says they all were.
+    end: Option<(Instant, Option<PathBuf>)>,
+}
+
+impl Attribution {
+    fn new(fence: Option<Fence>, settle: Duration) -> Attribution {
+        Attribution {
+            sources: HashSet::new(),
+            outputs: HashSet::new(),
+            builds: VecDeque::new(),
+            fence,
+            settle,
+        }
+    }
+
+    fn build_started(&mut self, at: Instant, teach_only: bool) {
+        // Kept past their end: a change is judged by when it was reported, and may be
+        // read later (while a reload runs, the changes wait in the channel).
+        if self.builds.len() >= 4 {
+            self.builds.pop_front();
+        }
+        self.builds.push_back(Build {
+            start: at,
+            teach_only,
+            end: None,
+        });
+    }
+
+    /// The last build ended (its process exited: everything it wrote is in the
+    /// watcher's queue).
+    fn build_ended(&mut self, at: Instant) {
+        let fence = self.fence.as_mut().and_then(Fence::post);
+        let until = at
+            + if fence.is_some() {
+                FENCE_BOUND
+            } else {
+                self.settle
+            };
+        if let Some(last) = self.builds.back_mut() {
+            last.end = Some((until, fence));
+        }
+    }
+
+    /// Whether `path` is baton watch's own fence file; its event ends the build that
+    /// posted it.
+    fn fence_event(&mut self, path: &Path) -> bool {
+        if !self
+            .fence
+            .as_ref()
+            .is_some_and(|f| path.starts_with(&f.dir))
+        {
+            return false;
+        }
+        self.builds
+            .retain(|b| !matches!(&b.end, Some((_, Some(fence))) if fence == path));
+        true
+    }
+
+    /// Whether a change to `path` at `at` calls for a round; `created`: the event is
+    /// the path's creation.
+    fn counts(&mut self, at: Instant, path: &Path, created: bool) -> bool {
+        let during = self
+            .builds
+            .iter()
+            .find(|b| at >= b.start && b.end.as_ref().is_none_or(|(until, _)| at <= *until));
+        let Some(build) = during else {
+            self.outputs.remove(path);
+            self.sources.insert(path.to_owned());
+            return true;
+        };
+        let teach_only = build.teach_only;
+        if self.sources.contains(path) {
+            return true;
+        }
+        // Seen during a build before: the build's.
+        if !self.outputs.insert(path.to_owned()) {
+            return false;
+        }
+        !created && !teach_only
+    }
+}
+
+/// A directory of baton watch's own, watched by the same inotify instance as the
+/// project: a file written there once a build has exited is queued by the kernel
+/// after everything the build wrote, so its event, when it comes, says the watcher has
+/// reported all of those (however late its thread reads them).
+#[derive(Debug)]
+struct Fence {
+    dir: PathBuf,
+    posted: u64,
+}
+
+impl Fence {
+    /// A new private directory under the temporary directory.
+    fn create() -> std::io::Result<Fence> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        let mut last = None;
+        for attempt in 0..16u32 {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            let dir = base.join(format!(
+                "baton-watch-{}-{nanos:x}{attempt}",
+                std::process::id()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => return Ok(Fence { dir, posted: 0 }),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no name left")))
+    }
+
+    /// Writes the next fence file (and removes the one before); its path, or `None` if
+    /// it cannot be written.
+    fn post(&mut self) -> Option<PathBuf> {
+        let _ = std::fs::remove_file(self.dir.join(format!("fence-{}", self.posted)));
+        self.posted += 1;
+        let path = self.dir.join(format!("fence-{}", self.posted));
+        std::fs::write(&path, b"").ok().map(|()| path)
+    }
+}
+
+impl Drop for Fence {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -190,10 +414,39 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async move {
+        // Watching before the first build: what it writes is learned as its output.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (mut watcher, polling) = match start_watcher(&paths, tx) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let fence = match (polling, Fence::create()) {
+            (false, Ok(fence)) => match watcher.watch(&fence.dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(fence),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        status(&format!(
+            "watching {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let settle = if polling { SETTLE_POLLING } else { SETTLE };
+        let mut attribution = Attribution::new(fence, settle);
         // Build first: there is nothing to serve until one succeeds.
         if let Some(cmd) = &args.build {
             status("initial build ...");
-            match build(cmd, args.build_timeout).await {
+            attribution.build_started(Instant::now(), true);
+            let result = build(cmd, args.build_timeout).await;
+            attribution.build_ended(Instant::now());
+            match result {
                 Ok(took) => status(&format!("build ok in {}", secs(took))),
                 Err(e) => {
                     status(&format!("build FAILED: {e}; nothing to serve yet"));
@@ -208,26 +461,13 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let watcher = match start_watcher(&paths, tx) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        status(&format!(
-            "watching {}",
-            paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
         let handle = master.handle();
         let react = react(
             rx,
-            filter,
+            Seen {
+                filter,
+                attribution,
+            },
             handle,
             args.build,
             args.build_timeout,
@@ -250,14 +490,14 @@ pub(crate) fn watch(args: WatchArgs) -> ExitCode {
 }
 
 /// The watcher: inotify where possible; when the kernel's limit of watches is reached,
-/// says which setting to raise and falls back to polling.
+/// says which setting to raise and falls back to polling (then `true`).
 fn start_watcher(
     paths: &[PathBuf],
-    tx: mpsc::UnboundedSender<notify::Result<notify::Event>>,
-) -> Result<Box<dyn Watcher>, String> {
+    tx: mpsc::UnboundedSender<Change>,
+) -> Result<(Box<dyn Watcher>, bool), String> {
     let t = tx.clone();
     let mut native = notify::recommended_watcher(move |res| {
-        let _ = t.send(res);
+        let _ = t.send((Instant::now(), res));
     })
     .map_err(|e| format!("cannot watch files: {e}"))?;
     let mut failed = None;
@@ -268,7 +508,7 @@ fn start_watcher(
         }
     }
     let Some(e) = failed else {
-        return Ok(Box::new(native));
+        return Ok((Box::new(native), false));
     };
     if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
         status(
@@ -281,10 +521,10 @@ fn start_watcher(
         ));
     }
     drop(native);
-    let config = notify::Config::default().with_poll_interval(Duration::from_secs(1));
+    let config = notify::Config::default().with_poll_interval(POLL_INTERVAL);
     let mut poll = notify::PollWatcher::new(
         move |res| {
-            let _ = tx.send(res);
+            let _ = tx.send((Instant::now(), res));
         },
         config,
     )
@@ -293,14 +533,20 @@ fn start_watcher(
         poll.watch(p, RecursiveMode::Recursive)
             .map_err(|e| format!("cannot watch {}: {e}", p.display()))?;
     }
-    Ok(Box::new(poll))
+    Ok((Box::new(poll), true))
+}
+
+/// What decides whether a change calls for a round: the paths, and who wrote them.
+struct Seen {
+    filter: Filter,
+    attribution: Attribution,
 }
 
 /// Changes → one build → one reload, forever. A change during a build queues exactly
 /// one more round after it.
 async fn react(
-    mut rx: mpsc::UnboundedReceiver<notify::Result<notify::Event>>,
-    filter: Filter,
+    mut rx: mpsc::UnboundedReceiver<Change>,
+    mut seen: Seen,
     handle: MasterHandle,
     build_cmd: Option<String>,
     build_timeout: Duration,
@@ -312,14 +558,16 @@ async fn react(
     loop {
         // Wait for the first change that matters, then for the burst to go quiet.
         while changed.is_empty() {
-            let Some(ev) = rx.recv().await else { return };
-            collect(ev, &filter, &mut changed);
+            let Some(change) = rx.recv().await else {
+                return;
+            };
+            collect(change, &mut seen, &mut changed);
         }
         let burst = Instant::now();
         loop {
             let left = max_burst.saturating_sub(burst.elapsed()).min(quiet);
             match tokio::time::timeout(left, rx.recv()).await {
-                Ok(Some(ev)) => collect(ev, &filter, &mut changed),
+                Ok(Some(change)) => collect(change, &mut seen, &mut changed),
                 Ok(None) => return,
                 Err(_) => break,
             }
@@ -332,15 +580,18 @@ async fn react(
         let mut line = format!("changed {what}");
         if let Some(cmd) = &build_cmd {
             status(&format!("{line} · building ..."));
-            // Changes during the build are kept for one more round after it.
+            // Changes during the build are kept for one more round after it, unless
+            // they are the build's own writes (see `Attribution`).
+            seen.attribution.build_started(Instant::now(), false);
             let building = build(cmd, build_timeout);
             tokio::pin!(building);
             let result = loop {
                 tokio::select! {
                     r = &mut building => break r,
-                    Some(ev) = rx.recv() => collect(ev, &filter, &mut changed),
+                    Some(change) = rx.recv() => collect(change, &mut seen, &mut changed),
                 }
             };
+            seen.attribution.build_ended(Instant::now());
             match result {
                 Ok(took) => line.push_str(&format!(" · build ok in {}", secs(took))),
                 Err(e) => {
@@ -380,14 +631,18 @@ async fn react(
     }
 }
 
-fn collect(ev: notify::Result<notify::Event>, filter: &Filter, changed: &mut BTreeSet<PathBuf>) {
+fn collect((at, ev): Change, seen: &mut Seen, changed: &mut BTreeSet<PathBuf>) {
     match ev {
         Ok(ev) => {
             if matches!(ev.kind, EventKind::Access(_) | EventKind::Other) {
                 return;
             }
+            let created = matches!(ev.kind, EventKind::Create(_));
             for p in ev.paths {
-                if filter.matters(&p) {
+                if seen.attribution.fence_event(&p) {
+                    continue;
+                }
+                if seen.filter.matters(&p) && seen.attribution.counts(at, &p, created) {
                     changed.insert(p);
                 }
             }
@@ -456,4 +711,119 @@ fn secs(d: Duration) -> String {
 /// One status line a developer reads at a glance.
 fn status(line: &str) {
     eprintln!("[watch] {line}");
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn what_builds_and_editors_write_is_ignored_and_a_bang_glob_re_includes() {
+        // The project lives under directories named like ignored ones: only what is
+        // under the watched path counts.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("build/target/app");
+        std::fs::create_dir_all(root.join("src/__pycache__")).unwrap();
+        std::fs::create_dir_all(root.join("web/node_modules/x")).unwrap();
+        std::fs::create_dir_all(root.join("lib/build")).unwrap();
+        let filter = Filter::new(std::slice::from_ref(&root), &[], Vec::new()).unwrap();
+        let matters = |rel: &str| filter.matters(&root.join(rel));
+        for source in ["src/server.py", "src/main.rs", "lib/build.rs", "4913.txt"] {
+            assert!(matters(source), "{source}");
+        }
+        for noise in [
+            "src/__pycache__/server.cpython-311.pyc",
+            "src/__pycache__/server.cpython-311.pyc.140211",
+            "src/server.pyc",
+            "web/node_modules/x/index.js",
+            "lib/build/out.txt",
+            // Gone: it may have been a directory (`rm -rf build`).
+            "lib/build",
+            "lib/x.o",
+            "lib/libx.so",
+            "target/debug/app",
+            ".git/index",
+            "src/.server.py.swp",
+            "src/server.py~",
+            "src/.#server.py",
+            "src/#server.py#",
+            "src/4913",
+        ] {
+            assert!(!matters(noise), "{noise}");
+        }
+        // `!` re-includes a built-in one.
+        let filter = Filter::new(
+            std::slice::from_ref(&root),
+            &["!build/".to_owned()],
+            Vec::new(),
+        )
+        .unwrap();
+        assert!(filter.matters(&root.join("lib/build/out.txt")));
+        assert!(!filter.matters(&root.join("src/server.pyc")));
+    }
+
+    #[test]
+    fn the_builds_writes_are_its_output_and_a_save_during_a_build_counts() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let (src, out, tmp, other) = (
+            Path::new("/p/src/a.py"),
+            Path::new("/p/gen/a.txt"),
+            Path::new("/p/gen/a.txt.12345"),
+            Path::new("/p/src/b.py"),
+        );
+        // Without a fence: a settle time.
+        let mut a = Attribution::new(None, Duration::from_millis(100));
+        // The first build only teaches.
+        a.build_started(at(0), true);
+        assert!(!a.counts(at(10), out, false));
+        a.build_ended(at(50));
+        // A save: a source.
+        assert!(a.counts(at(1000), src, false));
+        a.build_started(at(1200), false);
+        // The build rewrites its output, writes a temporary file of a new name.
+        assert!(!a.counts(at(1210), out, false));
+        assert!(!a.counts(at(1220), tmp, true));
+        // A source saved during the build counts, again and again.
+        assert!(a.counts(at(1230), src, false));
+        assert!(a.counts(at(1240), src, false));
+        // A file never seen that existed: counts once, then it is the build's.
+        assert!(a.counts(at(1250), other, false));
+        assert!(!a.counts(at(1260), other, false));
+        a.build_ended(at(1300));
+        // Within the settle time: still the build's; after it, a change.
+        assert!(!a.counts(at(1390), out, false));
+        assert!(a.counts(at(1500), out, false));
+        // ... and from then on a source.
+        a.build_started(at(2000), false);
+        assert!(a.counts(at(2010), out, false));
+        // A change read late (after the next build started) is judged by its time.
+        a.build_ended(at(2100));
+        a.build_started(at(3000), false);
+        assert!(!a.counts(at(2150), tmp, false));
+        assert!(a.counts(at(2500), tmp, false));
+    }
+
+    #[test]
+    fn a_builds_writes_end_exactly_at_its_fence() {
+        let fence = Fence::create().unwrap();
+        let dir = fence.dir.clone();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let out = Path::new("/p/gen/a.txt");
+        let mut a = Attribution::new(Some(fence), Duration::from_millis(100));
+        a.build_started(at(0), true);
+        a.build_ended(at(50));
+        let posted = dir.join("fence-1");
+        assert!(posted.exists());
+        // Reported long after the build's end, but before its fence: the build's.
+        assert!(!a.counts(at(5000), out, false));
+        assert!(!a.fence_event(Path::new("/p/src/a.py")));
+        assert!(a.fence_event(&posted));
+        // After the fence: a change, even a moment after the build's end.
+        assert!(a.counts(at(60), out, false));
+        drop(a);
+        assert!(!dir.exists(), "the fence directory goes with it");
+    }
 }

@@ -1,6 +1,6 @@
 //! `baton watch` with real files, a scripted build and a real server: a change is built
 //! and served with clients running throughout, a broken build changes nothing, a burst
-//! of saves is one build, ignored paths cause none.
+//! of saves is one build, ignored paths cause none, nor does what the build writes.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -41,11 +41,19 @@ impl Drop for Watch {
 
 impl Watch {
     fn start(extra: &[&str]) -> Watch {
+        Watch::start_with(BUILD, &[], extra)
+    }
+
+    /// With `build` as build.sh and `files` (relative path, contents) in the project.
+    fn start_with(build: &str, files: &[(&str, &str)], extra: &[&str]) -> Watch {
         let dir = tempfile::tempdir().unwrap();
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("src")).unwrap();
         std::fs::write(dir.path().join("src/version.txt"), "v1\n").unwrap();
-        std::fs::write(dir.path().join("build.sh"), BUILD).unwrap();
+        for (rel, text) in files {
+            std::fs::write(dir.path().join(rel), text).unwrap();
+        }
+        std::fs::write(dir.path().join("build.sh"), build).unwrap();
         // The build's own output, as a project's .gitignore names it.
         std::fs::write(dir.path().join(".gitignore"), "out/\nbuilds.log\n").unwrap();
         let addr = format!("127.0.0.1:{}", support::free_port());
@@ -329,4 +337,70 @@ async fn output_written_into_the_watched_directory_is_no_change() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(rounds(), 1, "one round for one save:\n{}", log());
+}
+
+/// The build of the regression below: as [`BUILD`], and it writes into the watched
+/// folder as many do: `python3 -m py_compile` writes `src/__pycache__/` (through a
+/// temporary file of a new name each time), and it rewrites a file of its own next to
+/// the sources (`src/stamp.txt`, in no ignore list), with new contents each time.
+const BUILD_WRITING_SOURCES: &str = r#"echo build >> builds.log
+if grep -q SLOW src/version.txt; then sleep 1.5; fi
+python3 -m py_compile src/app.py
+date +%s%N > src/stamp.txt
+mkdir -p out && cp src/version.txt out/version.txt
+"#;
+
+/// Regression (issue 27, a new user): a build that writes into the watched folder
+/// (`python3 -m py_compile src/server.py` writes `src/__pycache__/*.pyc`) reloaded in a
+/// loop without an edit: 8 reloads in 10 s. Now one build and one reload per edit,
+/// whatever the build writes; a file saved during a build still builds once more after
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_build_writes_into_the_watched_folder_is_no_change() {
+    let w = Watch::start_with(
+        BUILD_WRITING_SOURCES,
+        &[("src/app.py", "VERSION = 1\n"), ("src/other.txt", "x\n")],
+        &["--path", "src"],
+    );
+    let pycache = std::fs::read_dir(w.path("src/__pycache__"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    assert!(
+        pycache
+            .iter()
+            .any(|f| f.starts_with("app.") && f.ends_with(".pyc")),
+        "py_compile wrote into the watched folder: {pycache:?}"
+    );
+    assert_eq!(w.builds(), 1, "the initial build");
+
+    for (n, v) in [(1, "v2\n"), (2, "v3\n")] {
+        save(&w.path("src/version.txt"), v);
+        w.serves(v).await;
+        w.wait_log("reload: new worker ready in", n);
+        // A negative: no round follows by itself. Past the settle time (500 ms), the
+        // debounce (200 ms) and a build; a loop rebuilds within that.
+        tokio::time::sleep(Duration::from_millis(2000)).await;
+        assert_eq!(w.count("· building ..."), n, "{:?}", w.log.lines());
+        assert_eq!(w.builds(), 1 + n, "one build per edit");
+        assert_eq!(
+            w.count("reload: new worker ready in"),
+            n,
+            "one reload per edit"
+        );
+    }
+
+    // A file saved during a build, never saved before (it looks like the build's
+    // rewrite of an existing file): one more round, not a lost save.
+    save(&w.path("src/version.txt"), "SLOW 4\n");
+    w.wait_log("· building ...", 3);
+    save(&w.path("src/other.txt"), "y\n");
+    let line = w.wait_log("· building ...", 4);
+    assert!(line.contains("changed src/other.txt"), "{line}");
+    w.wait_log("reload: new worker ready in", 4);
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(w.count("· building ..."), 4, "{:?}", w.log.lines());
+    assert_eq!(w.builds(), 5);
+    assert_eq!(w.count("build FAILED"), 0);
 }
