@@ -27,10 +27,12 @@ use crate::load::{Http, LoadConfig, Mode, PidFrom, Shared, Target};
 ///
 /// Nothing is retried: a request that was written and did not get a complete response
 /// is a failure (only an HTTP/2 request that the server said it did not process, by
-/// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when failures <=
-/// --max-failures, 1 when more failed, 2 for a bad command line, 3 when the run could
-/// not be made. In echo mode a mismatched response (one that is not its request's)
-/// exits 1 whatever --max-failures allows.
+/// GOAWAY or REFUSED_STREAM, is sent again). Exit status: 0 when the gate passes, 1
+/// when it does not: more than --max-failures failed, a mismatched response in echo
+/// mode (one that is not its request's, whatever --max-failures allows), or a reload
+/// that was asked for and not made (a reload command that failed or could not run,
+/// none at all with --reload, fewer than --reloads); 2 for a bad command line, 3 when
+/// the run could not be made.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -200,6 +202,50 @@ fn check_usage(args: &Args) {
             usage("--idle-spread must not be longer than --reload-every");
         }
     }
+    for url in &args.urls {
+        if let Err(msg) = check_url(url, args.tls_ca.is_some()) {
+            usage(&msg);
+        }
+    }
+    if args.reload.is_none() && (args.reloads.is_some() || args.pidfile.is_some()) {
+        usage("--reloads and --pidfile need --reload CMD");
+    }
+    if args.reload_every.is_zero() || args.window.is_zero() || args.timeout.is_zero() {
+        usage("--reload-every, --window and --timeout must be greater than zero");
+    }
+}
+
+/// A URL's syntax: http:// or https:// (with --tls-ca), and a host.
+fn check_url(url: &str, tls_ca: bool) -> Result<(), String> {
+    if !url.contains("://") {
+        if url.starts_with("http:") || url.starts_with("https:") {
+            return Err(format!(
+                "`{url}` is not a URL; expected http://HOST:PORT/PATH"
+            ));
+        }
+        return Err(format!(
+            "`{url}` has no scheme: write `http://{url}` (or https:// with --tls-ca)"
+        ));
+    }
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL ({e}); expected e.g. http://127.0.0.1:8080/"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") if tls_ca => {}
+        Some("https") => {
+            return Err(format!(
+                "`{url}` is HTTPS: give --tls-ca FILE, the PEM certificate(s) to trust for it"
+            ));
+        }
+        _ => return Err(format!("`{url}`: expected an http:// or https:// URL")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!(
+            "`{url}` has no host; expected e.g. http://127.0.0.1:8080/"
+        ));
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -332,12 +378,6 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
         (None, true) => PidFrom::Body,
         (None, false) => PidFrom::None,
     };
-    if args.reload.is_none() && (args.reloads.is_some() || args.pidfile.is_some()) {
-        bail!("--reloads and --pidfile need --reload CMD");
-    }
-    if args.reload_every.is_zero() || args.window.is_zero() || args.timeout.is_zero() {
-        bail!("--reload-every, --window and --timeout must be greater than zero");
-    }
     let http = if args.http == "2" {
         Http::Two
     } else {
@@ -482,7 +522,7 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             .lock()
             .unwrap_or_else(|e| e.into_inner()),
     );
-    let report = report::build(
+    let mut report = report::build(
         &records,
         report::RunFacts {
             label,
@@ -531,6 +571,14 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             }),
         },
     );
+    report.gate = report::gate(
+        &report,
+        report::GateRules {
+            max_failures: args.max_failures,
+            reload: args.reload.is_some(),
+            reloads: args.reloads,
+        },
+    );
     print!("{}", report::text(&report));
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report).context("serialize the report")?;
@@ -540,19 +588,12 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
         std::fs::write(path, plot::svg(&report))
             .with_context(|| format!("write {}", path.display()))?;
     }
-    let mismatched = report.failures.get("mismatched").copied().unwrap_or(0);
-    if mismatched > 0 {
-        eprintln!(
-            "FAILED: {mismatched} responses were not their request's (a mismatch is never allowed)"
-        );
-        return Ok(ExitCode::from(1));
+    for why in &report.gate.failed_because {
+        eprintln!("FAILED: {why}");
     }
-    if report.failed > args.max_failures {
-        eprintln!(
-            "FAILED: {} requests failed (allowed: {})",
-            report.failed, args.max_failures
-        );
-        return Ok(ExitCode::from(1));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.gate.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -176,6 +176,86 @@ pub(crate) struct Report {
     #[serde(skip_serializing_if = "is_zero")]
     pub(crate) failure_messages_uncounted: u64,
     pub(crate) timeline: Vec<Bucket>,
+    /// The verdict the exit status gives (see [`gate`]).
+    pub(crate) gate: Gate,
+}
+
+/// Whether the run passes as a gate: exit 0, or 1 with the reasons.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Gate {
+    pub(crate) passed: bool,
+    /// Why it did not, one sentence each.
+    pub(crate) failed_because: Vec<String>,
+}
+
+/// What the gate asks of a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GateRules {
+    /// `--max-failures`.
+    pub(crate) max_failures: u64,
+    /// `--reload` was given.
+    pub(crate) reload: bool,
+    /// `--reloads N`.
+    pub(crate) reloads: Option<u32>,
+}
+
+/// The verdict: more failures than allowed, any mismatched response, and (the gate
+/// never passes without the reloads it was asked for) a reload command that failed or
+/// could not run, fewer reloads than `--reloads`, or none at all with `--reload`.
+pub(crate) fn gate(r: &Report, rules: GateRules) -> Gate {
+    let mut why = Vec::new();
+    let mismatched = r.failures.get("mismatched").copied().unwrap_or(0);
+    if mismatched > 0 {
+        why.push(format!(
+            "{mismatched} responses were not their request's (a mismatch is never allowed)"
+        ));
+    }
+    if r.failed > rules.max_failures {
+        why.push(format!(
+            "{} requests failed (allowed: {})",
+            r.failed, rules.max_failures
+        ));
+    }
+    let ran = r.reloads.count;
+    let failed: Vec<(usize, &Trigger)> = r
+        .reloads
+        .triggers
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.exit_code != Some(0))
+        .collect();
+    if let Some((i, first)) = failed.first() {
+        why.push(format!(
+            "{} of {ran} reload commands failed{} (first: #{} at {:.3}s: {})",
+            failed.len(),
+            if failed.len() == ran {
+                ": no reload was verified"
+            } else {
+                ""
+            },
+            i + 1,
+            first.start_s,
+            first
+                .error
+                .as_deref()
+                .unwrap_or("the reload command failed")
+        ));
+    }
+    if rules.reload && ran == 0 {
+        why.push(
+            "no reload command ran: the run ended before the first trigger (it comes \
+             after --reload-every, and only while its --window fits in the run)"
+                .to_owned(),
+        );
+    } else if let Some(n) = rules.reloads.filter(|n| (ran as u64) < u64::from(*n)) {
+        why.push(format!(
+            "only {ran} of the {n} reloads asked for (--reloads) ran before the run ended"
+        ));
+    }
+    Gate {
+        passed: why.is_empty(),
+        failed_because: why,
+    }
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -425,6 +505,7 @@ pub(crate) fn build(records: &[Record], facts: RunFacts) -> Report {
         failure_messages,
         failure_messages_uncounted: facts.failure_lines.uncounted,
         timeline,
+        gate: Gate::default(),
     }
 }
 
@@ -622,6 +703,13 @@ pub(crate) fn text(r: &Report) -> String {
             }
         );
     }
+    if r.gate.passed {
+        let _ = writeln!(s, "  gate        passed");
+    } else {
+        for why in &r.gate.failed_because {
+            let _ = writeln!(s, "  gate        FAILED: {why}");
+        }
+    }
     s
 }
 
@@ -678,5 +766,112 @@ mod tests {
         let g = new_generation(&records, &[100_000, 175_000]);
         assert_eq!(g.per_trigger_us, [None, Some(11_000)]);
         assert_eq!(new_generation(&records, &[]), NewGeneration::default());
+    }
+
+    fn report_with(failed: u64, triggers: Vec<Trigger>) -> Report {
+        let records: Vec<Record> = (0..failed)
+            .map(|i| rec(i, 1, 0, Outcome::Reset))
+            .chain([rec(1000, 1, 10, Outcome::Ok)])
+            .collect();
+        build(
+            &records,
+            RunFacts {
+                label: "t".into(),
+                client: Client {
+                    tool: "baton-bench",
+                    mode: crate::load::Mode::KeepAlive,
+                    http: "1.1",
+                    concurrency: 1,
+                    threads: 1,
+                    urls: vec![],
+                    timeout_s: 5.0,
+                    streams: 1,
+                    idle_spread_s: None,
+                    echo_idle_s: None,
+                },
+                duration_s: 2.0,
+                triggers,
+                window_s: 1.0,
+                pid_source: false,
+                replaced_connections: 0,
+                resent_requests: 0,
+                connections_opened: 1,
+                client_cpu_cores: None,
+                server_cpu_s: None,
+                first_failures: vec![],
+                failure_lines: crate::load::FailureLines::default(),
+                echo: None,
+            },
+        )
+    }
+
+    fn trigger(at_s: f64, exit_code: Option<i32>, error: Option<&str>) -> Trigger {
+        Trigger {
+            start_s: at_s,
+            end_s: at_s,
+            exit_code,
+            error: error.map(str::to_owned),
+            new_pid_ms: None,
+            failed_requests: 0,
+        }
+    }
+
+    #[test]
+    fn the_gate_never_passes_without_the_reloads_it_was_asked_for() {
+        let rules = |max_failures, reload, reloads| GateRules {
+            max_failures,
+            reload,
+            reloads,
+        };
+        let ok = || trigger(1.0, Some(0), None);
+        // No reloads asked for: only the failures count.
+        assert!(gate(&report_with(0, vec![]), rules(0, false, None)).passed);
+        let g = gate(&report_with(3, vec![]), rules(2, false, None));
+        assert_eq!(g.failed_because, ["3 requests failed (allowed: 2)"]);
+        // Every reload command failed (a wrong --pidfile): FAILED, whatever the
+        // failures.
+        let bad = |at| trigger(at, None, Some("cannot read pidfile /x.pid: No such file"));
+        let g = gate(
+            &report_with(0, vec![bad(1.0), bad(2.0)]),
+            rules(0, true, None),
+        );
+        assert!(!g.passed);
+        assert_eq!(
+            g.failed_because,
+            [
+                "2 of 2 reload commands failed: no reload was verified (first: #1 at 1.000s: cannot read pidfile /x.pid: No such file)"
+            ]
+        );
+        // One of three exited 1.
+        let g = gate(
+            &report_with(
+                0,
+                vec![
+                    ok(),
+                    trigger(2.0, Some(1), Some("the reload command exited with 1")),
+                    ok(),
+                ],
+            ),
+            rules(0, true, None),
+        );
+        assert_eq!(
+            g.failed_because,
+            [
+                "1 of 3 reload commands failed (first: #2 at 2.000s: the reload command exited with 1)"
+            ]
+        );
+        // --reload, and none ran.
+        let g = gate(&report_with(0, vec![]), rules(0, true, None));
+        assert!(
+            g.failed_because[0].starts_with("no reload command ran"),
+            "{g:?}"
+        );
+        // Fewer than --reloads.
+        let g = gate(&report_with(0, vec![ok(), ok()]), rules(0, true, Some(3)));
+        assert_eq!(
+            g.failed_because,
+            ["only 2 of the 3 reloads asked for (--reloads) ran before the run ended"]
+        );
+        assert!(gate(&report_with(0, vec![ok(), ok()]), rules(0, true, Some(2))).passed);
     }
 }
