@@ -31,9 +31,13 @@ enum Serving {
     Baton,
 }
 
-/// Serves `GET /` → `ok` for throughput comparisons.
+/// The throughput baseline: serves `GET /` → `ok` through plain hyper-util (as
+/// `axum::serve` does) or through baton, to measure baton's serving cost against it.
+///
+/// Drive it with `baton-bench http://127.0.0.1:8080/ ...`; stop it with Ctrl-C.
+// The name and about are its own: the package's are baton-bench's.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "bench-server", version)]
 struct Args {
     /// Which serving path.
     #[arg(value_enum)]
