@@ -179,15 +179,20 @@ async fn a_worker_that_closed_its_sockets_is_not_ready() {
 /// holds its listening sockets when it is done.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_daemonizes_leaves_no_orphan_serving() {
-    // The parent exits at once; the grandchild serves the passed socket.
+    // The parent exits once the grandchild, in a session of its own, serves the passed
+    // socket (as a daemonizing server does: a pipe tells it the daemon is up).
     let daemon = r#"
 import os, socket, sys, time
+r, w = os.pipe()
 if os.fork():
+    os.close(w)
+    os.read(r, 1)
     os._exit(0)
 os.setsid()
 if os.fork():
     os._exit(0)
 s = socket.socket(fileno=3)
+os.write(w, b"x")
 while True:
     c, _ = s.accept()
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")
@@ -229,7 +234,14 @@ async fn a_worker_that_binds_its_own_port_is_named() {
         &[],
         &[],
         "delay=300ms",
-        &["python3", "-m", "http.server", &other_s, "--bind", "127.0.0.1"],
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            &other_s,
+            "--bind",
+            "127.0.0.1",
+        ],
     );
     let line = master.wait_log("which baton did not pass", 1);
     assert!(

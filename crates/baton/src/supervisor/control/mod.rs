@@ -249,26 +249,26 @@ impl Server {
             }
         };
         // Only this user (and root) may control the master, whatever the socket's
-        // mode and directory turn out to be.
-        match stream.peer_cred() {
-            Ok(cred) if cred.uid() == crate::trust::euid() || cred.uid() == 0 => {}
+        // mode and directory turn out to be. A refused client gets its answer from a
+        // task among the bounded ones below (its request read first, so that the
+        // answer is not lost to a reset).
+        let refused = match stream.peer_cred() {
+            Ok(cred) if cred.uid() == crate::trust::euid() || cred.uid() == 0 => None,
             Ok(cred) => {
                 warn!(
                     peer_uid = cred.uid(),
                     "control socket: a client of another user was refused"
                 );
-                let e = Line::Error(format!(
+                Some(Line::Error(format!(
                     "permission denied: uid {} may not control this master",
                     cred.uid()
-                ));
-                refuse_now(&stream, &e);
-                return;
+                )))
             }
             Err(e) => {
                 warn!(error = %e, "control socket: cannot tell who the client is; refused");
                 return;
             }
-        }
+        };
         // A bounded number of connections in every state (issue 32: 4,000 silent
         // clients took the master to 4,018 descriptors): at most MAX_PENDING wait for
         // their command line (a new one closes the one that waited longest), at most
@@ -280,6 +280,13 @@ impl Server {
         let id = waiting.next;
         waiting.next += 1;
         let task = tokio::spawn(async move {
+            if let Some(refusal) = refused {
+                refuse(stream, &format!("{}\n", refusal.encode())).await;
+                crate::sync::lock(&pending)
+                    .waiting
+                    .retain(|(i, _)| *i != id);
+                return;
+            }
             let request = read_request(stream).await;
             crate::sync::lock(&pending)
                 .waiting
