@@ -148,6 +148,10 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "admin")]
     admin_token_file: Option<std::path::PathBuf>,
 
+    /// The admin token, read before anything starts (see [`admin_token`]).
+    #[arg(skip)]
+    admin_token: Option<String>,
+
     /// Be your own master (GoFrame's model): this process keeps its PID, holds the
     /// sockets and runs the program again as its worker; SIGHUP reloads the worker
     /// (a new one, then the old drains), SIGTERM stops. --pidfile then names the
@@ -159,6 +163,50 @@ struct Args {
     /// Time limit of each finalizer.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = limit)]
     finalizer_timeout: Duration,
+}
+
+/// The admin token, from --admin-token-file or BATON_ADMIN_TOKEN; an error names both
+/// when a TCP admin address has none (on a Unix socket it is optional).
+fn admin_token(args: &Args) -> Result<Option<String>, baton::Error> {
+    let Some(addr) = &args.admin else {
+        return Ok(None);
+    };
+    let token = match &args.admin_token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| baton::Error::Io {
+                    op: format!("read the admin token from {}", path.display()),
+                    source,
+                })?
+                .trim()
+                .to_owned(),
+        ),
+        None => std::env::var("BATON_ADMIN_TOKEN").ok(),
+    };
+    if token.is_none() && matches!(addr, ListenAddr::Tcp(_)) {
+        return Err(baton::Error::Master(format!(
+            "--admin {addr} is a TCP address: the admin endpoints there need a token: \
+             give --admin-token-file FILE (16+ printable characters) or set BATON_ADMIN_TOKEN \
+             (on a unix:/path address the token is optional)"
+        )));
+    }
+    Ok(token)
+}
+
+/// Prints `e` and its causes, each once: a message that already ends with its cause's
+/// (`read the admin token from F: No such file or directory`) is not followed by it.
+fn print_error(e: &baton::Error) {
+    let mut shown = e.to_string();
+    eprintln!("error: {shown}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        shown = text;
+        source = cause.source();
+    }
 }
 
 fn parse_finalizer(s: &str) -> Result<(String, Duration), String> {
@@ -185,6 +233,14 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Before anything binds, and before the master starts a worker that would fail.
+    match admin_token(&args) {
+        Ok(token) => args.admin_token = token,
+        Err(e) => {
+            print_error(&e);
+            return ExitCode::from(1);
+        }
+    }
     if args.master {
         if !baton::supervisor::is_worker() {
             return be_the_master(&args);
@@ -206,12 +262,7 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                eprintln!("  caused by: {cause}");
-                source = cause.source();
-            }
+            print_error(&e);
             ExitCode::from(1)
         }
     }
@@ -276,7 +327,12 @@ fn be_the_master(args: &Args) -> ExitCode {
 async fn run(args: Args) -> Result<u8, baton::Error> {
     let mut signals = match args.signals.as_str() {
         "none" => SignalMap::empty(),
-        preset => SignalMap::preset(preset.parse::<Preset>()?),
+        // The library's message lists its presets; the demo also takes `none`.
+        preset => SignalMap::preset(preset.parse::<Preset>().map_err(|_| {
+            baton::Error::Master(format!(
+                "unknown signal preset `{preset}`: expected one of baton, faygo, endless, ghelper, goframe, nginx, none"
+            ))
+        })?),
     };
     for sig in args.shutdown_signals {
         if signals.action(sig) != Some(Action::Shutdown) {
@@ -369,19 +425,7 @@ async fn run(args: Args) -> Result<u8, baton::Error> {
     }
     server.serve(app(shutdown.clone()), &shutdown)?;
     if let Some(listener) = admin_listener {
-        let token = match &args.admin_token_file {
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|source| baton::Error::Io {
-                        op: format!("read the admin token from {}", path.display()),
-                        source,
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
-            None => std::env::var("BATON_ADMIN_TOKEN").ok(),
-        };
-        let admin = match token {
+        let admin = match args.admin_token {
             Some(t) => baton::http::Admin::new(&shutdown, t)?,
             None => baton::http::Admin::unix_only(&shutdown),
         };

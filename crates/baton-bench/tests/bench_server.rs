@@ -22,3 +22,19 @@ fn bench_server_has_its_own_help_and_name() {
     }
     assert!(out("-V").starts_with("bench-server "));
 }
+
+/// An error whose message ends with its cause printed it twice (`listen on unix:/x:
+/// No such file or directory (os error 2): No such file or directory (os error 2)`).
+#[test]
+fn an_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("unix:{}", dir.path().join("no-such-dir/x.sock").display());
+    let out = Command::new(env!("CARGO_BIN_EXE_bench-server"))
+        .args(["baton", "--listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(&addr), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -17,15 +17,20 @@ const FAILED: u8 = 1;
 /// Exit status: nothing of that name runs.
 const NOT_RUNNING: u8 = 3;
 
-/// Which master a command is for.
+/// Which master a command is for: by name (its files in the run directory), or by its
+/// pidfile (any master with a control socket beside it: `baton run --name`, or an app
+/// that is its own master); one of the two, which the usage line says.
 #[derive(Debug, clap::Args)]
+#[command(group = clap::ArgGroup::new("master").args(["name", "pidfile"]).required(true))]
 pub(crate) struct Target {
-    /// The master's name (as given to `baton start --name` or `baton run --name`).
-    #[arg(long, value_name = "NAME", value_parser = parse_name, required_unless_present = "pidfile", conflicts_with = "pidfile")]
+    /// The master's name (as given to `baton start --name` or `baton run --name`); its
+    /// pidfile and control socket are NAME.pid and NAME.sock in the run directory.
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     name: Option<String>,
 
     /// The master's pidfile instead of a name (its control socket is beside it, with
-    /// the extension .sock).
+    /// the extension .sock), e.g. an app that is its own master (`hello --master
+    /// --pidfile PATH`).
     #[arg(long, value_name = "PATH")]
     pidfile: Option<PathBuf>,
 
@@ -76,7 +81,9 @@ impl Paths {
                 log: p.with_extension("log"),
                 label: p.display().to_string(),
             }),
-            (None, None) => Err("give --name or --pidfile".into()),
+            (None, None) => {
+                Err("name the master: --name NAME (started with that name) or --pidfile PATH (its pidfile)".into())
+            }
         }
     }
 }

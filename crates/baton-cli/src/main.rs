@@ -45,8 +45,9 @@ never ready, run directory not writable). start, stop, reload, restart, status: 
 line.";
 
 /// Zero-downtime reloads for servers in any language.
+// Named: the package is baton-cli, the binary (and `baton -V`) baton.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, after_help = EXAMPLES)]
+#[command(name = "baton", version, about, long_about = None, after_help = EXAMPLES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,6 +72,25 @@ enum Command {
     /// build fails, show why and keep the running worker).
     #[cfg(feature = "watch")]
     Watch(watch::WatchArgs),
+    /// Not in this build (without the `watch` feature): says so, and how to get it.
+    #[cfg(not(feature = "watch"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Watch {
+        #[arg(num_args = 0.., allow_hyphen_values = true, trailing_var_arg = true)]
+        _args: Vec<OsString>,
+    },
+}
+
+/// `baton watch` in a binary built without it.
+#[cfg(not(feature = "watch"))]
+fn no_watch() -> ExitCode {
+    eprintln!(
+        "error: this baton was built without the `watch` feature, so it has no `baton watch`.\n\
+         \n  It is on by default: `cargo build --profile dist -p baton-cli` (or `cargo install \
+         --path crates/baton-cli`) builds it;\n  with --no-default-features, add `--features \
+         watch`, e.g. `cargo install --path crates/baton-cli --no-default-features --features watch`."
+    );
+    ExitCode::from(2)
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -202,6 +222,8 @@ fn main() -> ExitCode {
         Command::Status(a) => client::status(&a),
         #[cfg(feature = "watch")]
         Command::Watch(a) => watch::watch(a),
+        #[cfg(not(feature = "watch"))]
+        Command::Watch { .. } => no_watch(),
     }
 }
 
