@@ -23,8 +23,11 @@ use clap::{Parser, Subcommand};
 
 const EXAMPLES: &str = "\
 Examples:
-  # A Python server that takes its socket from LISTEN_FDS, ready 500 ms after start:
-  baton run --listen 127.0.0.1:8080 --ready delay=500ms -- python3 server.py
+  # A Python server that takes its socket from LISTEN_FDS and says READY=1
+  # (examples/server.py in baton's repository):
+  baton run --listen 127.0.0.1:8080 -- python3 examples/server.py
+  # One that does not say READY=1: ready 500 ms after start
+  baton run --listen 127.0.0.1:8080 --ready delay=500ms -- ./server
   # A baton app (it says READY=1 itself), two named listeners:
   baton run --listen http=0.0.0.0:8080 --listen admin=unix:/run/app.sock -- ./app
   # Detached, under a name; then control it by that name:
