@@ -40,8 +40,9 @@ const MIN_TOKEN: usize = 16;
 ///
 /// Everything but the page itself needs `Authorization: Bearer TOKEN`, never a cookie
 /// or a query string: 401 without it, 403 with a wrong one. A GET for an action or a
-/// POST for a page is 405; an unknown path 404; a bad parameter 400; a body over 1 KiB
-/// 413. A refused request changes nothing.
+/// POST for a page is 405; an unknown path 404; a bad parameter 400 (an unknown one
+/// too, on every endpoint but the page); a body over 1 KiB 413. A refused request
+/// changes nothing.
 #[derive(Clone)]
 pub struct Admin {
     inner: Arc<Inner>,
@@ -163,6 +164,13 @@ impl Admin {
                 "the admin endpoints take at most 1 KiB of body\n",
             );
         }
+        // The GET endpoints take no parameter: one given is refused with 400, as the
+        // actions refuse one they do not know.
+        if action.is_none()
+            && let Some(refused) = unknown_parameter(&query, path.rsplit('/').next().unwrap_or(""))
+        {
+            return text(StatusCode::BAD_REQUEST, &refused);
+        }
         match action.as_deref() {
             None if path == "/metrics" => {
                 self.inner.shutdown.totals_settled().await;
@@ -279,6 +287,15 @@ impl tower_service::Service<Request<Incoming>> for Admin {
         let this = self.clone();
         Box::pin(async move { Ok(this.handle(req).await) })
     }
+}
+
+/// For an endpoint without parameters: the 400 message naming the first one in
+/// `query`, if any.
+fn unknown_parameter(query: &str, endpoint: &str) -> Option<String> {
+    query
+        .split('&')
+        .find(|p| !p.is_empty())
+        .map(|pair| format!("unknown parameter `{pair}` for {endpoint}\n"))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -594,6 +611,22 @@ mod tests {
         assert!(constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnop"));
         assert!(!constant_time_eq(b"abcdefghijklmnop", b"abcdefghijklmnoq"));
         assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+
+    /// `/metrics?x=1` answered 200 where the actions answer an unknown parameter with
+    /// 400 (issue 27): the GET endpoints refuse any, named.
+    #[test]
+    fn endpoints_without_parameters_name_the_one_given() {
+        assert_eq!(unknown_parameter("", "metrics"), None);
+        assert_eq!(unknown_parameter("&&", "metrics"), None);
+        assert_eq!(
+            unknown_parameter("x=1", "metrics").as_deref(),
+            Some("unknown parameter `x=1` for metrics\n")
+        );
+        assert_eq!(
+            unknown_parameter("&verbose&x=1", "status").as_deref(),
+            Some("unknown parameter `verbose` for status\n")
+        );
     }
 
     #[test]
