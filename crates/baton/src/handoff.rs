@@ -91,9 +91,7 @@ impl RestartFailure {
             RestartFailure::Executable { .. } => "executable",
             RestartFailure::Spawn(_) => "spawn",
             RestartFailure::Exited { .. } => "exited",
-            RestartFailure::NotReady { .. } | RestartFailure::NoReadyMessage { .. } => {
-                "not-ready"
-            }
+            RestartFailure::NotReady { .. } | RestartFailure::NoReadyMessage { .. } => "not-ready",
             RestartFailure::Aborted { .. } => "aborted",
             RestartFailure::Busy(_) => "busy",
             RestartFailure::Draining { .. } => "draining",

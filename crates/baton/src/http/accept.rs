@@ -131,7 +131,7 @@ pub(super) async fn accept_loop<A: Accept, S, B>(
         }
         // Paused (the probation after a restart: the new generation accepts, this one
         // stands by with its listener): wait to resume, or for the drain.
-        if *paused.borrow_and_update() {
+        if tracker.is_paused() {
             tokio::select! {
                 biased;
                 () = &mut draining => break,
@@ -139,23 +139,32 @@ pub(super) async fn accept_loop<A: Accept, S, B>(
             }
         }
         // At the connection limit, stop accepting: clients wait in the kernel's queue.
-        // The drain first, in both waits: a slot freed by a connection that moved to
-        // the next generation must not let this one accept from the queue it leaves to
-        // that generation (seen at the limit: one accepted after the drain started, it
-        // found no slot there and waited for the deadline).
         tokio::select! {
             biased;
-            () = &mut draining => break,
             () = ctx.slots.free() => {}
+            () = &mut draining => break,
         }
+        // A slot freed by a connection that moved to the next generation must not let
+        // this one accept from the queue it leaves to that generation (seen at the
+        // limit: one accepted after the drain started found no slot there and waited
+        // for the deadline).
         if tracker.phase() >= Phase::Draining {
             break;
         }
         let accepted = tokio::select! {
             biased;
+            // A connection that arrives while paused stays in the queue for the new
+            // generation (one atomic load per poll).
+            res = std::future::poll_fn(|cx| {
+                if tracker.is_paused() {
+                    return Poll::Ready(None);
+                }
+                listener.poll_accept(cx).map(Some)
+            }) => match res {
+                Some(res) => res,
+                None => continue,
+            },
             () = &mut draining => break,
-            _ = paused.changed() => continue,
-            res = std::future::poll_fn(|cx| listener.poll_accept(cx)) => res,
         };
         match accepted {
             Ok(io) => spawn_connection(io, ctx, index),

@@ -481,7 +481,7 @@ fn metrics(shutdown: &Shutdown) -> Response<Full<Bytes>> {
     }
     reg.register(
         "restarts",
-        "Graceful restarts attempted by this generation",
+        "Graceful restarts attempted, by this generation and the ones before it",
         restarts,
     );
     reg.register(

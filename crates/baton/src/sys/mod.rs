@@ -18,7 +18,8 @@ pub(crate) use platform::{EPOLL_BATCH, epoll_add, epoll_create, epoll_del, epoll
 pub(crate) use platform::{
     become_subreaper, children, connect_abstract, generation_force_signal, held_in_tree, is_alive,
     is_descendant, is_locked, open_sockets, pidfd_open, process_uid, reap_orphans,
-    send_to_abstract, seqpacket_pair, signal_disposition, socket_holders, start_time, tcp_listeners, try_lock,
+    send_to_abstract, seqpacket_pair, signal_disposition, socket_holders, start_time,
+    tcp_listeners, try_lock,
 };
 
 use std::ffi::{CString, OsStr};

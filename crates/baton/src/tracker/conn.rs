@@ -4,7 +4,8 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Waker;
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
@@ -31,6 +32,11 @@ pub(crate) struct ConnShared {
     /// The connection task's waker, woken when the phase changes. Per connection, so
     /// that waiting for the drain costs a busy connection nothing shared.
     pub(super) waker: AtomicWaker,
+    /// What `waker` holds: the task's waker wrapped so that a wake also marks the
+    /// registration spent (see `conn_reached`); made on the first poll.
+    pub(super) spent_waker: std::sync::OnceLock<Arc<Spent>>,
+    /// No waker of the task is registered (at first, and after any wake took it).
+    pub(super) unregistered: AtomicBool,
     /// The tracker's flags, shared once per connection so that a request reads them
     /// without cloning anything.
     pub(super) flags: Arc<AtomicU8>,
@@ -79,21 +85,34 @@ pub(crate) struct Clock {
     /// Requests and reads at the last look (at registration: what it came with).
     pub(super) requests: u64,
     pub(super) reads: u64,
-    /// When it last did something, as far as the looks tell.
-    pub(super) active: Instant,
+    /// When it last did something, as far as the looks tell; `None` for a connection
+    /// just accepted and not looked at yet (the first look sets it: no clock is read
+    /// on the accept path).
+    pub(super) active: Option<Instant>,
     /// When the first bytes of a request not started yet came (HTTP/1 between
     /// requests).
     pub(super) head: Option<Instant>,
 }
 
 impl Clock {
+    /// A connection that carries `history` (moved, or served again after a park).
     pub(super) fn new(history: &History, now: Instant) -> Clock {
         let ago = |d: Duration| now.checked_sub(d).unwrap_or(now);
         Clock {
             requests: history.requests,
             reads: 0,
-            active: ago(history.idle_for),
+            active: Some(ago(history.idle_for)),
             head: history.head_for.map(ago),
+        }
+    }
+
+    /// A connection just accepted.
+    pub(super) fn fresh() -> Clock {
+        Clock {
+            requests: 0,
+            reads: 0,
+            active: None,
+            head: None,
         }
     }
 }
@@ -230,10 +249,9 @@ impl ConnShared {
         // Active since the sweep last looked: its idle clock starts now (a second at
         // most too late, never too early). Its head, if any, started in that time too.
         let quiet = in_flight == 0 && requests == clock.requests && reads == clock.reads;
-        let idle_for = if quiet {
-            now.saturating_duration_since(clock.active)
-        } else {
-            Duration::ZERO
+        let idle_for = match clock.active {
+            Some(active) if quiet => now.saturating_duration_since(active),
+            _ => Duration::ZERO,
         };
         let head_for = match clock.head {
             Some(head) if quiet => Some(now.saturating_duration_since(head)),
@@ -415,27 +433,52 @@ impl Drop for ParkedConn {
 
 /// Resolves once the phase is `phase` or later, for the task of connection `conn`.
 ///
-/// Unlike [`Tracker::reached`], polling it touches only the connection's own waker and
-/// one atomic load, never anything shared with other connections: a connection task is
-/// polled on every request, and so is this future.
+/// Unlike [`Tracker::reached`], polling it touches only the connection's own state, never
+/// anything shared with other connections: a connection task is polled on every
+/// request, and so is this future. While its registration stands, a poll is two loads
+/// and a pointer comparison.
 ///
-/// It registers the task's waker on every poll. A wake (`advance`, `ask_park`) takes
-/// the registered waker out of the connection's `AtomicWaker`, and one that races with
-/// a registration leaves the cell empty (it wakes the new waker instead of storing it):
-/// skipping the registration when "nothing changed" then missed the next phase change
-/// for good (issue 26: a restart storm lost requests on a connection left behind in a
-/// drain). Registering again costs two uncontended compare-and-swaps on the
-/// connection's own cache line, no clone (the same task's waker is kept).
+/// The registration is known to stand, not assumed: what sits in the connection's
+/// `AtomicWaker` is the task's waker wrapped in a [`Spent`], whose wake marks the
+/// connection `unregistered` before it wakes the task. Every way the cell loses a
+/// waker wakes it: a wake (`advance`, `ask_park`) takes it and wakes it, and a wake
+/// that races with a registration makes the registration wake the new waker instead of
+/// storing it. So a poll registers again exactly when a wake took the registration
+/// (issue 26: skipping that on "the phase did not change" lost the drain's wake-up
+/// when a park request raced with the registration; a restart storm lost requests).
 pub(crate) fn conn_reached<'a>(
     tracker: &'a TrackerInner,
-    conn: &'a ConnShared,
+    conn: &'a Arc<ConnShared>,
     phase: Phase,
 ) -> impl Future<Output = ()> + Send + 'a {
     std::future::poll_fn(move |cx| {
         if tracker.phase.load(Ordering::Relaxed) >= phase as u8 {
             return std::task::Poll::Ready(());
         }
-        conn.waker.register(cx.waker());
+        let spent = conn.spent_waker.get_or_init(|| {
+            Arc::new(Spent {
+                task: cx.waker().clone(),
+                conn: Arc::downgrade(conn),
+            })
+        });
+        let ours = spent.task.will_wake(cx.waker());
+        if ours && !conn.unregistered.load(Ordering::Acquire) {
+            return std::task::Poll::Pending;
+        }
+        // Cleared before registering: a wake that takes what is registered from here on
+        // marks it again.
+        conn.unregistered.store(false, Ordering::SeqCst);
+        if ours {
+            conn.waker.register(&Waker::from(Arc::clone(spent)));
+        } else {
+            // Another task polls (never in baton; a test's own wakers): its own wrapper,
+            // and the connection's own task registers again on its next poll.
+            conn.waker.register(&Waker::from(Arc::new(Spent {
+                task: cx.waker().clone(),
+                conn: Arc::downgrade(conn),
+            })));
+            conn.unregistered.store(true, Ordering::SeqCst);
+        }
         // Check again after registering: `advance` stores the phase before it wakes,
         // so either this load sees it or the wake reaches the waker just registered.
         if tracker.phase.load(Ordering::SeqCst) >= phase as u8 {
@@ -444,4 +487,26 @@ pub(crate) fn conn_reached<'a>(
             std::task::Poll::Pending
         }
     })
+}
+
+/// A connection task's waker as registered for phase changes: waking it marks the
+/// registration spent, then wakes the task.
+#[derive(Debug)]
+pub(crate) struct Spent {
+    task: Waker,
+    /// Weak: the connection owns the cell that holds this.
+    conn: Weak<ConnShared>,
+}
+
+impl std::task::Wake for Spent {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if let Some(conn) = self.conn.upgrade() {
+            conn.unregistered.store(true, Ordering::SeqCst);
+        }
+        self.task.wake_by_ref();
+    }
 }

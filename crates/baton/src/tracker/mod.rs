@@ -123,8 +123,10 @@ pub(crate) struct TrackerInner {
     flags: Arc<AtomicU8>,
     phase_tx: watch::Sender<Phase>,
     /// Accept loops wait while `true`: the probation after a restart (the new generation
-    /// accepts; this one keeps its listeners, to resume if it dies).
+    /// accepts; this one keeps its listeners, to resume if it dies). The flag for the
+    /// accept path's check, the channel to wait on.
     paused: watch::Sender<bool>,
+    paused_flag: AtomicBool,
     conns: Mutex<Slab<Arc<ConnShared>>>,
     /// Open connections plus running accept loops; the drain is over at zero.
     busy: AtomicUsize,
@@ -203,6 +205,7 @@ impl Tracker {
                 flags: Arc::new(AtomicU8::new(0)),
                 phase_tx,
                 paused: watch::Sender::new(false),
+                paused_flag: AtomicBool::new(false),
                 conns: Mutex::new(Slab::new()),
                 busy: AtomicUsize::new(0),
                 became_idle: Notify::new(),
@@ -258,7 +261,14 @@ impl Tracker {
 
     /// Stops (`true`) or resumes (`false`) accepting, without closing the listeners.
     pub(crate) fn pause_accepting(&self, paused: bool) {
+        self.inner.paused_flag.store(paused, Ordering::SeqCst);
         self.inner.paused.send_replace(paused);
+    }
+
+    /// Whether accepting is paused now (one load).
+    #[inline]
+    pub(crate) fn is_paused(&self) -> bool {
+        self.inner.paused_flag.load(Ordering::Relaxed)
     }
 
     /// Whether accepting is paused, and its changes (see `pause_accepting`).
@@ -355,6 +365,8 @@ impl Tracker {
             closed: AtomicBool::new(false),
             forced: AtomicBool::new(false),
             waker: AtomicWaker::new(),
+            spent_waker: std::sync::OnceLock::new(),
+            unregistered: AtomicBool::new(true),
             flags: Arc::clone(&self.inner.flags),
             limits,
             timed_out: AtomicBool::new(false),
@@ -363,7 +375,10 @@ impl Tracker {
             handed_over: AtomicBool::new(false),
             park: AtomicBool::new(false),
             parking: AtomicBool::new(false),
-            clock: Mutex::new(conn::Clock::new(&history, tokio::time::Instant::now())),
+            clock: Mutex::new(match origin {
+                Origin::Accepted => conn::Clock::fresh(),
+                _ => conn::Clock::new(&history, tokio::time::Instant::now()),
+            }),
         });
         if origin != Origin::Unparked {
             self.inner.busy.fetch_add(1, Ordering::AcqRel);
@@ -559,7 +574,10 @@ mod tests {
         const ROUNDS: usize = 300;
         const PARK_ASKS: usize = 1_000;
         let mut lost = 0;
-        for _ in 0..ROUNDS {
+        // Half the rounds with one waker throughout (the connection's own task: the
+        // registration is skipped while it stands), half changing wakers.
+        for round in 0..ROUNDS {
+            let one_waker = round % 2 == 0;
             let tracker = Tracker::new();
             let handle = tracker.register(-1);
             let shared = Arc::clone(handle.shared());
@@ -575,7 +593,7 @@ mod tests {
                     let wakers = flags.clone().map(Waker::from);
                     let mut fut = Box::pin(conn_reached(&inner, &shared, Phase::Draining));
                     for poll in 0usize.. {
-                        let which = (poll / 2) % 2;
+                        let which = if one_waker { 0 } else { (poll / 2) % 2 };
                         for f in &flags {
                             f.0.store(false, Ordering::SeqCst);
                         }

@@ -96,9 +96,9 @@ fn look(conn: &ConnShared, now: Instant) -> Verdict {
     let busy = in_flight > 0 || conn.upgraded.load(Ordering::Relaxed);
     let mut clock = lock(&conn.clock);
     let quiet_reads = reads == clock.reads;
-    if busy || requests != clock.requests {
-        // Working, or a request came and went since the last look.
-        clock.active = now;
+    if busy || requests != clock.requests || clock.active.is_none() {
+        // Working, or a request came and went since the last look (or accepted since).
+        clock.active = Some(now);
         clock.head = None;
     } else if !quiet_reads && requests > 0 && !conn.is_h2() && clock.head.is_none() {
         // Between HTTP/1 requests, bytes of the next one: its head is being read.
@@ -106,7 +106,7 @@ fn look(conn: &ConnShared, now: Instant) -> Verdict {
     }
     clock.requests = requests;
     clock.reads = reads;
-    let (active, head) = (clock.active, clock.head);
+    let (active, head) = (clock.active.unwrap_or(now), clock.head);
     drop(clock);
     if busy {
         return Verdict::Keep;
@@ -183,10 +183,11 @@ mod tests {
         let tracker = Tracker::new();
         let t0 = Instant::now();
         let h = tracker.register_with(-1, limits());
-        // Accepted at t0 (a moment after): 2 s later it is past, at the look at 3 s.
+        // First seen at 1 s (accepted then, as far as the looks tell): 2 s later it is
+        // past, at the look at 4 s.
         assert_eq!(
             until_verdict(h.shared(), t0, 1, 10),
-            Some((3, Verdict::HeaderTimeout))
+            Some((4, Verdict::HeaderTimeout))
         );
         // Bytes that never make a request (a partial HTTP/2 preface) change nothing.
         let t0 = Instant::now();
@@ -195,7 +196,7 @@ mod tests {
         h.shared().note_read();
         assert_eq!(
             until_verdict(h.shared(), t0, 2, 10),
-            Some((3, Verdict::HeaderTimeout))
+            Some((4, Verdict::HeaderTimeout))
         );
     }
 
