@@ -249,17 +249,29 @@ async fn a_burst_of_restart_requests_is_coalesced_and_capped() {
         .collect();
     demo.wait_log_nth("sleep 3s: start", 3);
     let app = demo.app();
+    // Generations alive: the demo's processes, less the sitters (a fork of a generation
+    // that starts the next one and exits once that one is ready: the demo's command
+    // line too, a generation's child and the next generation's parent).
     let alive_now = move || {
-        std::fs::read_dir("/proc")
+        let ours = |pid: u32| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).starts_with(&*app.to_string_lossy())
+        };
+        let parent = |pid: u32| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+        };
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
             .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&cmd).starts_with(&*app.to_string_lossy())
-                    && e.file_name()
-                        .to_str()
-                        .and_then(|p| p.parse().ok())
-                        .is_some_and(alive)
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|p| ours(*p) && alive(*p))
+            .collect();
+        pids.iter()
+            .filter(|p| {
+                let sitter = parent(**p).is_some_and(|pp| pids.contains(&pp))
+                    && pids.iter().any(|c| parent(*c) == Some(**p));
+                !sitter
             })
             .count()
     };
