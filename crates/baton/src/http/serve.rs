@@ -302,11 +302,6 @@ async fn serve_h2<IO, S, B>(
     let service = service::DrainService::new(ctx.service.clone(), Arc::clone(shared));
     let draining = conn_reached(tracker, shared, Phase::Draining);
     let forced = conn_reached(tracker, shared, Phase::Forcing);
-    // For the lingering close (below); its own count in the drain, taken while the
-    // connection's is, so the drain never sees it done in between.
-    let linger = shared
-        .dup_socket()
-        .map(|fd| (fd, ctx.shutdown.tracker().accept_guard()));
     let mut conn = Box::pin(
         ctx.http2
             .serve_connection(TokioIo::new(conn::Rewind::new(io, pre)), service),
@@ -321,51 +316,9 @@ async fn serve_h2<IO, S, B>(
         || None,
     )
     .await;
-    // hyper's copy of the socket is closed here.
-    drop(conn);
-    match ended {
-        conn::Ended::Done(Ok(())) => {
-            if let Some((fd, guard)) = linger {
-                linger_close(fd).await;
-                drop(guard);
-            }
-        }
-        conn::Ended::Done(Err(e)) => debug!(error = %e, "connection ended with an error"),
-        _ => {}
+    if let conn::Ended::Done(Err(e)) = ended {
+        debug!(error = %e, "connection ended with an error");
     }
-}
-
-/// How long a closed HTTP/2 connection lingers at most.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// After an HTTP/2 connection's final GOAWAY, its socket is not closed at once: the
-/// client may still have frames in flight, and a socket closed with unread input makes
-/// the kernel reset the connection, which can discard responses the client has not read
-/// yet (issue 32: a frame-level client lost answered streams that way). As nginx's
-/// lingering close: the write side is shut (a FIN after the last frames), and what still
-/// comes is read and thrown away until the client closes, for at most [`LINGER`].
-async fn linger_close(fd: std::os::fd::OwnedFd) {
-    use std::os::fd::AsFd;
-    if crate::sys::shutdown_write(fd.as_fd()).is_err() {
-        return;
-    }
-    let Ok(fd) = crate::sys::register_fd(fd, tokio::io::Interest::READABLE) else {
-        return;
-    };
-    let _ = tokio::time::timeout(LINGER, async {
-        loop {
-            let Ok(mut ready) = fd.readable().await else {
-                return;
-            };
-            match crate::sys::discard(fd.get_ref().as_fd()) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => ready.clear_ready(),
-                Err(_) => return,
-            }
-        }
-    })
-    .await;
 }
 
 /// HTTP/1 with upgrades (WebSocket); at a restart it moves to the next generation

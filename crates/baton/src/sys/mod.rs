@@ -46,34 +46,6 @@ pub(crate) fn shutdown_socket(fd: RawFd) -> io::Result<()> {
     }
 }
 
-/// A duplicate of connection socket `fd` (close-on-exec). The caller holds the lock
-/// that keeps `fd` open and its number from being reused (see `tracker::ConnHandle`).
-#[cfg(feature = "http")]
-pub(crate) fn dup_socket(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor, which the caller keeps open for
-    // the call, and creates a new one, owned at once below.
-    let rc = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `rc` is a descriptor that fcntl just created for us; nobody else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(rc) })
-}
-
-/// Shuts the write side of socket `fd` (a FIN after what was written).
-#[cfg(feature = "http")]
-pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
-}
-
-/// Reads and discards what waits on socket `fd`, without waiting: the bytes read (0:
-/// the peer closed; `WouldBlock`: nothing more now).
-#[cfg(feature = "http")]
-pub(crate) fn discard(fd: BorrowedFd<'_>) -> io::Result<usize> {
-    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
-    socket2::SockRef::from(&fd).recv_with_flags(&mut buf, libc::MSG_DONTWAIT)
-}
-
 /// Takes ownership of descriptor `fd`, passed to this process by the socket-activation
 /// protocol, after checking that it is open and was inherited.
 ///

@@ -265,14 +265,6 @@ impl ConnShared {
         }
     }
 
-    /// A duplicate of the connection's socket while it is open (`None` once closing):
-    /// to linger on it after its owner closed its own (see `http::serve`).
-    #[cfg(feature = "http")]
-    pub(crate) fn dup_socket(&self) -> Option<std::os::fd::OwnedFd> {
-        let fd = lock(&self.fd);
-        crate::sys::dup_socket((*fd)?).ok()
-    }
-
     pub(crate) fn mark_forced(&self) {
         self.forced.store(true, Ordering::Relaxed);
     }
