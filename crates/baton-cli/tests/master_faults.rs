@@ -182,7 +182,7 @@ async fn a_worker_that_daemonizes_leaves_no_orphan_serving() {
     // The parent exits once the grandchild, in a session of its own, serves the passed
     // socket (as a daemonizing server does: a pipe tells it the daemon is up).
     let daemon = r#"
-import os, socket, sys, time
+import os, select, socket, sys, time
 r, w = os.pipe()
 if os.fork():
     os.close(w)
@@ -194,22 +194,43 @@ if os.fork():
 s = socket.socket(fileno=3)
 os.write(w, b"x")
 while True:
-    c, _ = s.accept()
+    # The passed socket is non-blocking (a status flag shared with the master's copy).
+    select.select([s], [], [])
+    try:
+        c, _ = s.accept()
+    except BlockingIOError:
+        continue
     c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nhi\n")
     c.close()
 "#;
     let port = support::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let out = tokio::task::block_in_place(|| {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["run", "--listen", &addr, "--ready", "delay=500ms", "--"])
-            .args(["python3", "-c", daemon])
-            .env("RUST_LOG", "info")
-            .output()
-            .unwrap()
-    });
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // The log into a file, not a pipe: a daemon that outlived the master would hold a
+    // pipe open and a wait for its end would never end.
+    let tmp = tempfile::tempdir().unwrap();
+    let log_path = tmp.path().join("log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "--listen", &addr, "--ready", "delay=500ms", "--"])
+        .args(["python3", "-c", daemon])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + support::WAIT;
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("baton run did not end within {:?}", support::WAIT);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let err = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("processes left by the workers still hold the listening socket"),
         "{err}"

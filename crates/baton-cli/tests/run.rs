@@ -524,7 +524,10 @@ fn bad_input_is_named_with_the_right_exit_status() {
         "600",
     ]);
     assert_eq!(code, Some(1), "{err}");
-    assert!(err.contains("did not say it was ready within 500ms"), "{err}");
+    assert!(
+        err.contains("did not say it was ready within 500ms"),
+        "{err}"
+    );
     // Issue 27: what to do about it is said.
     assert!(err.contains("needs `--ready delay=DURATION`"), "{err}");
     let (code, err) = run(&["run", "--listen", "nowhere", "--", "x"]);

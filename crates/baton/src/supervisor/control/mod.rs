@@ -36,8 +36,8 @@ const MAX_CLIENTS: usize = 64;
 /// Clients whose command line is awaited at once; a new one past it closes the one
 /// that waited longest (a silent client cannot hold a place a prompt one needs).
 const MAX_PENDING: usize = 64;
-/// The answer to a client past [`MAX_CLIENTS`]; the CLI recognises it and falls back to
-/// the master's signal.
+/// The answer to a client past the master's bound of clients served at once (64); the
+/// CLI recognises it and falls back to the master's signal.
 pub const BUSY: &str = "busy: too many control clients at once";
 
 /// Where the answer to one request goes. Cloned for every party that reports on it; the
