@@ -68,12 +68,17 @@ async fn a_generation_draining_after_a_hand_over_keeps_draining_on_sigterm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_new_generation_is_not_the_old_ones_child_once_it_serves() {
     let mut demo = Demo::start(&[]);
-    // A request in flight keeps the old generation alive (draining) while we look.
-    let sleeper = demo.sleep_in_flight("2");
+    // The old generation stands by for its probation (2 s) once the new one is ready,
+    // then drains; a request in flight well past that keeps it alive while we look
+    // (a 2 s sleep ended with the probation and let it exit before the check).
+    let sleeper = demo.sleep_in_flight("8");
     demo.signal("HUP");
-    let new = demo.wait_ready(2);
+    let new = demo.ready_pid(2);
     demo.wait_log("restart: the new generation is ready");
-    assert!(support::alive(demo.pid), "the old generation still drains");
+    assert!(
+        support::alive(demo.pid),
+        "the old generation still stands by"
+    );
     assert_ne!(ppid(new), demo.pid, "re-parented before MAINPID= was sent");
     assert_eq!(sleeper.await.unwrap().unwrap().status, 200);
     assert_eq!(
