@@ -1,9 +1,12 @@
 //! The master: holds the listening sockets, runs one serving worker, replaces it on a
-//! reload without a gap, and keeps a PID that never changes. The loop and its
-//! transitions are in `supervise.rs`, its state in `state.rs`, the settings in
-//! `builder.rs`.
+//! reload without a gap, and keeps a PID that never changes. The loop is in
+//! `supervise.rs`, its state in `state.rs`, the settings in `builder.rs`; the
+//! transitions of its state are in `transitions.rs` (commands), `generation.rs` (a new
+//! worker's start, readiness and probation) and `exits.rs` (drains, exits, respawns).
 
 mod builder;
+mod exits;
+mod generation;
 mod state;
 mod supervise;
 mod transitions;

@@ -2,7 +2,7 @@
 //! clients, the starting worker's readiness, the serving worker's exit, the end of each
 //! drain, the respawn timer, orphans to reap) and the transitions of its state. Nothing
 //! waits inline: a reload in progress is state, not an `await`. The transitions are
-//! in `transitions.rs`.
+//! in `transitions.rs`, `generation.rs` and `exits.rs`.
 
 use std::io;
 use std::process::ExitStatus;

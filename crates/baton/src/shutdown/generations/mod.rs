@@ -1,6 +1,7 @@
 //! The coordinator's two ends of the generation channel (see `crate::channel`): the one
 //! from the previous generation (connections and totals come in) and the one to the
-//! next (connections and totals go out).
+//! next (connections and totals go out). A worker's link to its master is in
+//! `link.rs`, the totals across generations in `totals.rs`.
 // The connection part serves the HTTP servers only; a build without them (the `baton`
 // CLI) keeps the totals, the keys and the master's messages.
 #![cfg_attr(not(feature = "http"), allow(dead_code))]
@@ -18,6 +19,9 @@ use super::Shutdown;
 use crate::channel::{self, Channel, Message, Proto, Totals};
 use crate::sync::lock;
 use crate::tracker::History;
+
+mod link;
+mod totals;
 
 /// A server's part in the hand-over of open connections, both ways: implemented by the
 /// HTTP servers, called by the channel's readers.
@@ -402,189 +406,6 @@ impl Shutdown {
             }
         }
     }
-
-    /// A worker with a link to its master reads it from `run` on: the master tells it
-    /// to stand by for its replacement's probation (and passes the channel to that one),
-    /// to resume when that one died, or passes the channel just before the drain.
-    pub(super) fn follow_master(&self) {
-        let Some(fd) = lock(&self.links().master_link).take() else {
-            return;
-        };
-        let link = match Channel::new(fd) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
-                warn!(error = %e, "cannot read the link to the master; connections drain at a reload");
-                return;
-            }
-        };
-        *lock(&self.links().link) = Some(Arc::clone(&link));
-        let shutdown = self.clone();
-        tokio::spawn(async move {
-            while link.when_readable().await.is_ok() {
-                if shutdown.take_link_messages() {
-                    return;
-                }
-            }
-        });
-    }
-
-    /// Acts on the link's waiting messages; `true` once it is closed (the master is
-    /// gone).
-    fn take_link_messages(&self) -> bool {
-        let Some(link) = lock(&self.links().link).clone() else {
-            return true;
-        };
-        let _taking = lock(&self.links().link_lock);
-        let (messages, closed) = link.drain_now_or_closed();
-        for (message, mut fds) in messages {
-            match (message, fds.pop()) {
-                (Message::Standby { pid, generation }, Some(ours)) => {
-                    self.stand_by(pid, generation, ours);
-                }
-                (Message::Resume, _) => self.resume_from_standby("the master said so"),
-                (Message::Successor { pid, generation }, Some(ours)) => {
-                    *lock(&self.links().pending_successor) = Some((pid, generation, ours));
-                }
-                _ => {}
-            }
-        }
-        closed
-    }
-
-    /// The master's new worker serves and its probation runs: this one stops accepting
-    /// and keeps its connections, connected to the new one already (which keeps slots
-    /// for them); they move at the drain that ends the probation.
-    fn stand_by(&self, pid: u32, generation: u32, ours: OwnedFd) {
-        let takes = self.connect_successor(ours);
-        self.inner.tracker.set_hand_over(takes > 0);
-        self.inner.tracker.pause_accepting(true);
-        self.links().standing_by.store(true, Ordering::Release);
-        self.inner.successor.store(pid, Ordering::Relaxed);
-        self.release_predecessor();
-        info!(
-            pid = std::process::id(),
-            new_pid = pid,
-            generation,
-            listeners = takes,
-            "the master's new worker serves; this one stops accepting and stands by with its connections until its probation ends"
-        );
-        // It dies within its probation: this one resumes (the master says so too).
-        if let Some(mut state) = self.successor_state() {
-            let shutdown = self.clone();
-            tokio::spawn(async move {
-                if state.wait_for(|s| *s == Successor::Gone).await.is_ok()
-                    && !crate::sys::is_alive(pid)
-                {
-                    shutdown.resume_from_standby("its end of the channel closed");
-                }
-            });
-        }
-    }
-
-    /// The replacement died within its probation: this worker accepts again and serves
-    /// on, unless it drains already.
-    fn resume_from_standby(&self, why: &str) {
-        if !self.links().standing_by.swap(false, Ordering::AcqRel)
-            || self.phase() >= crate::tracker::Phase::Draining
-        {
-            return;
-        }
-        let new_pid = self.inner.successor.swap(0, Ordering::Relaxed);
-        self.forget_successor();
-        self.inner.tracker.set_hand_over(false);
-        self.inner.tracker.pause_accepting(false);
-        warn!(
-            pid = std::process::id(),
-            new_pid,
-            "the master's new worker died within its probation ({why}): this worker accepts again and serves on"
-        );
-    }
-
-    /// A worker told to drain: whether its master passed it the channel to the worker
-    /// that replaces it (a reload, just before the drain signal, or at the start of the
-    /// probation that the drain ends); if so, the drain is a hand-over to that worker.
-    pub(super) fn successor_from_master(&self) -> Option<crate::Restarted> {
-        // What the master sent before its drain signal may not be read yet.
-        self.take_link_messages();
-        let restarted = |pid, generation| crate::Restarted {
-            pid,
-            generation,
-            spawn: std::time::Duration::ZERO,
-            ready: std::time::Duration::ZERO,
-            coalesced: 0,
-        };
-        if self.links().standing_by.swap(false, Ordering::AcqRel) {
-            let pid = self.inner.successor.load(Ordering::Relaxed);
-            self.start_reporting();
-            return Some(restarted(pid, 0));
-        }
-        let (pid, generation, ours) = lock(&self.links().pending_successor).take()?;
-        let takes = self.connect_successor(ours);
-        self.inner.tracker.set_hand_over(takes > 0);
-        self.inner.successor.store(pid, Ordering::Relaxed);
-        self.start_reporting();
-        info!(
-            pid = std::process::id(),
-            new_pid = pid,
-            generation,
-            listeners = takes,
-            "the master's new worker takes this one's open connections"
-        );
-        Some(restarted(pid, generation))
-    }
-
-    /// What the next generation takes before it serves: the TLS session-ticket keys (so
-    /// that clients resume their sessions there) and the totals so far (so that its
-    /// counters start where this one's are, whatever happens to this one later).
-    pub(super) fn early_messages(&self) -> Vec<Message> {
-        let mut early = Vec::new();
-        #[cfg(feature = "tls")]
-        if let Some(keys) = crate::http::tickets::export() {
-            early.push(Message::Keys(keys));
-        }
-        let mut totals = Totals::from_stats(&self.connections_all_generations());
-        totals.set_restarts(&self.restart_stats_all_generations());
-        early.push(Message::Totals {
-            totals,
-            last: false,
-        });
-        early
-    }
-
-    /// Once the restart is counted: sends the totals to the next generation now (it
-    /// asks again whenever it answers for them, and gets the last ones at this one's
-    /// end, `report_end`).
-    pub(super) fn start_reporting(&self) {
-        let Some(to) = self.successor() else {
-            return;
-        };
-        let shutdown = self.clone();
-        tokio::spawn(async move { shutdown.send_totals(&to, false).await });
-    }
-
-    /// Sends this generation's totals (with those of the ones before it) to the next.
-    pub(crate) async fn send_totals(&self, to: &Outbound, last: bool) {
-        let mut totals = Totals::from_stats(&self.connections_all_generations());
-        totals.set_restarts(&self.restart_stats_all_generations());
-        if let Err(e) = to
-            .channel
-            .send(&Message::Totals { totals, last }, &[])
-            .await
-        {
-            debug!(error = %e, "cannot send the totals to the next generation");
-        }
-    }
-
-    /// After the drain of a hand-over: the last totals to the next generation.
-    pub(super) async fn report_end(&self) {
-        if let Some(task) = lock(&self.links().outbound_task).take() {
-            task.abort();
-        }
-        if let Some(to) = self.successor() {
-            let _ = tokio::time::timeout(TOTALS_WAIT, self.send_totals(&to, true)).await;
-        }
-    }
-
     /// How many connections of `listener` this process holds that may move on.
     fn movable(&self, listener: &str) -> u32 {
         lock(&self.links().movers)
@@ -592,59 +413,6 @@ impl Shutdown {
             .filter(|m| m.listeners().iter().any(|l| l == listener))
             .map(|m| m.open(listener))
             .sum()
-    }
-
-    /// The connections of the whole service: this generation's and those of the ones
-    /// before it, as they last reported them (they report while they drain, a few
-    /// times a second, and once at their end).
-    ///
-    /// The totals (`accepted`, `closed`, `requests`, `forced`, `timed_out`) count from the
-    /// start of the first generation and never go back at a restart; a connection that
-    /// moved to the next generation counts once (accepted where it was accepted, closed
-    /// where it closed). The state now (`open` and its parts, `requests_in_flight`)
-    /// includes older generations still draining. [`connections`](Shutdown::connections)
-    /// is this generation's alone.
-    pub fn connections_all_generations(&self) -> crate::ConnectionStats {
-        let own = self.inner.tracker.stats();
-        let mut own_t = Totals::from_stats(&own);
-        // Moved connections: counted as accepted where they were accepted, as closed
-        // where they closed.
-        own_t.0[0] = own.accepted.saturating_sub(own.taken_over);
-        own_t.0[6] = own.closed.saturating_sub(own.handed_over);
-        let base = *lock(&self.links().inherited_totals);
-        let mut sum = Totals::default();
-        for (i, slot) in sum.0.iter_mut().enumerate() {
-            *slot = base.0[i].saturating_add(own_t.0[i]);
-        }
-        let mut all = sum.to_stats();
-        all.parked = own.parked;
-        all
-    }
-
-    /// The graceful restarts of the whole service: this generation's and those of the
-    /// ones before it (counters only: `last` is this generation's).
-    /// [`restart_stats`](Shutdown::restart_stats) is this generation's alone.
-    pub fn restart_stats_all_generations(&self) -> crate::RestartStats {
-        let mut r = self.restart_stats();
-        lock(&self.links().inherited_totals).add_restarts(&mut r);
-        r
-    }
-
-    /// While the previous generation still drains: asks it for its totals now and
-    /// waits (a second at most) until they came, so that
-    /// [`connections_all_generations`](Shutdown::connections_all_generations) counts
-    /// everything it counted until now. At once for a first generation, or once the
-    /// previous one is gone (its last totals came with its end).
-    pub async fn totals_settled(&self) {
-        let Some(channel) = lock(&self.links().inbound_channel).clone() else {
-            return;
-        };
-        let mut rx = self.links().totals_seen.subscribe();
-        let seen = *rx.borrow_and_update();
-        if channel.send(&Message::TotalsPlease, &[]).await.is_err() {
-            return;
-        }
-        let _ = tokio::time::timeout(TOTALS_WAIT, rx.wait_for(|n| *n > seen)).await;
     }
 }
 
