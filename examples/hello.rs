@@ -217,11 +217,11 @@ fn parse_finalizer(s: &str) -> Result<(String, Duration), String> {
 }
 
 fn limit(s: &str) -> Result<Duration, baton::Error> {
-    baton::parse_duration(s, Duration::from_millis(1))
+    baton::cli::parse_duration(s, Duration::from_millis(1))
 }
 
 fn delay(s: &str) -> Result<Duration, baton::Error> {
-    baton::parse_duration(s, Duration::ZERO)
+    baton::cli::parse_duration(s, Duration::ZERO)
 }
 
 fn main() -> ExitCode {
@@ -292,7 +292,7 @@ fn be_the_master(args: &Args) -> ExitCode {
             }
         }
         for (i, addr) in args.listen.iter().enumerate() {
-            let name = baton::default_listener_name(i + 1);
+            let name = baton::cli::default_listener_name(i + 1);
             master = master.listener(baton::Listener::bind(name, addr)?);
         }
         master.build()

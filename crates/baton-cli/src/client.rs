@@ -1,14 +1,12 @@
 //! `baton stop`, `reload`, `restart` and `status`: clients of a master's control
 //! socket, with a fallback to signals when the socket is gone.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use baton::supervisor::control::{Line, Request, Status};
-use baton::supervisor::{Holder, pidfile_holder};
+use baton::cli::{Holder, pidfile_holder};
+use baton::supervisor::control::{Answer, Line, Request, Status, ask_blocking};
 
 /// Exit status: done.
 const OK: u8 = 0;
@@ -123,14 +121,14 @@ pub(crate) fn run_dir(given: Option<&Path>, create: bool) -> Result<PathBuf, Str
     let shown = dir.display();
     let hint = if private { "; give --run-dir" } else { "" };
     if !create {
-        return match baton::supervisor::check_run_dir(&dir, private) {
+        return match baton::cli::check_run_dir(&dir, private) {
             // Nothing ran here yet: the callers say "nothing of that name runs".
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(dir),
             Err(e) => Err(format!("refusing the run directory: {e}{hint}")),
             Ok(()) => Ok(dir),
         };
     }
-    baton::supervisor::prepare_run_dir(&dir, private).map_err(|e| match e.kind() {
+    baton::cli::prepare_run_dir(&dir, private).map_err(|e| match e.kind() {
         std::io::ErrorKind::PermissionDenied => format!("refusing the run directory: {e}{hint}"),
         _ => format!("cannot create the run directory {shown}: {e}"),
     })?;
@@ -168,56 +166,6 @@ fn running(paths: &Paths) -> Result<u32, (u8, String)> {
     }
 }
 
-/// The end of one control conversation.
-enum End {
-    Ok(String),
-    Error(String),
-}
-
-/// Sends `request` and passes every line to `on_line` until the final one.
-fn converse(
-    socket: &Path,
-    request: Request,
-    timeout: Duration,
-    mut on_line: impl FnMut(Line),
-) -> std::io::Result<End> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
-    let deadline = Instant::now() + timeout;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no outcome within {timeout:?}"),
-            ));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the master closed the connection without an outcome",
-            ));
-        }
-        match Line::decode(line.trim_end()) {
-            Some(Line::Ok(text)) => return Ok(End::Ok(text)),
-            Some(Line::Error(text)) => return Ok(End::Error(text)),
-            Some(other) => on_line(other),
-            None => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "the control socket answered something else than the control protocol: {:?}",
-                        line.trim_end()
-                    ),
-                ));
-            }
-        }
-    }
-}
-
 fn socket_gone(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -239,7 +187,7 @@ fn send(paths: &Paths, pid: u32, sig: baton::Signal) -> Result<(), String> {
     let owner = std::fs::symlink_metadata(&paths.pidfile)
         .map_err(|e| format!("{}: {e}", paths.pidfile.display()))?
         .uid();
-    match baton::supervisor::process_uid(pid) {
+    match baton::cli::process_uid(pid) {
         Ok(uid) if uid == owner => {}
         Ok(uid) => {
             return Err(format!(
@@ -258,7 +206,7 @@ fn send(paths: &Paths, pid: u32, sig: baton::Signal) -> Result<(), String> {
 
 /// The master's children (its workers).
 fn children(pid: u32) -> Vec<u32> {
-    baton::supervisor::children_of(pid).unwrap_or_default()
+    baton::cli::children_of(pid).unwrap_or_default()
 }
 
 /// A command with progress: the lines are shown as they come.
@@ -282,9 +230,9 @@ fn act(t: &Target, request: Request) -> ExitCode {
             println!("{} ... {step}", paths.label);
         }
     };
-    let ended = converse(&paths.socket, request, t.timeout, shown);
+    let ended = ask_blocking(&paths.socket, request, t.timeout, shown);
     match ended {
-        Ok(End::Ok(msg)) => {
+        Ok(Answer::Ok(msg)) => {
             // Two times, named: the new worker's readiness (what `status` shows as the
             // reload's time) and the whole command, which waits for the old worker.
             let ready = ready.map_or_else(String::new, |d| {
@@ -302,13 +250,13 @@ fn act(t: &Target, request: Request) -> ExitCode {
         }
         // A flood of control clients (or a stuck one per slot): the master's signal does
         // the same, and cannot be crowded out.
-        Ok(End::Error(msg))
+        Ok(Answer::Error(msg))
             if msg == baton::supervisor::control::BUSY && matches!(command, "reload" | "stop") =>
         {
             let busy = std::io::Error::other(format!("the master answered: {msg}"));
             fallback(&paths, pid, command, &busy, t.timeout)
         }
-        Ok(End::Error(msg)) => fail(FAILED, format!("{}: {msg}", paths.label)),
+        Ok(Answer::Error(msg)) => fail(FAILED, format!("{}: {msg}", paths.label)),
         Err(e) if socket_gone(&e) => fallback(&paths, pid, command, &e, t.timeout),
         Err(e) => fail(FAILED, format!("{}: {command}: {e}", paths.label)),
     }
@@ -324,12 +272,7 @@ fn fallback(
     timeout: Duration,
 ) -> ExitCode {
     let socket = paths.socket.display();
-    let request = if command == "stop" {
-        Request::Stop
-    } else {
-        Request::Reload
-    };
-    let known = match baton::supervisor::fallback_signal(&paths.pidfile, request) {
+    let known = match baton::cli::fallback_signal(&paths.pidfile, command == "stop") {
         Ok(sig) => sig,
         Err(e) => return fail(FAILED, format!("refusing the signals file: {e}")),
     };
@@ -410,7 +353,7 @@ fn fallback(
 }
 
 fn alive(pid: u32) -> bool {
-    baton::supervisor::is_running(pid)
+    baton::cli::is_running(pid)
 }
 
 /// Waits until the master is gone (its pidfile lock released).
@@ -524,13 +467,13 @@ fn human(ms: u64) -> String {
 /// Asks for the status.
 pub(crate) fn query(paths: &Paths, timeout: Duration) -> Result<Status, String> {
     let mut items = Vec::new();
-    match converse(&paths.socket, Request::Status, timeout, |l| {
+    match ask_blocking(&paths.socket, Request::Status, timeout, |l| {
         if let Line::Status(item) = l {
             items.push(item);
         }
     }) {
-        Ok(End::Ok(_)) => Ok(Status::from_items(items)),
-        Ok(End::Error(e)) => Err(e),
+        Ok(Answer::Ok(_)) => Ok(Status::from_items(items)),
+        Ok(Answer::Error(e)) => Err(e),
         Err(e) => Err(e.to_string()),
     }
 }

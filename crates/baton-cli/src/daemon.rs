@@ -5,8 +5,8 @@ use std::path::Path;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+use baton::cli::{Holder, pidfile_holder};
 use baton::supervisor::control::MasterState;
-use baton::supervisor::{Holder, pidfile_holder};
 
 use crate::StartArgs;
 use crate::client::{self, Paths};

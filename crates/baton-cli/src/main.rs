@@ -196,7 +196,7 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
     match s {
         "notify" => Ok(Readiness::Notify),
         _ => match s.strip_prefix("delay=") {
-            Some(d) => baton::parse_duration(d, Duration::ZERO)
+            Some(d) => baton::cli::parse_duration(d, Duration::ZERO)
                 .map(Readiness::Delay)
                 .map_err(|e| e.to_string()),
             None => Err(format!(
@@ -207,11 +207,11 @@ fn parse_ready(s: &str) -> Result<Readiness, String> {
 }
 
 fn limit(s: &str) -> Result<Duration, baton::Error> {
-    baton::parse_duration(s, Duration::from_millis(1))
+    baton::cli::parse_duration(s, Duration::from_millis(1))
 }
 
 fn delay(s: &str) -> Result<Duration, baton::Error> {
-    baton::parse_duration(s, Duration::ZERO)
+    baton::cli::parse_duration(s, Duration::ZERO)
 }
 
 fn main() -> ExitCode {
@@ -314,9 +314,7 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
         let paths = client::Paths::named(&dir, name);
         // Before binding: a second master of the name is refused as such, not as an
         // address in use.
-        if let Ok(baton::supervisor::Holder::Running(pid)) =
-            baton::supervisor::pidfile_holder(&paths.pidfile)
-        {
+        if let Ok(baton::cli::Holder::Running(pid)) = baton::cli::pidfile_holder(&paths.pidfile) {
             return Err(format!(
                 "{name} already runs (master pid {pid}, pidfile {})",
                 paths.pidfile.display()
@@ -339,7 +337,7 @@ fn build_master(args: RunArgs) -> Result<Master, String> {
     for (i, (name, addr)) in args.listen.iter().enumerate() {
         let name = name
             .clone()
-            .unwrap_or_else(|| baton::default_listener_name(i + 1));
+            .unwrap_or_else(|| baton::cli::default_listener_name(i + 1));
         builder = builder.listener(Listener::bind(name, addr).map_err(|e| e.to_string())?);
     }
     builder.build().map_err(|e| e.to_string())

@@ -684,7 +684,7 @@ async fn build(cmd: &str, timeout: Duration) -> Result<Duration, String> {
     let pid = child.id();
     // The master may reap orphans (--subreaper, or as PID 1): this child is ours, and
     // its status is what says whether the build worked. Registered before any yield.
-    let _own = pid.map(baton::supervisor::OwnChild::register);
+    let _own = pid.map(baton::cli::OwnChild::register);
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(s)) if s.success() => Ok(t0.elapsed()),
         Ok(Ok(s)) => Err(format!("`{cmd}` {s} after {}", secs(t0.elapsed()))),

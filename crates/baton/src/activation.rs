@@ -22,28 +22,15 @@ use std::sync::{Mutex, OnceLock};
 
 use socket2::{Domain, Socket, Type};
 
+use crate::addr::ListenAddr;
+use crate::error::Error;
+use crate::origin::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_AT, LISTEN_PID};
 use crate::sync::lock;
-use crate::{Error, ListenAddr};
 
 /// More inherited sockets than this is a corrupt variable, not a configuration.
 const MAX_INHERITED: usize = 4096;
 /// The first descriptor of the protocol (`SD_LISTEN_FDS_START`).
 const FIRST_FD: RawFd = 3;
-
-pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
-pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
-pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
-pub(crate) const LISTEN_FDS_AT: &str = "BATON_LISTEN_FDS_AT";
-
-/// Whether the socket-activation variables are meant for this process: `LISTEN_PID`
-/// names it (a program that inherits them from its parent must ignore them, and so
-/// must it ignore baton's own variables beside them).
-pub(crate) fn passed_to_this_process() -> bool {
-    std::env::var(LISTEN_PID)
-        .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        == Some(std::process::id())
-}
 
 #[derive(Debug)]
 struct Inherited {
@@ -111,7 +98,7 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
             return Ok(None);
         }
         if !matches(asked, &set[i].local) {
-            let fix = if crate::supervisor::is_worker() {
+            let fix = if crate::origin::is_worker() {
                 "this program runs as a master's worker: start it with the address its master listens on, or without an address where it serves what it is passed"
             } else {
                 "start the new generation with the same address, or give the new address a new listener name"
@@ -146,7 +133,7 @@ pub(crate) fn take(name: &str, asked: &ListenAddr) -> Result<Option<(Socket, Lis
 /// (systemd 254 and later say so in `FDSTORE=`; 252 does not say, so it may).
 fn from_fd_store() -> bool {
     crate::notify::keeps_fd_store()
-        && crate::notify::origin().parent.is_none()
+        && crate::origin::origin().parent.is_none()
         && std::env::var_os(LISTEN_FDS_AT).is_none()
 }
 

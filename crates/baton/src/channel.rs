@@ -23,12 +23,6 @@ use tokio::io::unix::AsyncFd;
 
 use crate::tracker::History;
 
-/// The environment variable naming the channel's descriptor in the successor.
-pub(crate) const CHANNEL_FD: &str = "BATON_CHANNEL_FD";
-/// The environment variable naming, in a worker of a master that passes connections
-/// between its workers, the descriptor on which the master sends it the channel to its
-/// successor ([`Message::Successor`]).
-pub(crate) const MASTER_LINK_FD: &str = "BATON_MASTER_LINK_FD";
 /// The first byte of every message: a successor built from another version of baton
 /// ignores what it cannot read, and the predecessor sends nothing it was not asked for.
 ///
@@ -36,6 +30,9 @@ pub(crate) const MASTER_LINK_FD: &str = "BATON_MASTER_LINK_FD";
 const VERSION: u8 = 2;
 /// The largest message: a connection's buffered bytes must fit in it.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+/// More numbers than this in a `Totals` message is a corrupt message, not a newer
+/// generation's counters.
+const MAX_TOTALS: usize = 1024;
 
 /// What the first bytes of a handed-over connection were known to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,129 +42,6 @@ pub(crate) enum Proto {
     /// HTTP/1, between two requests.
     Http1,
 }
-
-/// Counters a generation carries over to the next one: its own plus what it was given
-/// by its predecessor (see `Shutdown::connections_all_generations`): the fields of
-/// [`ConnectionStats`](crate::ConnectionStats), then the restart counters of
-/// [`RestartStats`](crate::RestartStats) (successes, coalesced requests, microseconds,
-/// failures by kind in the order of [`RESTART_FAILURES`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Totals(pub(crate) [u64; Totals::FIELDS]);
-
-impl Default for Totals {
-    fn default() -> Self {
-        Totals([0; Totals::FIELDS])
-    }
-}
-
-impl Totals {
-    pub(crate) const FIELDS: usize = 16 + RESTART_FAILURES.len();
-    const RESTARTS: usize = 13;
-    /// The fields that are gauges (the state now), not counters: `open`, `new`,
-    /// `active`, `idle`, `upgraded`, `requests_in_flight`.
-    const GAUGES: [usize; 6] = [1, 2, 3, 4, 5, 8];
-
-    pub(crate) fn from_stats(s: &crate::ConnectionStats) -> Totals {
-        let n = |v: usize| v as u64;
-        let mut t = Totals::default();
-        t.0[..Totals::RESTARTS].copy_from_slice(&[
-            s.accepted,
-            n(s.open),
-            n(s.new),
-            n(s.active),
-            n(s.idle),
-            n(s.upgraded),
-            s.closed,
-            s.requests,
-            s.requests_in_flight,
-            s.forced,
-            s.timed_out,
-            s.handed_over,
-            s.taken_over,
-        ]);
-        t
-    }
-
-    pub(crate) fn to_stats(self) -> crate::ConnectionStats {
-        let a = self.0;
-        let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-        crate::ConnectionStats {
-            accepted: a[0],
-            open: n(a[1]),
-            new: n(a[2]),
-            active: n(a[3]),
-            idle: n(a[4]),
-            upgraded: n(a[5]),
-            closed: a[6],
-            requests: a[7],
-            requests_in_flight: a[8],
-            forced: a[9],
-            timed_out: a[10],
-            handed_over: a[11],
-            taken_over: a[12],
-            // Not carried over: parking is this process's business.
-            parked: 0,
-        }
-    }
-
-    /// Takes a later report: the gauges as reported, each counter at least where it
-    /// was (reports sent by two tasks may arrive out of order).
-    pub(crate) fn update(&mut self, later: Totals) {
-        for (i, (mine, new)) in self.0.iter_mut().zip(later.0).enumerate() {
-            *mine = if Totals::GAUGES.contains(&i) {
-                new
-            } else {
-                (*mine).max(new)
-            };
-        }
-    }
-
-    pub(crate) fn set_restarts(&mut self, r: &crate::RestartStats) {
-        let at = Totals::RESTARTS;
-        self.0[at] = r.ok;
-        self.0[at + 1] = r.coalesced;
-        // Rounded up: the next generation never shows less than this one did.
-        self.0[at + 2] = (r.seconds_total * 1e6).ceil() as u64;
-        for (i, kind) in RESTART_FAILURES.iter().enumerate() {
-            self.0[at + 3 + i] = r.failed.get(kind).copied().unwrap_or(0);
-        }
-    }
-
-    /// Adds the restart counters to `r`.
-    pub(crate) fn add_restarts(&self, r: &mut crate::RestartStats) {
-        let at = Totals::RESTARTS;
-        r.ok += self.0[at];
-        r.coalesced += self.0[at + 1];
-        r.seconds_total += self.0[at + 2] as f64 / 1e6;
-        for (i, kind) in RESTART_FAILURES.iter().enumerate() {
-            let n = self.0[at + 3 + i];
-            if n > 0 {
-                *r.failed.entry(kind).or_default() += n;
-            }
-        }
-    }
-
-    /// The generation is gone: nothing of it is open any more.
-    pub(crate) fn gone(&mut self) {
-        for i in Totals::GAUGES {
-            self.0[i] = 0;
-        }
-    }
-}
-
-/// The kinds of failed restarts carried over (`RestartFailure::kind`).
-pub(crate) const RESTART_FAILURES: [&str; 10] = [
-    "executable",
-    "spawn",
-    "exited",
-    "not-ready",
-    "aborted",
-    "busy",
-    "draining",
-    "master",
-    "died",
-    "closed-listeners",
-];
 
 /// One message of the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,7 +60,9 @@ pub(crate) enum Message {
     },
     /// Predecessor to successor: its totals, sent at the hand-over, when asked, and
     /// once at its end.
-    Totals { totals: Totals, last: bool },
+    /// The numbers as the sender lays them out (`shutdown`'s `Totals`: counters it
+    /// does not know are dropped, ones it misses are 0).
+    Totals { totals: Vec<u64>, last: bool },
     /// Successor to predecessor: send the totals now.
     TotalsPlease,
     /// Predecessor to successor, before it starts: secrets the service keeps across
@@ -302,7 +178,7 @@ impl Message {
             Message::Totals { totals, last } => {
                 out.push(TOTALS);
                 out.push(u8::from(*last));
-                for n in totals.0 {
+                for n in totals {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
             }
@@ -357,15 +233,15 @@ impl Message {
             }
             TOTALS => {
                 let (&last, rest) = rest.split_first()?;
-                if rest.len() != Totals::FIELDS * 8 {
+                if rest.len() % 8 != 0 || rest.len() > MAX_TOTALS * 8 {
                     return None;
                 }
-                let mut a = [0u64; Totals::FIELDS];
-                for (slot, chunk) in a.iter_mut().zip(rest.chunks_exact(8)) {
-                    *slot = u64::from_le_bytes(chunk.try_into().ok()?);
-                }
+                let totals = rest
+                    .chunks_exact(8)
+                    .map(|chunk| u64::from_le_bytes(chunk.try_into().expect("8 bytes")))
+                    .collect();
                 Some(Message::Totals {
-                    totals: Totals(a),
+                    totals,
                     last: last != 0,
                 })
             }
@@ -604,9 +480,7 @@ mod tests {
                 buffered: vec![],
             },
             Message::Totals {
-                totals: Totals(std::array::from_fn(|i| {
-                    if i == 7 { u64::MAX } else { i as u64 }
-                })),
+                totals: (0..26).map(|i| if i == 7 { u64::MAX } else { i }).collect(),
                 last: true,
             },
         ];
@@ -636,45 +510,9 @@ mod tests {
             "no history"
         );
         assert_eq!(Message::decode(&[VERSION, TOTALS, 0, 1, 2]), None, "short");
-    }
-
-    #[test]
-    fn counters_never_go_back_and_gauges_follow_the_last_report() {
-        let mut t = Totals::default();
-        let s = crate::ConnectionStats {
-            accepted: 10,
-            open: 4,
-            requests: 100,
-            ..Default::default()
-        };
-        t.update(Totals::from_stats(&s));
-        let mut older = s;
-        older.accepted = 8;
-        older.open = 6;
-        older.requests = 90;
-        t.update(Totals::from_stats(&older)); // a report that overtook it
-        let got = t.to_stats();
-        assert_eq!((got.accepted, got.requests, got.open), (10, 100, 6));
-        t.gone();
-        assert_eq!((t.to_stats().open, t.to_stats().accepted), (0, 10));
-        assert_eq!(Totals::from_stats(&s).to_stats(), s);
-    }
-
-    #[test]
-    fn restart_counters_add_up() {
-        let mut r = crate::RestartStats {
-            ok: 1,
-            coalesced: 2,
-            seconds_total: 0.5,
-            ..Default::default()
-        };
-        r.failed.insert("exited", 3);
-        let mut t = Totals::default();
-        t.set_restarts(&r);
-        let mut sum = r.clone();
-        t.add_restarts(&mut sum);
-        assert_eq!((sum.ok, sum.coalesced, sum.failed["exited"]), (2, 4, 6));
-        assert!((sum.seconds_total - 1.0).abs() < 1e-6);
+        let mut long = vec![VERSION, TOTALS, 0];
+        long.extend_from_slice(&[0; (MAX_TOTALS + 1) * 8]);
+        assert_eq!(Message::decode(&long), None, "too many numbers");
     }
 
     #[test]

@@ -15,7 +15,18 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::{Action, Error, Signal, SignalMap};
+use crate::error::Error;
+use crate::signal::{Action, Signal, SignalMap};
+
+/// The drain deadline when none is configured.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a new generation may take to report ready when none is configured.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the previous generation stands by after a restart when not configured (see
+/// [`ShutdownBuilder::probation`](crate::shutdown::ShutdownBuilder::probation)).
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(2);
 
 /// What a trigger asks for. `R` is where the answer goes, if someone waits for one.
 #[derive(Debug)]
@@ -266,7 +277,7 @@ mod tests {
 
     #[test]
     fn each_action_becomes_its_command_and_free_signals_pass() {
-        let map = SignalMap::preset(crate::Preset::Endless);
+        let map = SignalMap::preset(crate::signal::Preset::Endless);
         let cmd = |s| Command::<()>::from_signal(&map, s);
         assert!(matches!(
             cmd(Signal::Term),

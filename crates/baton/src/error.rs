@@ -66,33 +66,9 @@ pub enum Error {
         min: &'static str,
     },
 
-    /// A signal name or number was not recognised.
-    #[error(
-        "unknown signal `{input}`: expected one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM (the SIG prefix and lower case are accepted) or its number"
-    )]
-    UnknownSignal {
-        /// The text as given.
-        input: String,
-    },
-
-    /// A signal that exists but cannot be acted on (`SIGKILL`, `SIGSTOP`: no process can
-    /// catch them).
-    #[error(
-        "signal `{input}` cannot be caught by any process (the kernel acts on it directly); choose one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM"
-    )]
-    UncatchableSignal {
-        /// The text as given.
-        input: String,
-    },
-
-    /// A signal preset name was not recognised.
-    #[error(
-        "unknown signal preset `{input}`: expected one of baton, faygo, endless, ghelper, goframe, nginx"
-    )]
-    UnknownPreset {
-        /// The text as given.
-        input: String,
-    },
+    /// A signal name, preset or signal map that cannot be used (see [`SignalError`](crate::SignalError)).
+    #[error(transparent)]
+    Signal(#[from] crate::signal::SignalError),
 
     /// A signal is mapped to [`Action::User`](crate::Action::User) but no hook was
     /// registered for it.
@@ -101,7 +77,7 @@ pub enum Error {
     )]
     NoHookForSignal {
         /// The signal.
-        signal: crate::Signal,
+        signal: crate::signal::Signal,
     },
 
     /// A listener name that cannot be passed on by the socket-activation protocol.
@@ -146,11 +122,11 @@ pub enum Error {
 
     /// A restart did not happen; the running generation serves on.
     #[error("restart failed: {0}")]
-    Restart(#[from] crate::RestartFailure),
+    Restart(#[from] crate::failure::RestartFailure),
 
     /// A supervised worker could not be started or did not become ready.
     #[error("worker: {0}")]
-    Worker(crate::RestartFailure),
+    Worker(crate::failure::RestartFailure),
 
     /// A TLS certificate or key file is unusable.
     #[error("TLS: {}: {reason}", path.display())]
@@ -194,19 +170,6 @@ pub enum Error {
         value: usize,
         /// The smallest accepted value.
         min: usize,
-    },
-
-    /// A signal was mapped to two actions.
-    #[error(
-        "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"
-    )]
-    SignalMappedTwice {
-        /// The signal.
-        signal: crate::Signal,
-        /// The action it had.
-        first: crate::Action,
-        /// The action it was given again.
-        second: crate::Action,
     },
 
     /// A shutdown hook was registered with an empty name.
@@ -255,8 +218,8 @@ pub(crate) fn check_limit(what: &'static str, value: Duration) -> Result<Duratio
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(baton::parse_duration("1m 30s", Duration::ZERO)?, Duration::from_secs(90));
-/// let err = baton::parse_duration("5", Duration::ZERO).unwrap_err().to_string();
+/// assert_eq!(baton::cli::parse_duration("1m 30s", Duration::ZERO)?, Duration::from_secs(90));
+/// let err = baton::cli::parse_duration("5", Duration::ZERO).unwrap_err().to_string();
 /// assert_eq!(err, "`5` has no unit; expected a duration from 0s to 24h with a unit, e.g. 500ms, 30s, 2m");
 /// # Ok::<(), baton::Error>(())
 /// ```

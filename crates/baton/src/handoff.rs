@@ -3,7 +3,6 @@
 //! the rollback when it does not become ready. Knows nothing of HTTP.
 
 use std::ffi::{OsStr, OsString};
-use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -11,159 +10,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::activation::{LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_AT, LISTEN_PID};
-use crate::notify::{self, DRAINING, GENERATION, Generation, NOTIFY_SOCKET, READY_SOCKET};
-
-/// Why a restart did not happen. The running generation serves on in every case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RestartFailure {
-    /// The executable cannot be started (missing, not executable, ...).
-    Executable {
-        /// The path that was tried.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// Preparing or starting the process failed.
-    Spawn(String),
-    /// The new generation exited before it said it was ready.
-    Exited {
-        /// Its PID.
-        pid: u32,
-        /// How it ended, e.g. `exit status: 1`.
-        status: String,
-    },
-    /// The new generation did not say it was ready in time; it was killed.
-    NotReady {
-        /// Its PID.
-        pid: u32,
-        /// The readiness deadline.
-        deadline: Duration,
-    },
-    /// A master's worker, made ready by the notify protocol, sent no `READY=1` in time;
-    /// it was killed. (Most servers do not speak the protocol: they need a readiness by
-    /// delay.)
-    NoReadyMessage {
-        /// Its PID.
-        pid: u32,
-        /// The readiness deadline.
-        deadline: Duration,
-    },
-    /// A shutdown was asked for during the restart; the new generation was killed.
-    Aborted {
-        /// What asked for the shutdown.
-        reason: String,
-    },
-    /// This generation already handed over and is draining; ask the new one.
-    Draining {
-        /// The PID of the generation that serves now.
-        successor: u32,
-    },
-    /// A full restart cannot run beside a graceful restart or a shutdown.
-    Busy(&'static str),
-    /// This process is a master's worker: the master carried out the restart, and it
-    /// failed (or could not be asked).
-    Master(String),
-    /// The new worker said it was ready but does not hold the listening sockets it was
-    /// given (it closed them): it would serve nothing; it is stopped, the old one serves
-    /// on.
-    ClosedListeners {
-        /// Its PID.
-        pid: u32,
-        /// The listeners it does not hold, by name.
-        listeners: String,
-    },
-    /// The new generation was ready, then died within its probation: the previous one
-    /// resumed and serves on.
-    DiedInProbation {
-        /// Its PID.
-        pid: u32,
-        /// How long after its ready it died.
-        after: Duration,
-    },
-}
-
-impl RestartFailure {
-    /// A short name of the failure's kind, for counters and metrics labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RestartFailure::Executable { .. } => "executable",
-            RestartFailure::Spawn(_) => "spawn",
-            RestartFailure::Exited { .. } => "exited",
-            RestartFailure::NotReady { .. } | RestartFailure::NoReadyMessage { .. } => "not-ready",
-            RestartFailure::Aborted { .. } => "aborted",
-            RestartFailure::Busy(_) => "busy",
-            RestartFailure::Draining { .. } => "draining",
-            RestartFailure::Master(_) => "master",
-            RestartFailure::DiedInProbation { .. } => "died",
-            RestartFailure::ClosedListeners { .. } => "closed-listeners",
-        }
-    }
-}
-
-impl fmt::Display for RestartFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RestartFailure::Executable { path, reason } => {
-                write!(f, "cannot start {}: {reason}", path.display())
-            }
-            RestartFailure::Spawn(e) => write!(f, "cannot start the new generation: {e}"),
-            RestartFailure::Exited { pid, status } => write!(
-                f,
-                "the new generation (pid {pid}) exited before it was ready ({status}); its own output says why"
-            ),
-            RestartFailure::NotReady { pid, deadline } => write!(
-                f,
-                "the new generation (pid {pid}) did not report ready within {deadline:?}; it is stopped"
-            ),
-            RestartFailure::NoReadyMessage { pid, deadline } => write!(
-                f,
-                "the worker (pid {pid}) did not say it was ready within {deadline:?}: no READY=1 came on NOTIFY_SOCKET; it is stopped. A server that does not speak systemd's notify protocol needs `--ready delay=DURATION` (ready once it ran that long), or must send READY=1 itself"
-            ),
-            RestartFailure::Aborted { reason } => {
-                write!(
-                    f,
-                    "aborted by a shutdown ({reason}); the new generation is stopped"
-                )
-            }
-            RestartFailure::Draining { successor } => write!(
-                f,
-                "this generation has handed over to pid {successor} and is draining; restart that one"
-            ),
-            RestartFailure::Busy(what) => write!(f, "{what}"),
-            RestartFailure::Master(why) => write!(f, "the master's reload failed: {why}"),
-            RestartFailure::ClosedListeners { pid, listeners } => write!(
-                f,
-                "the new worker (pid {pid}) said it was ready but does not hold the listening socket(s) it was given ({listeners}): it closed them and would serve nothing; it is stopped"
-            ),
-            RestartFailure::DiedInProbation { pid, after } => write!(
-                f,
-                "the new generation (pid {pid}) died {:.1} s after it was ready, within its probation; the previous generation resumed",
-                after.as_secs_f64()
-            ),
-        }
-    }
-}
-
-impl std::error::Error for RestartFailure {}
-
-/// A restart that succeeded: the new generation is ready and serving.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Restarted {
-    /// The new generation's PID.
-    pub pid: u32,
-    /// The new generation's number (the first process is 1).
-    pub generation: u32,
-    /// From the trigger until the process was started.
-    pub spawn: Duration,
-    /// From the start of the process until it said it was ready.
-    pub ready: Duration,
-    /// Further restart requests received during this restart, folded into it (and
-    /// into one follow-up restart of the new generation).
-    pub coalesced: u32,
-}
+use crate::failure::RestartFailure;
+use crate::notify;
+use crate::origin::{
+    DRAINING, GENERATION, Generation, LISTEN_FDNAMES, LISTEN_FDS, LISTEN_FDS_AT, LISTEN_PID,
+    NOTIFY_SOCKET, READY_SOCKET,
+};
 
 /// The program to run again: captured at start, so that a binary replaced on disk
 /// (`/proc/self/exe` then reads "... (deleted)") is found by the path it was started
@@ -230,11 +82,11 @@ fn inherited_env() -> Vec<(OsString, OsString)> {
         READY_SOCKET,
         GENERATION,
         DRAINING,
-        notify::MASTER_PID,
-        notify::MASTER_CONTROL,
-        notify::IGNORED_AT_EXEC,
-        crate::channel::CHANNEL_FD,
-        crate::channel::MASTER_LINK_FD,
+        crate::origin::MASTER_PID,
+        crate::origin::MASTER_CONTROL,
+        crate::origin::IGNORED_AT_EXEC,
+        crate::origin::CHANNEL_FD,
+        crate::origin::MASTER_LINK_FD,
     ];
     std::env::vars_os()
         .filter(|(k, _)| !OURS.iter().any(|o| k == o))
@@ -344,13 +196,16 @@ pub(crate) fn spawn(
     let notify = notify::Listener::bind()
         .map_err(|e| RestartFailure::Spawn(format!("private notify socket: {e}")))?;
     let mut env = Vec::new();
-    if let Some(upstream) = &notify::origin().upstream {
+    if let Some(upstream) = &crate::origin::origin().upstream {
         env.push((NOTIFY_SOCKET.into(), upstream.clone()));
     }
     env.extend([
         (READY_SOCKET.into(), notify.path().as_os_str().to_owned()),
         (GENERATION.into(), generation.to_string().into()),
-        (DRAINING.into(), notify::format_generations(draining).into()),
+        (
+            DRAINING.into(),
+            crate::origin::format_generations(draining).into(),
+        ),
     ]);
     let fds: Vec<(&str, BorrowedFd<'_>)> = listeners
         .iter()
@@ -364,7 +219,7 @@ pub(crate) fn spawn(
         ..Launch::default()
     };
     let extra: Vec<(&str, BorrowedFd<'_>)> = channel
-        .map(|fd| (crate::channel::CHANNEL_FD, fd))
+        .map(|fd| (crate::origin::CHANNEL_FD, fd))
         .into_iter()
         .collect();
     launch(&program.exe, &program.args, &fds, &extra, env, notify, how)
@@ -620,7 +475,7 @@ pub(crate) fn exec_in_place(
     program: &Program,
     listeners: &[Passed],
     generation: u32,
-    ignored_at_exec: &[crate::Signal],
+    ignored_at_exec: &[crate::signal::Signal],
 ) -> std::io::Error {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
@@ -643,16 +498,16 @@ pub(crate) fn exec_in_place(
         .env(LISTEN_PID, std::process::id().to_string())
         .env(LISTEN_FDS_AT, at.join(","))
         .env(GENERATION, generation.to_string());
-    let draining: Vec<Generation> = notify::origin()
+    let draining: Vec<Generation> = crate::origin::origin()
         .draining
         .iter()
         .copied()
         .filter(Generation::alive)
         .collect();
     if !draining.is_empty() {
-        cmd.env(DRAINING, notify::format_generations(&draining));
+        cmd.env(DRAINING, crate::origin::format_generations(&draining));
     }
-    if let Some(upstream) = &notify::origin().upstream {
+    if let Some(upstream) = &crate::origin::origin().upstream {
         cmd.env(NOTIFY_SOCKET, upstream);
     }
     for sig in ignored_at_exec {
@@ -662,7 +517,7 @@ pub(crate) fn exec_in_place(
         .iter()
         .map(|s| s.as_raw().to_string())
         .collect();
-    cmd.env(notify::IGNORED_AT_EXEC, ignored.join(","));
+    cmd.env(crate::origin::IGNORED_AT_EXEC, ignored.join(","));
     let err = cmd.exec();
     // Still here: the sockets must not leak into anything started later.
     for l in listeners {

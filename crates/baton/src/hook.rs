@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::Signal;
+use crate::signal::Signal;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 

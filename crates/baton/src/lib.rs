@@ -63,36 +63,45 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod activation;
+mod addr;
 mod channel;
+#[doc(hidden)]
+pub mod cli;
 mod command;
 mod error;
+mod failure;
 mod handoff;
 mod hook;
 mod listener;
 mod notify;
+mod origin;
+mod pidfile;
 mod report;
 mod shutdown;
 mod signal;
 pub mod supervisor;
 mod sync;
 mod sys;
+#[cfg(feature = "tls")]
+mod tickets;
 mod tracker;
 mod trust;
 
 #[cfg(feature = "http")]
 pub mod http;
 
-pub use error::{Error, parse_duration};
-pub use handoff::{RestartFailure, Restarted};
+pub use addr::{IntoListenAddr, ListenAddr};
+pub use error::Error;
+pub use failure::{RestartFailure, Restarted};
 pub use hook::{HookOutcome, HookReport};
-pub use listener::{IntoListenAddr, ListenAddr, Listener, ListenerInfo, default_listener_name};
+pub use listener::{Listener, ListenerInfo};
 pub use report::{Forced, Report};
 pub use shutdown::{
     DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_PROBATION,
     DEFAULT_READY_TIMEOUT, DrainCause, LastRestart, RestartRequest, RestartStats, Shutdown,
     ShutdownBuilder,
 };
-pub use signal::{Action, Preset, Signal, SignalMap};
+pub use signal::{Action, Preset, Signal, SignalError, SignalMap};
 pub use tracker::{ConnectionStats, Phase};
 
 /// The README's Rust examples, compiled as doctests so that they stay true.

@@ -13,120 +13,10 @@ use std::ffi::OsString;
 use std::io;
 use std::os::unix::net::UnixDatagram as StdDatagram;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use tracing::{debug, info, warn};
 
-pub(crate) const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
-/// Set by a restarting generation for its successor: its private socket, where the
-/// successor says `READY=1`.
-pub(crate) const READY_SOCKET: &str = "BATON_READY_SOCKET";
-/// Set by a restarting generation for its successor: the successor's generation number.
-pub(crate) const GENERATION: &str = "BATON_GENERATION";
-/// Sent with `READY=1` to the previous generation: the signal that restarts the new one
-/// (so that a follow-up restart is asked with the new generation's own map).
-pub(crate) const RESTART_SIGNAL: &str = "BATON_RESTART_SIGNAL";
-/// Older generations still draining, `pid:starttime,...`: the cap on generations alive.
-pub(crate) const DRAINING: &str = "BATON_DRAINING";
-/// Set by a master (`baton run`, or an app that is its own master) for its workers: the
-/// master's PID.
-pub(crate) const MASTER_PID: &str = "BATON_MASTER_PID";
-/// Set by a master for its workers: its private control socket, where a worker asked
-/// to restart itself asks the master instead.
-pub(crate) const MASTER_CONTROL: &str = "BATON_MASTER_CONTROL";
-/// Set by a full restart for the image it executes: the signals it ignored across the
-/// `exec` (numbers, comma-separated), which the new image gives back their default
-/// action unless it handles them itself.
-pub(crate) const IGNORED_AT_EXEC: &str = "BATON_IGNORED_AT_EXEC";
-
-/// What this process learned from its environment at start.
-#[derive(Debug)]
-pub(crate) struct Origin {
-    /// The previous generation's private socket (a graceful restart started us).
-    pub(crate) parent: Option<OsString>,
-    /// systemd's (or a supervisor's) socket.
-    pub(crate) upstream: Option<OsString>,
-    /// 1 for a process started from outside; +1 per restart.
-    pub(crate) generation: u32,
-    /// Older generations that were still draining when this one started.
-    pub(crate) draining: Vec<Generation>,
-}
-
-/// A process of an older generation, identified by PID and start time (so that a PID
-/// reused by an unrelated process is never signalled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Generation {
-    pub(crate) pid: u32,
-    pub(crate) start_time: u64,
-}
-
-impl Generation {
-    pub(crate) fn this_process() -> Option<Generation> {
-        let pid = std::process::id();
-        start_time(pid).map(|start_time| Generation { pid, start_time })
-    }
-
-    /// `true` while this very process still runs (not a reused PID).
-    pub(crate) fn alive(&self) -> bool {
-        // An exited process not yet reaped (a zombie: its new parent, the service
-        // manager or PID 1, reaps it) is not alive: it holds nothing and drains nothing.
-        start_time(self.pid) == Some(self.start_time) && crate::sys::is_alive(self.pid)
-    }
-}
-
-fn start_time(pid: u32) -> Option<u64> {
-    crate::sys::start_time(pid)
-}
-
-pub(crate) fn format_generations(gens: &[Generation]) -> String {
-    gens.iter()
-        .map(|g| format!("{}:{}", g.pid, g.start_time))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-fn parse_generations(s: &str) -> Vec<Generation> {
-    s.split(',')
-        .filter_map(|g| {
-            let (pid, start) = g.split_once(':')?;
-            Some(Generation {
-                pid: pid.parse().ok()?,
-                start_time: start.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-pub(crate) fn origin() -> &'static Origin {
-    static ORIGIN: OnceLock<Origin> = OnceLock::new();
-    ORIGIN.get_or_init(|| {
-        // baton's own variables are meant for the process its parent started, which is
-        // also the one `LISTEN_PID` names; a program that the app runs inherits them
-        // and must not take itself for a new generation.
-        if !crate::activation::passed_to_this_process() {
-            return Origin {
-                parent: None,
-                upstream: std::env::var_os(NOTIFY_SOCKET).filter(|v| !v.is_empty()),
-                generation: 1,
-                draining: Vec::new(),
-            };
-        }
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let generation = std::env::var(GENERATION)
-            .ok()
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(1);
-        let draining = std::env::var(DRAINING)
-            .map(|s| parse_generations(&s))
-            .unwrap_or_default();
-        Origin {
-            parent: var(READY_SOCKET),
-            upstream: var(NOTIFY_SOCKET),
-            generation,
-            draining,
-        }
-    })
-}
+use crate::origin::{RESTART_SIGNAL, origin};
 
 /// Sends one notify message to `socket` (a path, or `@name` for an abstract socket).
 pub(crate) fn send(socket: &OsString, message: &str) -> io::Result<()> {
@@ -148,7 +38,7 @@ pub(crate) fn upstream(message: &str) {
             Ok(()) => debug!(message, "notified the service manager"),
             // A master reads its worker's notify socket only until `READY=1`: what the
             // worker says later has no reader, by design.
-            Err(e) if crate::supervisor::is_worker() => {
+            Err(e) if crate::origin::is_worker() => {
                 debug!(error = %e, message, "not sent: the master no longer listens");
             }
             Err(e) => warn!(error = %e, message, "cannot notify the service manager"),
@@ -201,15 +91,24 @@ pub(crate) fn keeps_fd_store() -> bool {
 /// Whether this process speaks to a service manager of its own: it has one, and it is
 /// not a master's worker (whose master speaks for it).
 fn has_own_manager() -> bool {
-    origin().upstream.is_some() && !crate::supervisor::is_worker()
+    origin().upstream.is_some() && !crate::origin::is_worker()
 }
 
 /// Keeps listening sockets in systemd's FD store (`FDSTORE=1`, `FDNAME=` its listener's
 /// name), so that they outlive this process: across `systemctl restart`, a crash or a
 /// SIGKILL, clients wait in the socket's accept queue instead of being refused, and the
-/// next start takes them back by name (`LISTEN_FDNAMES`). Called once per socket, by the
-/// process that bound it. A store that is full or absent is logged, never fatal.
-pub(crate) fn store_fds(sockets: &[(&str, std::os::fd::BorrowedFd<'_>)]) {
+/// next start takes them back by name (`LISTEN_FDNAMES`). Given `(name, socket,
+/// inherited)` for every listener; only those this process bound are kept (an inherited
+/// one is in the store already, or is systemd's own). A store that is full or absent is
+/// logged, never fatal.
+pub(crate) fn store_fds<'a>(
+    listeners: impl IntoIterator<Item = (&'a str, std::os::fd::BorrowedFd<'a>, bool)>,
+) {
+    let sockets: Vec<_> = listeners
+        .into_iter()
+        .filter(|(_, _, inherited)| !inherited)
+        .map(|(name, fd, _)| (name, fd))
+        .collect();
     if sockets.is_empty() || !keeps_fd_store() {
         return;
     }
@@ -227,8 +126,8 @@ pub(crate) fn store_fds(sockets: &[(&str, std::os::fd::BorrowedFd<'_>)]) {
     }
     let mut kept = Vec::new();
     for (name, fd) in sockets {
-        match send_fds(socket, &format!("FDSTORE=1\nFDNAME={name}"), &[*fd]) {
-            Ok(()) => kept.push(*name),
+        match send_fds(socket, &format!("FDSTORE=1\nFDNAME={name}"), &[fd]) {
+            Ok(()) => kept.push(name),
             Err(e) => warn!(
                 pid,
                 listener = name,
@@ -438,23 +337,6 @@ fn parse(msg: &[u8]) -> Option<Vec<(&str, &str)>> {
     fields.filter(|f| !f.is_empty())
 }
 
-/// Writes `pid` to `path` atomically: a new file with an unpredictable name in the same
-/// directory, created exclusively without following symlinks, then renamed.
-pub(crate) fn write_pidfile(path: &Path, pid: u32) -> io::Result<()> {
-    crate::trust::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
-}
-
-/// Removes the pidfile if it still names this process (a successor may own it now).
-pub(crate) fn remove_pidfile(path: &Path) {
-    let ours = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        == Some(std::process::id());
-    if ours {
-        let _ = std::fs::remove_file(path);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,23 +354,6 @@ mod tests {
         assert_eq!(parse(b""), None);
     }
 
-    #[test]
-    fn generations_round_trip_and_this_process_is_alive() {
-        let me = Generation::this_process().unwrap();
-        assert!(me.alive());
-        let other = Generation {
-            pid: me.pid,
-            start_time: me.start_time + 1,
-        };
-        assert!(
-            !other.alive(),
-            "same PID, another start time: not the same process"
-        );
-        let s = format_generations(&[me, other]);
-        assert_eq!(parse_generations(&s), [me, other]);
-        assert!(parse_generations("x,1:").is_empty());
-    }
-
     #[tokio::test]
     async fn ready_is_heard_after_garbage() {
         let l = Listener::bind().unwrap();
@@ -504,23 +369,5 @@ mod tests {
         let dir = l.dir.path().to_owned();
         drop(l);
         assert!(!dir.exists(), "the private directory is removed");
-    }
-
-    #[test]
-    fn pidfile_is_replaced_atomically_and_removed_only_by_its_owner() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("app.pid");
-        write_pidfile(&path, 1).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n");
-        remove_pidfile(&path);
-        assert!(path.exists(), "another process's pidfile stays");
-        write_pidfile(&path, std::process::id()).unwrap();
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no temp file left"
-        );
-        remove_pidfile(&path);
-        assert!(!path.exists());
     }
 }

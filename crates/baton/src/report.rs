@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::HookReport;
 use crate::hook::HookOutcome;
+use crate::hook::HookReport;
 use crate::tracker::ConnectionStats;
 
 /// Why the drain was cut short.

@@ -14,8 +14,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::Error;
-
 /// A Unix signal that baton can act on.
 ///
 /// Parses from `HUP`, `SIGHUP`, `hup` or `1`; displays as `SIGHUP`.
@@ -94,11 +92,11 @@ impl fmt::Display for Signal {
 }
 
 impl FromStr for Signal {
-    type Err = Error;
+    type Err = SignalError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let trimmed = s.trim();
-        let uncatchable = || Error::UncatchableSignal { input: s.into() };
+        let uncatchable = || SignalError::Uncatchable { input: s.into() };
         if let Ok(n) = trimmed.parse::<i32>() {
             if n == libc::SIGKILL || n == libc::SIGSTOP {
                 return Err(uncatchable());
@@ -106,7 +104,7 @@ impl FromStr for Signal {
             return Signal::ALL
                 .into_iter()
                 .find(|sig| sig.as_raw() == n)
-                .ok_or_else(|| Error::UnknownSignal { input: s.into() });
+                .ok_or_else(|| SignalError::Unknown { input: s.into() });
         }
         let upper = trimmed.to_ascii_uppercase();
         let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -116,7 +114,7 @@ impl FromStr for Signal {
         Signal::ALL
             .into_iter()
             .find(|sig| sig.short_name() == name)
-            .ok_or_else(|| Error::UnknownSignal { input: s.into() })
+            .ok_or_else(|| SignalError::Unknown { input: s.into() })
     }
 }
 
@@ -193,8 +191,8 @@ impl SignalMap {
     ///
     /// # Errors
     ///
-    /// [`Error::SignalMappedTwice`] if a signal is listed twice.
-    pub fn shutdown_on(signals: impl IntoIterator<Item = Signal>) -> Result<Self, Error> {
+    /// [`SignalError::MappedTwice`] if a signal is listed twice.
+    pub fn shutdown_on(signals: impl IntoIterator<Item = Signal>) -> Result<Self, SignalError> {
         signals
             .into_iter()
             .try_fold(SignalMap::empty(), |map, sig| map.on(sig, Action::Shutdown))
@@ -204,10 +202,10 @@ impl SignalMap {
     ///
     /// # Errors
     ///
-    /// [`Error::SignalMappedTwice`] if `signal` is already mapped.
-    pub fn on(mut self, signal: Signal, action: Action) -> Result<Self, Error> {
+    /// [`SignalError::MappedTwice`] if `signal` is already mapped.
+    pub fn on(mut self, signal: Signal, action: Action) -> Result<Self, SignalError> {
         if let Some(first) = self.action(signal) {
-            return Err(Error::SignalMappedTwice {
+            return Err(SignalError::MappedTwice {
                 signal,
                 first,
                 second: action,
@@ -321,7 +319,7 @@ pub enum Preset {
 }
 
 impl FromStr for Preset {
-    type Err = Error;
+    type Err = SignalError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
@@ -331,9 +329,55 @@ impl FromStr for Preset {
             "ghelper" => Preset::Ghelper,
             "goframe" | "gf" => Preset::GoFrame,
             "nginx" => Preset::Nginx,
-            _ => return Err(Error::UnknownPreset { input: s.into() }),
+            _ => return Err(SignalError::UnknownPreset { input: s.into() }),
         })
     }
+}
+
+/// A signal name, preset or signal map that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignalError {
+    /// A signal name or number was not recognised.
+    #[error(
+        "unknown signal `{input}`: expected one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM (the SIG prefix and lower case are accepted) or its number"
+    )]
+    Unknown {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal that exists but cannot be acted on (`SIGKILL`, `SIGSTOP`: no process can
+    /// catch them).
+    #[error(
+        "signal `{input}` cannot be caught by any process (the kernel acts on it directly); choose one of HUP, INT, QUIT, TERM, USR1, USR2, TSTP, WINCH, ALRM"
+    )]
+    Uncatchable {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal preset name was not recognised.
+    #[error(
+        "unknown signal preset `{input}`: expected one of baton, faygo, endless, ghelper, goframe, nginx"
+    )]
+    UnknownPreset {
+        /// The text as given.
+        input: String,
+    },
+
+    /// A signal was mapped to two actions.
+    #[error(
+        "signal {signal} is mapped twice: to `{first}` and to `{second}`; map each signal once"
+    )]
+    MappedTwice {
+        /// The signal.
+        signal: Signal,
+        /// The action it had.
+        first: Action,
+        /// The action it was given again.
+        second: Action,
+    },
 }
 
 #[cfg(test)]
@@ -357,7 +401,7 @@ mod tests {
         assert!(err.contains("`SIGFOO`"), "{err}");
         assert!(err.contains("HUP, INT"), "{err}");
         let err = "9".parse::<Signal>().unwrap_err();
-        assert!(matches!(err, Error::UncatchableSignal { .. }), "{err}");
+        assert!(matches!(err, SignalError::Uncatchable { .. }), "{err}");
         let err = "KILL".parse::<Signal>().unwrap_err().to_string();
         assert!(err.contains("cannot be caught"), "{err}");
         assert!("".parse::<Signal>().is_err());

@@ -10,7 +10,7 @@ use tracing::{debug, info, warn};
 
 use super::conn::ConnIo;
 use super::{Ctx, HttpBody, HttpService, serve};
-use crate::ListenAddr;
+use crate::addr::ListenAddr;
 use crate::tracker::Phase;
 
 /// After an accept error caused by a resource limit (too many open files, no memory),

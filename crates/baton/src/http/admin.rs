@@ -19,7 +19,10 @@ use hyper::body::Incoming;
 use tracing::info;
 
 use super::Server;
-use crate::{Error, ListenAddr, Listener, Shutdown};
+use crate::addr::ListenAddr;
+use crate::error::Error;
+use crate::listener::Listener;
+use crate::shutdown::Shutdown;
 
 /// The largest request body the admin endpoints read; larger ones get 413.
 const MAX_BODY: usize = 1024;
@@ -214,7 +217,7 @@ impl Admin {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("timeout", v)) if action == "shutdown" => {
-                    match crate::parse_duration(v, Duration::from_millis(1)) {
+                    match crate::error::parse_duration(v, Duration::from_millis(1)) {
                         Ok(d) => timeout = Some(d),
                         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("timeout: {e}\n")),
                     }
@@ -503,10 +506,10 @@ fn metrics(shutdown: &Shutdown) -> Response<Full<Bytes>> {
         gauge(i64::from(shutdown.generation())),
     );
     let phase = gauge(match shutdown.phase() {
-        crate::Phase::Running => 0,
-        crate::Phase::DelayingDrain => 1,
-        crate::Phase::Draining => 2,
-        crate::Phase::Forcing => 3,
+        crate::tracker::Phase::Running => 0,
+        crate::tracker::Phase::DelayingDrain => 1,
+        crate::tracker::Phase::Draining => 2,
+        crate::tracker::Phase::Forcing => 3,
         _ => 4,
     });
     reg.register(

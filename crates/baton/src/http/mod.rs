@@ -14,8 +14,7 @@ mod lot;
 mod serve;
 mod service;
 mod slots;
-#[cfg(feature = "tls")]
-pub(crate) mod tickets;
+mod takeover;
 #[cfg(feature = "tls")]
 mod tls;
 
@@ -31,7 +30,11 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::TokioExecutor;
 use tracing::{info, warn};
 
-use crate::{Error, IntoListenAddr, ListenAddr, Listener, Report, Shutdown};
+use crate::addr::{IntoListenAddr, ListenAddr};
+use crate::error::Error;
+use crate::listener::Listener;
+use crate::report::Report;
+use crate::shutdown::Shutdown;
 use accept::{Tcp, Unix, accept_loop};
 
 #[cfg(feature = "admin")]
@@ -168,7 +171,7 @@ impl Server {
         for addr in addrs {
             let addr = addr.into_listen_addr()?;
             let n = BOUND.fetch_add(1, Ordering::Relaxed) + 1;
-            let name = crate::default_listener_name(n);
+            let name = crate::listener::default_listener_name(n);
             listeners.push(Listener::bind(name, &addr)?);
         }
         Ok(Server::new(listeners))
@@ -420,7 +423,7 @@ impl Server {
         }
         shutdown.register_listeners(dups)?;
         if ctx.limits.movable {
-            shutdown.take_connections(handover::Link::start(&ctx, kinds));
+            shutdown.take_connections(takeover::Link::start(&ctx, kinds));
         } else {
             // Nothing comes to it, but the previous generation's totals and keys do.
             shutdown.start_inbound();

@@ -417,8 +417,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Shutdown;
     use crate::http::{DEFAULT_IDLE_GRACE, slots};
+    use crate::shutdown::Shutdown;
     use hyper::server::conn::{http1, http2};
     use hyper_util::rt::TokioExecutor;
 

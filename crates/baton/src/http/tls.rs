@@ -11,7 +11,7 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{info, warn};
 
-use crate::Error;
+use crate::error::Error;
 
 /// How long a TLS handshake may take by default before the connection is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -180,8 +180,8 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<ServerConfig, Error> {
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Stateless session tickets, sealed with the service's keys: they outlive a restart
     // (the keys go to the next generation), where a session cache would not.
-    super::tickets::Ticketer::ensure_keys();
-    config.ticketer = Arc::new(super::tickets::Ticketer);
+    crate::tickets::Ticketer::ensure_keys();
+    config.ticketer = Arc::new(crate::tickets::Ticketer);
     Ok(config)
 }
 

@@ -6,19 +6,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{Shutdown, Trigger};
+use crate::command::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_PROBATION, DEFAULT_READY_TIMEOUT};
+use crate::error::Error;
 use crate::error::{check_delay, check_limit};
 use crate::hook::{Hook, UserHooks};
-use crate::{Action, Error, Signal, SignalMap};
+use crate::signal::{Action, Signal, SignalMap};
 
-/// The drain deadline when none is configured.
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// A hook's time limit when none is given.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a new generation may take to report ready when none is configured.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the previous generation stands by after a restart when not configured (see
-/// [`ShutdownBuilder::probation`]).
-pub const DEFAULT_PROBATION: Duration = Duration::from_secs(2);
 /// How many generations may be alive at once when not configured: the serving one, the
 /// one being started, and two still draining.
 pub const DEFAULT_MAX_GENERATIONS: usize = 4;
@@ -194,7 +189,7 @@ impl ShutdownBuilder {
     ///
     /// [`Error::InvalidDuration`] for a drain timeout or ready timeout outside
     /// 1 ms..=24 h, a drain delay over 24 h, or a hook limit outside 1 ms..=24 h;
-    /// [`Error::EmptyHookName`]; [`Error::SignalMappedTwice`] for an
+    /// [`Error::EmptyHookName`]; [`Error::Signal`] for an
     /// [`on_signal`](ShutdownBuilder::on_signal) signal that the map already maps;
     /// [`Error::NoHookForSignal`] for a signal mapped to [`Action::User`] without a hook.
     pub fn build(mut self) -> Result<Shutdown, Error> {

@@ -12,11 +12,13 @@ use tokio::time::{Instant, timeout};
 use tracing::{info, warn};
 
 use super::Cmd;
-use crate::Error;
 use crate::command::{Command, Escalation, Stop};
-use crate::handoff::{Passed, RestartFailure};
+use crate::error::Error;
+use crate::failure::RestartFailure;
+use crate::handoff::Passed;
 use crate::hook::{Hook, HookOutcome, HookReport, UserHooks};
-use crate::notify::{self, Generation};
+use crate::notify;
+use crate::origin::Generation;
 use crate::report::{DrainFacts, Forced, Report};
 use crate::sync::lock;
 use crate::tracker::{Phase, Tracker};
@@ -219,7 +221,7 @@ pub(super) async fn drain(plan: DrainPlan, parts: Parts<'_>, intake: &mut Intake
             // gave up on (ready too late): it must not tell systemd that the service
             // stops. (A confirmed one stopped while its predecessor drains skips this
             // informational message too.)
-            let origin = notify::origin();
+            let origin = crate::origin::origin();
             let predecessor_runs =
                 origin.parent.is_some() && origin.draining.last().is_some_and(Generation::alive);
             if !predecessor_runs {
@@ -332,7 +334,7 @@ pub(super) async fn drain(plan: DrainPlan, parts: Parts<'_>, intake: &mut Intake
     if plan.kind == DrainKind::Shutdown
         && let Some(path) = pidfile
     {
-        notify::remove_pidfile(path);
+        crate::pidfile::remove_if_ours(path);
     }
 
     let handed_over_to = match plan.kind {

@@ -21,21 +21,21 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, SignalIntake, Stop};
+use crate::error::Error;
 use crate::error::check_limit;
-use crate::handoff::{Passed, Program, Restarted};
+use crate::failure::Restarted;
+use crate::handoff::{Passed, Program};
 use crate::hook::{Hook, UserHooks};
 use crate::listener::ListenerInfo;
 use crate::notify;
+use crate::signal::SignalMap;
 use crate::sync::lock;
 use crate::tracker::{ConnectionStats, Phase, Tracker};
-use crate::{Error, SignalMap};
 
 use builder::check_hook;
 
-pub use builder::{
-    DEFAULT_DRAIN_TIMEOUT, DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, DEFAULT_PROBATION,
-    DEFAULT_READY_TIMEOUT, ShutdownBuilder,
-};
+pub use crate::command::{DEFAULT_DRAIN_TIMEOUT, DEFAULT_PROBATION, DEFAULT_READY_TIMEOUT};
+pub use builder::{DEFAULT_HOOK_TIMEOUT, DEFAULT_MAX_GENERATIONS, ShutdownBuilder};
 #[cfg(feature = "http")]
 pub(crate) use generations::Mover;
 pub(crate) use generations::Successor;
@@ -284,7 +284,7 @@ impl Shutdown {
     /// This process's generation: 1 for a process started from outside, one more for
     /// each graceful restart (a full restart keeps the number and adds one too).
     pub fn generation(&self) -> u32 {
-        notify::origin().generation
+        crate::origin::origin().generation
     }
 
     #[cfg(feature = "http")]
@@ -309,15 +309,10 @@ impl Shutdown {
                 return Err(Error::DuplicateListenerName { name: name.clone() });
             }
         }
-        {
-            use std::os::fd::AsFd;
-            let bound: Vec<_> = new
-                .iter()
-                .filter(|(_, _, inherited)| !inherited)
-                .map(|(name, fd, _)| (name.as_str(), fd.as_fd()))
-                .collect();
-            notify::store_fds(&bound);
-        }
+        notify::store_fds(
+            new.iter()
+                .map(|(name, fd, inherited)| (name.as_str(), fd.as_fd(), *inherited)),
+        );
         listeners.extend(new.into_iter().map(|(name, fd, _)| Passed { name, fd }));
         Ok(())
     }
@@ -442,7 +437,7 @@ impl Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::HookOutcome;
+    use crate::hook::HookOutcome;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn quiet() -> ShutdownBuilder {

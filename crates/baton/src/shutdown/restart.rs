@@ -15,11 +15,14 @@ use tracing::{debug, info, warn};
 
 use super::{Cmd, End, RestartReply, Shutdown, Successor};
 use crate::command::{Command, FollowUp};
-use crate::handoff::{self, RestartFailure, Restarted};
-use crate::notify::{self, Generation};
+use crate::error::Error;
+use crate::failure::{RestartFailure, Restarted};
+use crate::handoff;
+use crate::notify;
+use crate::origin::Generation;
 use crate::report::Report;
+use crate::signal::{Action, Signal};
 use crate::sync::lock;
-use crate::{Action, Error, Signal};
 
 /// A new generation that failed or was aborted gets this long after `SIGTERM` to drain
 /// what it may have accepted before it is killed.
@@ -207,7 +210,7 @@ impl Shutdown {
             inner.tracker.set_hand_over(false);
             // The failed generation may have written its PID already.
             if let Some(path) = &inner.pidfile
-                && let Err(e) = notify::write_pidfile(path, pid)
+                && let Err(e) = crate::pidfile::write(path, pid)
             {
                 warn!(pid, error = %e, "cannot rewrite the pidfile after the failed restart");
             }
@@ -387,7 +390,7 @@ impl Shutdown {
         let pid = std::process::id();
         let generation = restarted.generation;
         if let Some(path) = &inner.pidfile
-            && let Err(e) = notify::write_pidfile(path, restarted.pid)
+            && let Err(e) = crate::pidfile::write(path, restarted.pid)
         {
             warn!(pid, error = %e, "cannot write the new generation's PID to the pidfile");
         }
@@ -492,7 +495,7 @@ impl Shutdown {
         let give_up = Instant::now() + self.inner.drain_timeout + CAP_GRACE;
         let mut told = false;
         loop {
-            let mut draining: Vec<Generation> = notify::origin()
+            let mut draining: Vec<Generation> = crate::origin::origin()
                 .draining
                 .iter()
                 .copied()
@@ -550,7 +553,7 @@ impl Shutdown {
             notify::stopping();
             lock(&inner.listeners).clear();
             if let Some(path) = &inner.pidfile {
-                notify::remove_pidfile(path);
+                crate::pidfile::remove_if_ours(path);
             }
             return;
         }
@@ -578,10 +581,10 @@ impl Shutdown {
 /// The private control socket of the master this process is a worker of, if it is one
 /// (`BATON_MASTER_CONTROL`).
 pub(super) fn master_control() -> Option<std::path::PathBuf> {
-    if !crate::supervisor::is_worker() {
+    if !crate::origin::is_worker() {
         return None;
     }
-    std::env::var_os(notify::MASTER_CONTROL)
+    std::env::var_os(crate::origin::MASTER_CONTROL)
         .filter(|v| !v.is_empty())
         .map(Into::into)
 }
@@ -596,35 +599,30 @@ pub(super) fn delegate(
     reason: String,
     reply: Option<RestartReply>,
 ) {
-    use crate::supervisor::control::{Line, Progress};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use crate::supervisor::control::{Conversation, Line, Progress};
     let pid = std::process::id();
     info!(pid, %reason, "{request}: this process is a master's worker: asking the master");
     tokio::spawn(async move {
         let t0 = Instant::now();
+        // Until the new worker is ready, not until the final line: the master sends
+        // that once this worker drained.
         let asked = async {
-            let mut stream = tokio::net::UnixStream::connect(&master)
+            let mut c = Conversation::open(&master, request)
                 .await
                 .map_err(|e| format!("cannot reach the master ({}): {e}", master.display()))?;
-            stream
-                .write_all(format!("{request}\n").as_bytes())
-                .await
-                .map_err(|e| format!("cannot ask the master: {e}"))?;
-            let mut lines = BufReader::new(stream).lines();
             let mut spawn = Duration::ZERO;
             loop {
-                let line = lines
+                match c
                     .next_line()
                     .await
                     .map_err(|e| format!("the master's answer: {e}"))?
-                    .ok_or("the master closed the connection without an outcome")?;
-                match Line::decode(&line) {
-                    Some(Line::Progress(Progress::Spawned { .. })) => spawn = t0.elapsed(),
-                    Some(Line::Progress(Progress::Ready {
+                {
+                    Line::Progress(Progress::Spawned { .. }) => spawn = t0.elapsed(),
+                    Line::Progress(Progress::Ready {
                         generation,
                         pid,
                         took,
-                    })) => {
+                    }) => {
                         return Ok(Restarted {
                             pid,
                             generation,
@@ -633,8 +631,8 @@ pub(super) fn delegate(
                             coalesced: 0,
                         });
                     }
-                    Some(Line::Error(e)) => return Err(e),
-                    Some(Line::Ok(m)) => return Err(format!("no new worker was started ({m})")),
+                    Line::Error(e) => return Err(e),
+                    Line::Ok(m) => return Err(format!("no new worker was started ({m})")),
                     _ => {}
                 }
             }

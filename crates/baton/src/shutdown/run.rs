@@ -10,10 +10,12 @@ use tracing::{info, warn};
 use super::drain::{self, DrainKind, DrainPlan, Intake, Parts};
 use super::{Cmd, DrainCause, End, Shutdown, restart};
 use crate::command::{Command, Escalation, SignalIntake};
+use crate::error::Error;
+use crate::notify;
 use crate::report::Report;
+use crate::signal::{Action, SignalMap};
 use crate::supervisor::control::Request;
 use crate::sync::lock;
-use crate::{Action, Error, SignalMap, notify};
 
 impl Shutdown {
     /// Reports this generation ready, then serves until a trigger ends it: carries out
@@ -69,7 +71,7 @@ impl Shutdown {
         // over in turn, restarts in full, or stops.
         self.release_predecessor();
         let full_restart = matches!(end, End::FullRestart(_));
-        let mut escalation = Escalation::new(crate::supervisor::is_worker());
+        let mut escalation = Escalation::new(crate::origin::is_worker());
         if let End::Shutdown(stop) = &end {
             escalation.hammers(stop);
         }
@@ -158,21 +160,21 @@ impl Shutdown {
         let pid = std::process::id();
         let write_pidfile = || -> Result<(), Error> {
             if let Some(path) = &self.inner.pidfile {
-                notify::write_pidfile(path, pid).map_err(|source| Error::Pidfile {
+                crate::pidfile::write(path, pid).map_err(|source| Error::Pidfile {
                     path: path.clone(),
                     source,
                 })?;
             }
             Ok(())
         };
-        let origin = notify::origin();
+        let origin = crate::origin::origin();
         match &origin.parent {
             // A new generation: the previous one decides whether it takes over, and then
             // writes the pidfile and tells the service manager itself.
             Some(parent) => {
                 let mut ready = String::from("READY=1");
                 if let Some(sig) = self.inner.signals.signal_for(Action::Restart) {
-                    ready.push_str(&format!("\n{}={sig}", notify::RESTART_SIGNAL));
+                    ready.push_str(&format!("\n{}={sig}", crate::origin::RESTART_SIGNAL));
                 }
                 if let Err(e) = notify::send(parent, &ready) {
                     match origin.draining.last().filter(|g| g.alive()) {
@@ -290,10 +292,10 @@ impl Shutdown {
 /// action back unless this image handles them, or they would stay ignored here and in
 /// every program this one starts.
 fn restore_ignored_at_exec(map: &SignalMap) {
-    if !crate::activation::passed_to_this_process() {
+    if !crate::origin::passed_to_this_process() {
         return;
     }
-    let Ok(list) = std::env::var(notify::IGNORED_AT_EXEC) else {
+    let Ok(list) = std::env::var(crate::origin::IGNORED_AT_EXEC) else {
         return;
     };
     for raw in list.split(',').filter_map(|n| n.trim().parse::<i32>().ok()) {

@@ -6,9 +6,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use crate::error::Error;
+use crate::failure::RestartFailure;
 use crate::handoff::{self, Spawned};
-use crate::notify::{self, NOTIFY_SOCKET};
-use crate::{Error, Listener, RestartFailure, Signal};
+use crate::listener::Listener;
+use crate::notify;
+use crate::origin::NOTIFY_SOCKET;
+use crate::signal::Signal;
 
 /// How a worker tells that it is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +31,20 @@ pub enum Readiness {
 /// stderr inherited. Dropping a `Worker` that was not [`wait`](Worker::wait)ed to its
 /// end kills it: nothing would supervise it any more.
 #[derive(Debug)]
-pub struct Worker {
+pub struct Worker(Proc);
+
+/// A worker is a process; in the master's unit tests, a fake one.
+#[derive(Debug)]
+// The fake exists in test builds only, where the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Proc {
+    Process(Process),
+    #[cfg(test)]
+    Fake(super::fake::FakeWorker),
+}
+
+#[derive(Debug)]
+struct Process {
     spawned: Spawned,
     /// Readable once the worker has exited, before it is reaped (Linux): its process
     /// group is killed while the group's ID cannot have been reused.
@@ -105,20 +122,25 @@ impl Worker {
         };
         let mut extra: Vec<(&str, BorrowedFd<'_>)> = Vec::new();
         if let Some(channel) = channel {
-            extra.push((crate::channel::CHANNEL_FD, channel));
+            extra.push((crate::origin::CHANNEL_FD, channel));
         }
         if let Some((_, theirs)) = &link {
-            extra.push((crate::channel::MASTER_LINK_FD, theirs.as_fd()));
+            extra.push((crate::origin::MASTER_LINK_FD, theirs.as_fd()));
         }
         let spawned = handoff::launch(&exe, command, &fds, &extra, env, notify, how)
             .map_err(Error::Worker)?;
         let exit = crate::sys::ExitWatch::new(spawned.pid).ok();
-        Ok(Worker {
+        Ok(Worker(Proc::Process(Process {
             spawned,
             exit,
             reaped: false,
             link: link.map(|(ours, _)| ours),
-        })
+        })))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fake(fake: super::fake::FakeWorker) -> Worker {
+        Worker(Proc::Fake(fake))
     }
 
     /// Before the worker is told to drain at a reload: sends it, on its link, the
@@ -126,7 +148,12 @@ impl Worker {
     /// worker got), so that it passes its open connections there. `false` when it has
     /// no link or the message cannot be sent: it drains as without.
     pub(crate) fn pass_successor(&self, ours: OwnedFd, pid: u32, generation: u32) -> bool {
-        let Some(link) = &self.link else {
+        let link = match &self.0 {
+            Proc::Process(p) => &p.link,
+            #[cfg(test)]
+            Proc::Fake(f) => return f.told(crate::channel::Message::Successor { pid, generation }),
+        };
+        let Some(link) = link else {
             return false;
         };
         let message = crate::channel::Message::Successor { pid, generation };
@@ -149,15 +176,20 @@ impl Worker {
     /// new one died in it (`None`): it accepts again. `false` without a link (the
     /// worker keeps accepting meanwhile).
     pub(crate) fn stand_by(&self, successor: Option<(u32, u32, BorrowedFd<'_>)>) -> bool {
-        let Some(link) = &self.link else {
-            return false;
-        };
         let (message, fds) = match successor {
             Some((pid, generation, ours)) => (
                 crate::channel::Message::Standby { pid, generation },
                 vec![ours],
             ),
             None => (crate::channel::Message::Resume, Vec::new()),
+        };
+        let link = match &self.0 {
+            Proc::Process(p) => &p.link,
+            #[cfg(test)]
+            Proc::Fake(f) => return f.told(message),
+        };
+        let Some(link) = link else {
+            return false;
         };
         match crate::sys::send_nonblocking_with_fds(link.as_fd(), &message.encode(), &fds) {
             Ok(()) => true,
@@ -170,7 +202,11 @@ impl Worker {
 
     /// The worker's PID.
     pub fn pid(&self) -> u32 {
-        self.spawned.pid
+        match &self.0 {
+            Proc::Process(p) => p.spawned.pid,
+            #[cfg(test)]
+            Proc::Fake(f) => f.pid(),
+        }
     }
 
     /// Waits until the worker is ready: `READY=1` or the delay passed, within
@@ -182,6 +218,91 @@ impl Worker {
     /// [`RestartFailure::Exited`] if it exited first, [`RestartFailure::NotReady`] past
     /// the timeout (the worker is left running: stop it).
     pub async fn ready(
+        &mut self,
+        readiness: Readiness,
+        timeout: Duration,
+    ) -> Result<(), RestartFailure> {
+        match &mut self.0 {
+            Proc::Process(p) => p.ready(readiness, timeout).await,
+            #[cfg(test)]
+            Proc::Fake(f) => f.ready(timeout).await,
+        }
+    }
+
+    /// Sends `signal` to the worker (nothing if it was reaped already).
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `kill(2)`.
+    pub fn signal(&mut self, signal: Signal) -> std::io::Result<()> {
+        match &mut self.0 {
+            Proc::Process(p) => p.spawned.signal(signal.as_raw()),
+            #[cfg(test)]
+            Proc::Fake(f) => {
+                f.signal(signal);
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends `SIGKILL` to the worker and to every process of its group: what it
+    /// started (a shell's or `npm start`'s child that serves, say) would otherwise go
+    /// on holding the listening sockets and accepting.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of `kill(2)`.
+    pub fn kill(&mut self) -> std::io::Result<()> {
+        match &mut self.0 {
+            Proc::Process(p) => {
+                p.spawned.signal(libc::SIGKILL)?;
+                p.kill_leftovers();
+                Ok(())
+            }
+            #[cfg(test)]
+            Proc::Fake(f) => {
+                f.kill();
+                Ok(())
+            }
+        }
+    }
+
+    /// `SIGKILL` to what is left of the worker's process group. [`wait`](Worker::wait)
+    /// does it already; processes that left the group (`setsid`) are not touched.
+    pub fn kill_leftovers(&self) {
+        match &self.0 {
+            Proc::Process(p) => p.kill_leftovers(),
+            #[cfg(test)]
+            Proc::Fake(_) => {}
+        }
+    }
+
+    /// Waits for the worker to exit, kills what is left of its process group (what it
+    /// started would go on holding the listening sockets), and reaps it.
+    ///
+    /// # Errors
+    ///
+    /// The OS error of waiting.
+    ///
+    /// # Platform-specific behavior
+    ///
+    /// On Linux the group is killed before the worker is reaped, while its PID (the
+    /// group's ID) cannot be reused by another process; elsewhere right after.
+    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+        match &mut self.0 {
+            Proc::Process(p) => p.wait().await,
+            #[cfg(test)]
+            Proc::Fake(f) => Ok(f.wait().await),
+        }
+    }
+}
+
+impl Process {
+    fn pid(&self) -> u32 {
+        self.spawned.pid
+    }
+
+    async fn ready(
         &mut self,
         readiness: Readiness,
         timeout: Duration,
@@ -220,31 +341,7 @@ impl Worker {
         }
     }
 
-    /// Sends `signal` to the worker (nothing if it was reaped already).
-    ///
-    /// # Errors
-    ///
-    /// The OS error of `kill(2)`.
-    pub fn signal(&mut self, signal: Signal) -> std::io::Result<()> {
-        self.spawned.signal(signal.as_raw())
-    }
-
-    /// Sends `SIGKILL` to the worker and to every process of its group: what it
-    /// started (a shell's or `npm start`'s child that serves, say) would otherwise go
-    /// on holding the listening sockets and accepting.
-    ///
-    /// # Errors
-    ///
-    /// The OS error of `kill(2)`.
-    pub fn kill(&mut self) -> std::io::Result<()> {
-        self.spawned.signal(libc::SIGKILL)?;
-        self.kill_leftovers();
-        Ok(())
-    }
-
-    /// `SIGKILL` to what is left of the worker's process group. [`wait`](Worker::wait)
-    /// does it already; processes that left the group (`setsid`) are not touched.
-    pub fn kill_leftovers(&self) {
+    fn kill_leftovers(&self) {
         if !self.reaped {
             self.kill_group();
         }
@@ -260,18 +357,7 @@ impl Worker {
         }
     }
 
-    /// Waits for the worker to exit, kills what is left of its process group (what it
-    /// started would go on holding the listening sockets), and reaps it.
-    ///
-    /// # Errors
-    ///
-    /// The OS error of waiting.
-    ///
-    /// # Platform-specific behavior
-    ///
-    /// On Linux the group is killed before the worker is reaped, while its PID (the
-    /// group's ID) cannot be reused by another process; elsewhere right after.
-    pub async fn wait(&mut self) -> std::io::Result<ExitStatus> {
+    async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let before_reap = match &self.exit {
             Some(exit) => {
                 exit.exited().await;

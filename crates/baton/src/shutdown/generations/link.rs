@@ -114,10 +114,10 @@ impl Shutdown {
     /// A worker told to drain: whether its master passed it the channel to the worker
     /// that replaces it (a reload, just before the drain signal, or at the start of the
     /// probation that the drain ends); if so, the drain is a hand-over to that worker.
-    pub(in crate::shutdown) fn successor_from_master(&self) -> Option<crate::Restarted> {
+    pub(in crate::shutdown) fn successor_from_master(&self) -> Option<crate::failure::Restarted> {
         // What the master sent before its drain signal may not be read yet.
         self.take_link_messages();
-        let restarted = |pid, generation| crate::Restarted {
+        let restarted = |pid, generation| crate::failure::Restarted {
             pid,
             generation,
             spawn: std::time::Duration::ZERO,

@@ -16,12 +16,14 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{debug, info, warn};
 
 use super::Shutdown;
-use crate::channel::{self, Channel, Message, Proto, Totals};
+use crate::channel::{Channel, Message, Proto};
 use crate::sync::lock;
 use crate::tracker::History;
 
 mod link;
 mod totals;
+
+use totals::Totals;
 
 /// A server's part in the hand-over of open connections, both ways: implemented by the
 /// HTTP servers, called by the channel's readers.
@@ -147,7 +149,7 @@ fn inherited() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     adopt(
         &TAKEN,
-        channel::CHANNEL_FD,
+        crate::origin::CHANNEL_FD,
         "no connection will be taken over",
     )
 }
@@ -158,14 +160,14 @@ fn master_link() -> Option<OwnedFd> {
     static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     adopt(
         &TAKEN,
-        channel::MASTER_LINK_FD,
+        crate::origin::MASTER_LINK_FD,
         "connections will drain at a reload",
     )
 }
 
 fn adopt(taken: &std::sync::atomic::AtomicBool, var: &str, without: &str) -> Option<OwnedFd> {
     if taken.swap(true, std::sync::atomic::Ordering::SeqCst)
-        || !crate::activation::passed_to_this_process()
+        || !crate::origin::passed_to_this_process()
     {
         return None;
     }
@@ -228,15 +230,12 @@ impl Shutdown {
     fn take_early(&self, message: Message) {
         match message {
             #[cfg(feature = "tls")]
-            Message::Keys(keys) if !crate::http::tickets::import(&keys) => {
+            Message::Keys(keys) if !crate::tickets::import(&keys) => {
                 warn!(
                     "the previous generation's TLS session-ticket keys are unreadable; new ones are made"
                 );
             }
-            Message::Totals { totals, .. } => {
-                lock(&self.links().inherited_totals).update(totals);
-                self.links().totals_seen.send_modify(|n| *n += 1);
-            }
+            Message::Totals { totals, .. } => self.inherit(&totals),
             _ => {}
         }
     }
@@ -540,8 +539,7 @@ async fn receive(shutdown: Shutdown, channel: Arc<Channel>) {
                 }
             }
             Ok(Some((Message::Totals { totals, last }, _))) => {
-                lock(&shutdown.links().inherited_totals).update(totals);
-                shutdown.links().totals_seen.send_modify(|n| *n += 1);
+                shutdown.inherit(&totals);
                 if last {
                     debug!("the previous generation sent its last totals");
                 }

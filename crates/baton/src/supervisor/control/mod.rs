@@ -9,8 +9,10 @@
 //! A client that sends anything else, or nothing, gets an `error` line and is closed;
 //! the master and its workers are not disturbed.
 
+mod client;
 mod protocol;
 
+pub use client::{Answer, Conversation, ask, ask_blocking};
 pub use protocol::{
     Ending, LastReload, Line, MasterState, Progress, Request, Role, Status, StatusItem,
     WorkerStatus,

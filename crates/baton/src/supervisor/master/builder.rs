@@ -7,9 +7,13 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Master;
+use crate::error::Error;
 use crate::error::check_limit;
-use crate::supervisor::{Readiness, control, pidfile};
-use crate::{Action, Error, Listener, RestartFailure, Signal, SignalMap};
+use crate::failure::RestartFailure;
+use crate::listener::Listener;
+use crate::pidfile;
+use crate::signal::{Action, Signal, SignalMap};
+use crate::supervisor::{Readiness, control};
 
 /// Signals passed on to the serving worker unless the signal map uses them.
 const FORWARDED: [Signal; 4] = [Signal::Usr1, Signal::Winch, Signal::Tstp, Signal::Alrm];
@@ -47,6 +51,9 @@ pub(super) struct Config {
     pub(super) hand_over: bool,
     /// See `MasterBuilder::probation`.
     pub(super) probation: Duration,
+    /// Fake workers instead of processes (the transitions' unit tests).
+    #[cfg(test)]
+    pub(super) fake: Option<std::sync::Arc<crate::supervisor::fake::Spawner>>,
 }
 
 impl MasterBuilder {
@@ -233,6 +240,8 @@ impl MasterBuilder {
                 reap_orphans: self.reap_orphans,
                 hand_over: self.hand_over,
                 probation: self.probation,
+                #[cfg(test)]
+                fake: None,
             },
             listeners: self.listeners,
             control,

@@ -236,7 +236,7 @@ impl Supervisor<'_> {
         pids.extend(self.state.serving().map(|g| g.worker.pid()));
         pids.extend(self.state.standby().map(|g| g.worker.pid()));
         pids.extend(self.state.starting().map(|s| s.new.worker.pid()));
-        pids.extend(crate::supervisor::own_children());
+        pids.extend(crate::cli::own_children());
         pids
     }
 }

@@ -14,11 +14,14 @@ use super::Config;
 use super::state::{Gen, Kind, Probation, Start, State};
 use super::supervise::{Supervisor, idle_placeholder};
 use crate::command::FollowUp;
+use crate::error::Error;
+use crate::failure::RestartFailure;
 use crate::handoff::describe;
-use crate::notify::{self, MASTER_PID};
+use crate::listener::Listener;
+use crate::notify;
+use crate::origin::MASTER_PID;
 use crate::supervisor::Worker;
 use crate::supervisor::control::{Ending, Progress, Reply};
-use crate::{Error, Listener, RestartFailure};
 
 impl Supervisor<'_> {
     /// Starts a worker of `generation` (not yet ready). On failure the replies are told.
@@ -37,13 +40,13 @@ impl Supervisor<'_> {
                 OsString::from(std::process::id().to_string()),
             ),
             (
-                OsString::from(notify::GENERATION),
+                OsString::from(crate::origin::GENERATION),
                 OsString::from(generation.to_string()),
             ),
         ];
         if let Some(path) = private {
             env.push((
-                OsString::from(notify::MASTER_CONTROL),
+                OsString::from(crate::origin::MASTER_CONTROL),
                 path.as_os_str().to_owned(),
             ));
         }
@@ -55,14 +58,21 @@ impl Supervisor<'_> {
         } else {
             None
         };
-        let spawned = Worker::spawn_with(
-            &cfg.command,
-            listeners,
-            Some(cfg.drain_signal),
-            env,
-            cfg.hand_over,
-            channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
-        );
+        let spawned = match () {
+            #[cfg(test)]
+            () if let Some(fake) = &cfg.fake => fake
+                .spawn(cfg.hand_over)
+                .map(Worker::fake)
+                .map_err(Error::Worker),
+            () => Worker::spawn_with(
+                &cfg.command,
+                listeners,
+                Some(cfg.drain_signal),
+                env,
+                cfg.hand_over,
+                channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
+            ),
+        };
         // The new worker's end went with it.
         let channel = channel.map(|(ours, _)| ours);
         match spawned {

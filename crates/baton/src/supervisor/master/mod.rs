@@ -9,6 +9,8 @@ mod exits;
 mod generation;
 mod state;
 mod supervise;
+#[cfg(test)]
+mod tests;
 mod transitions;
 
 use std::ffi::OsString;
@@ -18,9 +20,10 @@ use tokio::sync::mpsc;
 
 use super::Readiness;
 use super::control::{self, Asked, Line, Progress, Reply, Request};
-use super::pidfile;
-use crate::notify::MASTER_PID;
-use crate::{Error, Listener, Signal, SignalMap};
+use crate::error::Error;
+use crate::listener::Listener;
+use crate::pidfile;
+use crate::signal::{Signal, SignalMap};
 
 use builder::Config;
 pub use builder::MasterBuilder;
@@ -29,7 +32,7 @@ pub use builder::MasterBuilder;
 ///
 /// It holds the listening sockets and starts the command as its worker with them
 /// (systemd's socket-activation protocol: `LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`)
-/// and a private `NOTIFY_SOCKET`, plus `BATON_MASTER_PID` (see [`is_worker`]).
+/// and a private `NOTIFY_SOCKET`, plus `BATON_MASTER_PID` (see [`is_worker`](crate::supervisor::is_worker)).
 ///
 /// - **Reload** (`SIGHUP`/`SIGUSR2` by default, or `reload` on the control socket): a
 ///   new worker starts; once it is ready, the old one gets the drain signal, and
@@ -232,14 +235,6 @@ impl MasterHandle {
     }
 }
 
-/// Whether this process is a worker started by a baton master (`baton run`, or an app
-/// that is its own master, see [`Master::this_program`]): it should serve with the
-/// sockets it was given rather than become a master itself.
-pub fn is_worker() -> bool {
-    crate::activation::passed_to_this_process()
-        && std::env::var_os(MASTER_PID).is_some_and(|v| !v.is_empty())
-}
-
 impl Master {
     /// A master that runs `command` (a path, or a name looked up in `PATH`, then its
     /// arguments) as its worker.
@@ -252,20 +247,20 @@ impl Master {
             command: command.into_iter().map(Into::into).collect(),
             listeners: Vec::new(),
             readiness: Readiness::Notify,
-            ready_timeout: crate::DEFAULT_READY_TIMEOUT,
+            ready_timeout: crate::command::DEFAULT_READY_TIMEOUT,
             drain_signal: Signal::Term,
-            drain_timeout: crate::DEFAULT_DRAIN_TIMEOUT,
+            drain_timeout: crate::command::DEFAULT_DRAIN_TIMEOUT,
             signals: SignalMap::default(),
             control: None,
             pidfile: None,
             reap_orphans: std::process::id() == 1,
             hand_over: false,
-            probation: crate::DEFAULT_PROBATION,
+            probation: crate::command::DEFAULT_PROBATION,
         }
     }
 
     /// GoFrame's model: a master whose worker is this very program, started again with
-    /// the same arguments. In `main`, check [`is_worker`] first:
+    /// the same arguments. In `main`, check [`is_worker`](crate::supervisor::is_worker) first:
     ///
     /// ```no_run
     /// # async fn serve() {}

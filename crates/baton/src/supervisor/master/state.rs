@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::super::control::{LastReload, MasterState, Reply, Role, Status, WorkerStatus};
-use crate::Listener;
 use crate::command::FollowUp;
+use crate::listener::Listener;
 use crate::supervisor::Worker;
 
 /// One worker generation.
@@ -75,6 +75,14 @@ pub(super) struct Probation {
     pub(super) took: Duration,
     /// The generation channel's end for the old worker, passed to it when it drains.
     pub(super) channel: Option<std::os::fd::OwnedFd>,
+}
+
+/// A request put off until the serving worker settled.
+#[derive(Debug)]
+pub(super) struct Deferred {
+    pub(super) kind: Kind,
+    pub(super) at: Instant,
+    pub(super) replies: Vec<Reply>,
 }
 
 /// The master stops: its workers drain.

@@ -16,9 +16,11 @@ use tracing::{info, warn};
 use super::state::{DrainEnd, Draining, History, Kind, State, Stopping};
 use super::{Config, Master, MasterExit};
 use crate::command::{Command, Escalation, SignalIntake, Stop};
+use crate::error::Error;
+use crate::failure::RestartFailure;
 use crate::handoff::describe;
+use crate::listener::Listener;
 use crate::supervisor::control::{self, Asked, Reply, Request};
-use crate::{Error, Listener, RestartFailure};
 
 /// The longest pause before a crashed worker is started again.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -30,7 +32,7 @@ pub(super) const HEALTHY_RUN: Duration = Duration::from_secs(1);
 
 pub(super) type Cmd = Command<Reply>;
 
-enum Event {
+pub(super) enum Event {
     Command(Cmd),
     Ready(Result<(), RestartFailure>),
     Exited(io::Result<ExitStatus>),
@@ -74,7 +76,71 @@ pub(super) struct Supervisor<'a> {
     /// Whether a stop signal again kills the workers (see `Escalation`).
     pub(super) escalation: Escalation,
     /// A reload or full restart put off until the serving worker settled.
-    pub(super) deferred: Option<super::transitions::Deferred>,
+    pub(super) deferred: Option<super::state::Deferred>,
+}
+
+impl<'a> Supervisor<'a> {
+    /// The supervisor of `listeners`, whose first worker starts.
+    pub(super) fn new(
+        cfg: &'a Config,
+        listeners: Vec<Listener>,
+        private: Option<&'a std::path::Path>,
+        first: Box<super::state::Start>,
+    ) -> Supervisor<'a> {
+        Supervisor {
+            cfg,
+            passed: listeners.len(),
+            inodes: {
+                use std::os::fd::AsFd;
+                listeners
+                    .iter()
+                    .filter_map(|l| crate::sys::socket_inode(l.as_fd()))
+                    .collect()
+            },
+            listeners,
+            private,
+            state: State::Starting(first),
+            started: Instant::now(),
+            next_generation: 2,
+            draining: Vec::new(),
+            drains: JoinSet::new(),
+            awaiting_drain: Vec::new(),
+            backoff: FIRST_BACKOFF,
+            history: History::default(),
+            last_exit: None,
+            hammer: watch::channel(false).0,
+            escalation: Escalation::new(false),
+            deferred: None,
+        }
+    }
+}
+
+impl Supervisor<'_> {
+    /// The transition for `event`. `Err` only when the first worker failed: the master
+    /// cannot run without one.
+    pub(super) fn handle(&mut self, event: Event) -> Result<(), RestartFailure> {
+        match event {
+            Event::Command(cmd) => self.on_command(cmd),
+            Event::Ready(res) => self.on_ready(res)?,
+            Event::Exited(status) => self.on_exit(status),
+            Event::StandbyExited(status) => self.on_standby_exit(status),
+            Event::ProbationOver => self.end_probation(),
+            Event::Settled => self.on_settled(),
+            Event::Drained(end) => self.on_drained(end),
+            Event::Respawn => self.respawn(),
+            Event::Reap => {
+                let keep = self.known_pids();
+                for pid in crate::sys::reap_orphans(&keep, 64) {
+                    info!(
+                        pid = std::process::id(),
+                        orphan = pid,
+                        "reaped an orphaned process"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Asked {
@@ -169,15 +235,10 @@ impl Master {
                 if l.is_inherited() { " (inherited)" } else { "" }
             );
         }
-        {
+        crate::notify::store_fds(listeners.iter().map(|l| {
             use std::os::fd::AsFd;
-            let bound: Vec<_> = listeners
-                .iter()
-                .filter(|l| !l.is_inherited())
-                .map(|l| (l.name(), l.as_fd()))
-                .collect();
-            crate::notify::store_fds(&bound);
-        }
+            (l.name(), l.as_fd(), l.is_inherited())
+        }));
         if let Some(c) = &control {
             info!(pid = me, "control socket at {}", c.path().display());
         }
@@ -192,31 +253,7 @@ impl Master {
             Vec::new(),
         )
         .map_err(Error::Worker)?;
-        let mut sv = Supervisor {
-            cfg: &cfg,
-            passed: listeners.len(),
-            inodes: {
-                use std::os::fd::AsFd;
-                listeners
-                    .iter()
-                    .filter_map(|l| crate::sys::socket_inode(l.as_fd()))
-                    .collect()
-            },
-            listeners,
-            private: private_path.as_deref(),
-            state: State::Starting(first),
-            started: Instant::now(),
-            next_generation: 2,
-            draining: Vec::new(),
-            drains: JoinSet::new(),
-            awaiting_drain: Vec::new(),
-            backoff: FIRST_BACKOFF,
-            history: History::default(),
-            last_exit: None,
-            hammer: watch::channel(false).0,
-            escalation: Escalation::new(false),
-            deferred: None,
-        };
+        let mut sv = Supervisor::new(&cfg, listeners, private_path.as_deref(), first);
         let mut reap_tick = tokio::time::interval(Duration::from_secs(1));
         let mut progress_tick = tokio::time::interval(crate::notify::PROGRESS_CHECK);
         let mut stop_keeper = crate::notify::TimeoutKeeper::new();
@@ -253,26 +290,9 @@ impl Master {
                     continue;
                 }
             };
-            match event {
-                Event::Command(cmd) => sv.on_command(cmd),
-                Event::Ready(res) => {
-                    if let Err(e) = sv.on_ready(res) {
-                        stop_strays(sv.inodes.clone()).await;
-                        return Err(Error::Worker(e));
-                    }
-                }
-                Event::Exited(status) => sv.on_exit(status),
-                Event::StandbyExited(status) => sv.on_standby_exit(status),
-                Event::ProbationOver => sv.end_probation(),
-                Event::Settled => sv.on_settled(),
-                Event::Drained(end) => sv.on_drained(end),
-                Event::Respawn => sv.respawn(),
-                Event::Reap => {
-                    let keep = sv.known_pids();
-                    for pid in crate::sys::reap_orphans(&keep, 64) {
-                        info!(pid = me, orphan = pid, "reaped an orphaned process");
-                    }
-                }
+            if let Err(e) = sv.handle(event) {
+                stop_strays(sv.inodes.clone()).await;
+                return Err(Error::Worker(e));
             }
         }
         stop_strays(sv.inodes.clone()).await;
@@ -335,7 +355,7 @@ async fn accept(control: Option<&control::Server>, requests: &mpsc::UnboundedSen
 
 /// The starting worker's readiness, the serving worker's exit, or the exit of the one
 /// standing by for a probation.
-async fn worker_event(state: &mut State, cfg: &Config) -> Event {
+pub(super) async fn worker_event(state: &mut State, cfg: &Config) -> Event {
     let (starting, serving, standby) = match state {
         State::Starting(s) => (Some(s), None, None),
         State::Serving(g) => (None, Some(g), None),

@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::state::{Gen, Kind, Snapshot, State, Stopping};
+use super::state::{Deferred, Gen, Kind, Snapshot, State, Stopping};
 use super::supervise::{Cmd, Supervisor, idle_placeholder};
-use crate::Listener;
 use crate::command::Command;
+use crate::listener::Listener;
 use crate::notify;
 use crate::supervisor::control::{Progress, Reply};
 
@@ -365,7 +365,7 @@ impl Supervisor<'_> {
         Err(Refusal::Now(format!(
             "worker gen {} (pid {pid}) does not handle {sig}, its drain signal: it would {} with its requests in flight. It serves on; give it a {sig} handler that drains, or choose a signal it handles (--drain-signal)",
             g.generation,
-            if sig == crate::Signal::Tstp {
+            if sig == crate::signal::Signal::Tstp {
                 "stop"
             } else {
                 "die"
@@ -414,19 +414,11 @@ impl Supervisor<'_> {
     }
 }
 
-/// A request put off until the serving worker settled.
-#[derive(Debug)]
-pub(super) struct Deferred {
-    pub(super) kind: Kind,
-    pub(super) at: Instant,
-    pub(super) replies: Vec<Reply>,
-}
-
 /// Whether process `pid` would end (or stop) of `sig`: it neither catches, ignores nor
 /// blocks it, and the signal's default action is not to do nothing (SIGWINCH's is).
 /// `false` where that cannot be known.
-fn dies_of(pid: u32, sig: crate::Signal) -> bool {
-    sig != crate::Signal::Winch
+fn dies_of(pid: u32, sig: crate::signal::Signal) -> bool {
+    sig != crate::signal::Signal::Winch
         && crate::sys::signal_disposition(pid, sig.as_raw())
             == Some(crate::sys::Disposition::Default)
 }

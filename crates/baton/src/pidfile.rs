@@ -1,5 +1,8 @@
-//! A master's pidfile, locked for as long as the master lives, so that two masters of
-//! one name cannot run and a pidfile left by a dead one is told apart from a live one.
+//! Pidfiles, the one home of writing and reading them. A coordinator's pidfile names
+//! the generation that serves: written atomically at ready, handed to the next
+//! generation at a restart, removed only by the process it names. A master's pidfile is
+//! locked for as long as the master lives, so that two masters of one name cannot run
+//! and a pidfile left by a dead one is told apart from a live one.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
@@ -8,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A pidfile this process holds the lock of; removed on drop.
 #[derive(Debug)]
@@ -104,8 +107,8 @@ impl Locked {
     /// fatal: only the fallback of the control commands needs it.
     pub(crate) fn write_signals(
         &mut self,
-        reload: Option<crate::Signal>,
-        stop: Option<crate::Signal>,
+        reload: Option<crate::signal::Signal>,
+        stop: Option<crate::signal::Signal>,
     ) {
         let path = signals_path(&self.path);
         let mut text = String::new();
@@ -124,7 +127,7 @@ impl Locked {
     }
 }
 
-/// The signal a master wrote beside its pidfile for `request` (a reload or a stop), for
+/// The signal a master wrote beside its pidfile that stops it (`stop`) or reloads it, for
 /// a client whose control socket is gone. Only a signals file this user can trust is
 /// read.
 ///
@@ -132,10 +135,7 @@ impl Locked {
 ///
 /// `PermissionDenied` naming the path and its owner for an untrusted file; the error
 /// of reading it.
-pub fn fallback_signal(
-    pidfile: &Path,
-    request: super::control::Request,
-) -> io::Result<Option<crate::Signal>> {
+pub fn fallback_signal(pidfile: &Path, stop: bool) -> io::Result<Option<crate::signal::Signal>> {
     let path = signals_path(pidfile);
     match crate::trust::check_file(&path, false) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -143,10 +143,7 @@ pub fn fallback_signal(
         Ok(()) => {}
     }
     let text = std::fs::read_to_string(&path)?;
-    let key = match request {
-        super::control::Request::Stop => "stop",
-        _ => "reload",
-    };
+    let key = if stop { "stop" } else { "reload" };
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
@@ -215,6 +212,23 @@ pub fn holder(path: &Path) -> io::Result<Holder> {
     }
 }
 
+/// Writes `pid` to `path` atomically: a new file with an unpredictable name in the same
+/// directory, created exclusively without following symlinks, then renamed.
+pub(crate) fn write(path: &Path, pid: u32) -> io::Result<()> {
+    crate::trust::write_atomic(path, format!("{pid}\n").as_bytes(), 0o644)
+}
+
+/// Removes the pidfile if it still names this process (a successor may own it now).
+pub(crate) fn remove_if_ours(path: &Path) {
+    let ours = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +252,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(held);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn pidfile_is_replaced_atomically_and_removed_only_by_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.pid");
+        write(&path, 1).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n");
+        remove_if_ours(&path);
+        assert!(path.exists(), "another process's pidfile stays");
+        write(&path, std::process::id()).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        remove_if_ours(&path);
         assert!(!path.exists());
     }
 }
