@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,20 +35,6 @@ const MAX_RESPONSE: usize = 1 << 20;
 /// After a connection could not be made, the worker waits this long before its next
 /// batch: a server that is not there is not hammered in a tight loop.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(10);
-
-/// What the echo workers did, for the report.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) batches: AtomicU64,
-    /// Batches of 2 to 4 requests in one write.
-    pub(crate) pipelined: AtomicU64,
-    /// Batches whose last request head was written in two parts.
-    pub(crate) split: AtomicU64,
-    /// Idle pauses before a batch.
-    pub(crate) idle: AtomicU64,
-    /// Responses with `Connection: close`.
-    pub(crate) close_responses: AtomicU64,
-}
 
 /// A complete response.
 #[derive(Debug, PartialEq, Eq)]

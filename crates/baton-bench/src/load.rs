@@ -178,6 +178,20 @@ pub(crate) struct FailureLines {
     pub(crate) uncounted: u64,
 }
 
+/// What the echo workers did, for the report.
+#[derive(Debug, Default)]
+pub(crate) struct EchoCounters {
+    pub(crate) batches: AtomicU64,
+    /// Batches of 2 to 4 requests in one write.
+    pub(crate) pipelined: AtomicU64,
+    /// Batches whose last request head was written in two parts.
+    pub(crate) split: AtomicU64,
+    /// Idle pauses before a batch.
+    pub(crate) idle: AtomicU64,
+    /// Responses with `Connection: close`.
+    pub(crate) close_responses: AtomicU64,
+}
+
 /// What the workers share while running.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -204,7 +218,7 @@ pub(crate) struct Shared {
     /// far and when the last one started. Idle workers wait on it.
     pub(crate) ticks: tokio::sync::watch::Sender<(u64, Instant)>,
     /// Echo mode's counts of what it did.
-    pub(crate) echo: crate::echo::Counters,
+    pub(crate) echo: EchoCounters,
 }
 
 impl Shared {
@@ -222,7 +236,7 @@ impl Shared {
             first_failure: std::sync::Mutex::new(Vec::new()),
             failure_lines: std::sync::Mutex::new(FailureLines::default()),
             ticks: tokio::sync::watch::Sender::new((0, started)),
-            echo: crate::echo::Counters::default(),
+            echo: EchoCounters::default(),
         }
     }
 
@@ -601,13 +615,10 @@ async fn timed(
 }
 
 /// One worker: requests back to back until told to stop (or, in idle mode, one after
-/// each trigger); returns its records.
+/// each trigger); returns its records. (The echo mode's workers are `echo::worker`.)
 pub(crate) async fn worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usize) -> Vec<Record> {
     if cfg.mode == Mode::Idle {
         return idle_worker(&cfg, &shared, index).await;
-    }
-    if cfg.mode == Mode::Echo {
-        return crate::echo::worker(&cfg, &shared, index).await;
     }
     if cfg.http == Http::Two && cfg.streams > 1 {
         return streams_worker(cfg, shared, index).await;

@@ -428,7 +428,16 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let shared = Arc::new(Shared::new(started));
     let workers: Vec<_> = (0..args.concurrency as usize)
-        .map(|i| tokio::spawn(load::worker(Arc::clone(&cfg), Arc::clone(&shared), i)))
+        .map(|i| {
+            let (cfg, shared) = (Arc::clone(&cfg), Arc::clone(&shared));
+            tokio::spawn(async move {
+                if cfg.mode == Mode::Echo {
+                    echo::worker(&cfg, &shared, i).await
+                } else {
+                    load::worker(cfg, shared, i).await
+                }
+            })
+        })
         .collect();
     let triggers = args.reload.as_ref().map(|command| {
         tokio::spawn(trigger::run(

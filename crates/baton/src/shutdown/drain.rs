@@ -4,7 +4,6 @@
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -66,9 +65,9 @@ pub(super) struct Intake<'a> {
     pub(super) commands: &'a mut mpsc::UnboundedReceiver<Cmd>,
     pub(super) user_hooks: &'a UserHooks,
     /// The generation this one handed over to, if it did: restarts are for that one.
-    pub(super) successor: u32,
-    /// Set once a shutdown or force arrives (a full restart then stops instead).
-    pub(super) stop_asked: &'a AtomicBool,
+    pub(super) successor: Option<u32>,
+    /// Told once a shutdown or force arrives (a full restart then stops instead).
+    pub(super) life: &'a super::life::Lifecycle,
     /// Whether a shutdown signal again forces the close.
     pub(super) escalation: Escalation,
 }
@@ -100,14 +99,9 @@ impl Intake<'_> {
                 // `Inner` holds a sender for as long as the coordinator lives.
                 return std::future::pending().await;
             };
-            let refused = || {
-                if self.successor != 0 {
-                    RestartFailure::Draining {
-                        successor: self.successor,
-                    }
-                } else {
-                    RestartFailure::Busy("this generation is shutting down")
-                }
+            let refused = || match self.successor {
+                Some(successor) => RestartFailure::Draining { successor },
+                None => RestartFailure::Busy("this generation is shutting down"),
             };
             match cmd {
                 Command::Restart { reason, reply } => {
@@ -122,11 +116,11 @@ impl Intake<'_> {
                 Command::Pass { signal } => self.user_hooks.run(signal),
                 Command::Status { .. } => {}
                 Command::Shutdown(stop) => {
-                    self.stop_asked.store(true, Ordering::SeqCst);
+                    self.life.ask_stop();
                     return Late::Stop(stop);
                 }
                 Command::Hammer { reason } => {
-                    self.stop_asked.store(true, Ordering::SeqCst);
+                    self.life.ask_stop();
                     return Late::Hammer(reason);
                 }
             }

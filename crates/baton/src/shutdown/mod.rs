@@ -6,6 +6,7 @@
 mod builder;
 mod drain;
 mod generations;
+mod life;
 mod restart;
 mod run;
 
@@ -14,7 +15,6 @@ use std::future::Future;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,9 +78,8 @@ pub struct Shutdown {
 
 struct Inner {
     tracker: Tracker,
-    drain_timeout: Duration,
-    drain_delay: Duration,
-    signals: SignalMap,
+    /// Fixed when it was built.
+    settings: Settings,
     commands: mpsc::UnboundedSender<Cmd>,
     /// Taken by `run`.
     pending: Mutex<Option<Pending>>,
@@ -92,27 +91,26 @@ struct Inner {
     /// the next generation. Closed when the drain starts, unless a full restart needs
     /// them, so that a plain shutdown refuses new connections.
     listeners: Mutex<Vec<Passed>>,
-    program: Program,
-    ready_timeout: Duration,
-    /// See `ShutdownBuilder::probation`.
-    probation: Duration,
-    max_generations: usize,
-    pidfile: Option<PathBuf>,
-    /// The PID of the generation this one handed over to (0 before).
-    successor: AtomicU32,
-    /// The previous generation gave up on this one (ready too late): it drains and
-    /// leaves the service to that one.
-    given_up: AtomicBool,
-    /// A shutdown or hammer came while a full restart drained: stop instead of
-    /// executing the program anew.
-    stop_asked: AtomicBool,
+    /// Where it stands: serving, given up, handed over, draining (and why).
+    life: life::Lifecycle,
     /// Restarts attempted by this generation (a lock per restart, never per request).
     restarts: Mutex<RestartStats>,
     started: std::time::Instant,
-    /// Why this generation drains, set before the drain starts.
-    drain_cause: std::sync::OnceLock<DrainCause>,
     /// The generation channel, both ways.
     links: generations::Links,
+}
+
+/// What a coordinator was built with (see `ShutdownBuilder`), and the program it
+/// restarts.
+struct Settings {
+    drain_timeout: Duration,
+    drain_delay: Duration,
+    signals: SignalMap,
+    program: Program,
+    ready_timeout: Duration,
+    probation: Duration,
+    max_generations: usize,
+    pidfile: Option<PathBuf>,
 }
 
 struct Pending {
@@ -124,9 +122,9 @@ impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Shutdown")
             .field("phase", &self.phase())
-            .field("drain_timeout", &self.inner.drain_timeout)
-            .field("drain_delay", &self.inner.drain_delay)
-            .field("signals", &self.inner.signals)
+            .field("drain_timeout", &self.inner.settings.drain_timeout)
+            .field("drain_delay", &self.inner.settings.drain_delay)
+            .field("signals", &self.inner.settings.signals)
             .finish_non_exhaustive()
     }
 }
@@ -178,9 +176,16 @@ impl Shutdown {
         Shutdown {
             inner: Arc::new(Inner {
                 tracker: Tracker::new(),
-                drain_timeout: b.drain_timeout,
-                drain_delay: b.drain_delay,
-                signals: b.signals,
+                settings: Settings {
+                    drain_timeout: b.drain_timeout,
+                    drain_delay: b.drain_delay,
+                    signals: b.signals,
+                    program: Program::current(),
+                    ready_timeout: b.ready_timeout,
+                    probation: b.probation,
+                    max_generations: b.max_generations,
+                    pidfile: b.pidfile,
+                },
                 commands: tx,
                 pending: Mutex::new(Some(Pending {
                     commands: rx,
@@ -190,17 +195,9 @@ impl Shutdown {
                 signal_intake: Mutex::new(None),
                 user_hooks: b.user_hooks,
                 listeners: Mutex::new(Vec::new()),
-                program: Program::current(),
-                ready_timeout: b.ready_timeout,
-                probation: b.probation,
-                max_generations: b.max_generations,
-                pidfile: b.pidfile,
-                successor: AtomicU32::new(0),
-                given_up: AtomicBool::new(false),
-                stop_asked: AtomicBool::new(false),
+                life: life::Lifecycle::default(),
                 restarts: Mutex::new(RestartStats::default()),
                 started: std::time::Instant::now(),
-                drain_cause: std::sync::OnceLock::new(),
                 links: generations::Links::new(),
             }),
         }
@@ -397,7 +394,7 @@ impl Shutdown {
     /// shutdown. A WebSocket closes with [`DrainCause::websocket_close_code`], so that
     /// its client reconnects at once after a restart.
     pub fn drain_cause(&self) -> Option<DrainCause> {
-        self.inner.drain_cause.get().copied()
+        self.inner.life.drain_cause()
     }
 
     /// Resolves when a shutdown has been asked for (the drain delay, if any, starts).

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -209,7 +208,7 @@ impl Shutdown {
             inner.tracker.set_closing(false);
             inner.tracker.set_hand_over(false);
             // The failed generation may have written its PID already.
-            if let Some(path) = &inner.pidfile
+            if let Some(path) = &inner.settings.pidfile
                 && let Err(e) = crate::pidfile::write(path, pid)
             {
                 warn!(pid, error = %e, "cannot rewrite the pidfile after the failed restart");
@@ -221,7 +220,7 @@ impl Shutdown {
             ));
         };
         // Nothing is forced for a restart that cannot even start.
-        if let Err(e) = inner.program.check() {
+        if let Err(e) = inner.settings.program.check() {
             back_to_ready();
             return Err((e, None));
         }
@@ -234,7 +233,7 @@ impl Shutdown {
         };
 
         let spawned = handoff::spawn(
-            &inner.program,
+            &inner.settings.program,
             &lock(&inner.listeners),
             channel.as_ref().map(|(_, theirs)| theirs.as_fd()),
             generation,
@@ -257,7 +256,7 @@ impl Shutdown {
         );
         let ready = loop {
             tokio::select! {
-                res = spawned.ready(inner.ready_timeout) => break res,
+                res = spawned.ready(inner.settings.ready_timeout) => break res,
                 cmd = commands.recv() => {
                     if let Err(failed) = self.meanwhile(cmd, follow_up) {
                         spawned.abandon(ABANDON_GRACE);
@@ -286,7 +285,7 @@ impl Shutdown {
         // Released first: the new generation is then the service manager's child when
         // the manager hears `MAINPID=` (one that is not is killed at once at a stop).
         spawned.release().await;
-        inner.successor.store(restarted.pid, Ordering::Relaxed);
+        inner.life.hand_over(restarted.pid);
         Ok((restarted, announced))
     }
 
@@ -304,7 +303,7 @@ impl Shutdown {
     ) -> Result<Restarted, Failed> {
         let inner = &self.inner;
         let pid = std::process::id();
-        let window = inner.probation;
+        let window = inner.settings.probation;
         let mut state = self.successor_state();
         if !window.is_zero()
             && let Some(state) = &mut state
@@ -389,7 +388,7 @@ impl Shutdown {
         let inner = &self.inner;
         let pid = std::process::id();
         let generation = restarted.generation;
-        if let Some(path) = &inner.pidfile
+        if let Some(path) = &inner.settings.pidfile
             && let Err(e) = crate::pidfile::write(path, restarted.pid)
         {
             warn!(pid, error = %e, "cannot write the new generation's PID to the pidfile");
@@ -423,7 +422,7 @@ impl Shutdown {
         inner.tracker.set_hand_over(false);
         inner.tracker.set_closing(false);
         inner.tracker.pause_accepting(false);
-        inner.successor.store(0, Ordering::Relaxed);
+        inner.life.resume(false);
         self.forget_successor();
         let failure = RestartFailure::DiedInProbation {
             pid: restarted.pid,
@@ -490,9 +489,9 @@ impl Shutdown {
         follow_up: &mut FollowUp<RestartReply>,
         commands: &mut mpsc::UnboundedReceiver<Cmd>,
     ) -> Result<Vec<Generation>, Failed> {
-        let max = self.inner.max_generations;
+        let max = self.inner.settings.max_generations;
         let pid = std::process::id();
-        let give_up = Instant::now() + self.inner.drain_timeout + CAP_GRACE;
+        let give_up = Instant::now() + self.inner.settings.drain_timeout + CAP_GRACE;
         let mut told = false;
         loop {
             let mut draining: Vec<Generation> = crate::origin::origin()
@@ -511,6 +510,7 @@ impl Shutdown {
                 let sig = crate::sys::generation_force_signal()
                     .or_else(|| {
                         self.inner
+                            .settings
                             .signals
                             .signal_for(Action::Hammer)
                             .map(Signal::as_raw)
@@ -545,14 +545,14 @@ impl Shutdown {
     pub(super) fn exec_full_restart(&self, report: &mut Report) {
         let inner = &self.inner;
         let pid = std::process::id();
-        if inner.stop_asked.load(Ordering::SeqCst) {
+        if inner.life.stop_asked() {
             info!(
                 pid,
                 "full restart abandoned: a shutdown was asked for during its drain"
             );
             notify::stopping();
             lock(&inner.listeners).clear();
-            if let Some(path) = &inner.pidfile {
+            if let Some(path) = &inner.settings.pidfile {
                 crate::pidfile::remove_if_ours(path);
             }
             return;
@@ -560,19 +560,25 @@ impl Shutdown {
         let listeners = std::mem::take(&mut *lock(&inner.listeners));
         info!(
             pid,
-            exe = %inner.program.exe.display(),
+            exe = %inner.settings.program.exe.display(),
             "full restart: drained; executing the program anew with {} listening sockets",
             listeners.len()
         );
         // Restart and user-hook signals would end the process (their default action)
         // between the exec and the new image's handlers: ignore them across it.
         let ignored: Vec<Signal> = inner
+            .settings
             .signals
             .iter()
             .filter(|(_, a)| matches!(a, Action::Restart | Action::FullRestart | Action::User))
             .map(|(s, _)| s)
             .collect();
-        let e = handoff::exec_in_place(&inner.program, &listeners, self.generation() + 1, &ignored);
+        let e = handoff::exec_in_place(
+            &inner.settings.program,
+            &listeners,
+            self.generation() + 1,
+            &ignored,
+        );
         warn!(pid, error = %e, "full restart: cannot execute the program; exiting");
         report.restart_failed = Some(e.to_string());
     }

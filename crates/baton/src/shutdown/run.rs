@@ -1,7 +1,6 @@
 //! A coordinator's life: ready, serving (restarts carried out, serving on when one
 //! fails), and its end (a shutdown, the drain of a hand-over, or a full restart).
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -83,19 +82,19 @@ impl Shutdown {
             }
         };
         // Known before the drain starts: code that wakes up on `draining` reads it.
-        let _ = self.inner.drain_cause.set(cause);
+        let successor = self.inner.life.drain(cause);
         let inner = &self.inner;
         let parts = Parts {
             tracker: &inner.tracker,
             listeners: &inner.listeners,
             hooks: &inner.hooks,
-            pidfile: inner.pidfile.as_deref(),
+            pidfile: inner.settings.pidfile.as_deref(),
         };
         let mut intake = Intake {
             commands: &mut commands,
             user_hooks: &inner.user_hooks,
-            successor: inner.successor.load(Ordering::Relaxed),
-            stop_asked: &inner.stop_asked,
+            successor,
+            life: &inner.life,
             escalation,
         };
         let stopping = matches!(plan.kind, DrainKind::Shutdown);
@@ -121,7 +120,7 @@ impl Shutdown {
     fn plan(&self, end: End) -> DrainPlan {
         let inner = &self.inner;
         let (kind, reason, timeout, skip_delay, hammered) = match end {
-            End::Shutdown(stop) if inner.given_up.load(Ordering::Relaxed) => {
+            End::Shutdown(stop) if inner.life.given_up() => {
                 (DrainKind::GivenUp, stop.reason, stop.deadline, true, false)
             }
             End::Shutdown(stop) => (
@@ -144,11 +143,11 @@ impl Shutdown {
         DrainPlan {
             kind,
             reason,
-            timeout: timeout.unwrap_or(inner.drain_timeout),
+            timeout: timeout.unwrap_or(inner.settings.drain_timeout),
             delay: if skip_delay {
                 Duration::ZERO
             } else {
-                inner.drain_delay
+                inner.settings.drain_delay
             },
             hammered,
         }
@@ -159,7 +158,7 @@ impl Shutdown {
     fn announce_ready(&self) -> Result<bool, Error> {
         let pid = std::process::id();
         let write_pidfile = || -> Result<(), Error> {
-            if let Some(path) = &self.inner.pidfile {
+            if let Some(path) = &self.inner.settings.pidfile {
                 crate::pidfile::write(path, pid).map_err(|source| Error::Pidfile {
                     path: path.clone(),
                     source,
@@ -173,7 +172,7 @@ impl Shutdown {
             // writes the pidfile and tells the service manager itself.
             Some(parent) => {
                 let mut ready = String::from("READY=1");
-                if let Some(sig) = self.inner.signals.signal_for(Action::Restart) {
+                if let Some(sig) = self.inner.settings.signals.signal_for(Action::Restart) {
                     ready.push_str(&format!("\n{}={sig}", crate::origin::RESTART_SIGNAL));
                 }
                 if let Err(e) = notify::send(parent, &ready) {
@@ -188,7 +187,7 @@ impl Shutdown {
                                 error = %e,
                                 "the previous generation no longer waits for this one (it gave up on it); not taking over: this one drains and exits"
                             );
-                            self.inner.given_up.store(true, Ordering::Relaxed);
+                            self.inner.life.give_up();
                             return Ok(false);
                         }
                         // It is gone: nobody else will tell the manager.
@@ -246,7 +245,7 @@ impl Shutdown {
                 Command::Restart { reason, reply } if let Some(m) = restart::master_control() => {
                     restart::delegate(m, Request::Reload, reason, reply);
                 }
-                Command::FullRestart { reason, .. } => match self.inner.program.check() {
+                Command::FullRestart { reason, .. } => match self.inner.settings.program.check() {
                     Ok(()) => return End::FullRestart(reason),
                     Err(e) => warn!(pid, %reason, error = %e, "full restart refused; serving on"),
                 },
@@ -269,7 +268,7 @@ impl Shutdown {
         if installed.is_some() {
             return Ok(());
         }
-        let map = self.inner.signals.clone();
+        let map = self.inner.settings.signals.clone();
         let signals: Vec<_> = map.iter().map(|(s, _)| s).collect();
         let mut intake = SignalIntake::install(signals, &self.inner.commands, move |sig| {
             Command::from_signal(&map, sig)
@@ -282,7 +281,7 @@ impl Shutdown {
             })?;
         }
         *installed = Some(intake);
-        restore_ignored_at_exec(&self.inner.signals);
+        restore_ignored_at_exec(&self.inner.settings.signals);
         Ok(())
     }
 }

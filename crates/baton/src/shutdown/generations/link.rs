@@ -4,7 +4,6 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use tracing::{info, warn};
 
@@ -69,8 +68,7 @@ impl Shutdown {
         let takes = self.connect_successor(ours);
         self.inner.tracker.set_hand_over(takes > 0);
         self.inner.tracker.pause_accepting(true);
-        self.links().standing_by.store(true, Ordering::Release);
-        self.inner.successor.store(pid, Ordering::Relaxed);
+        self.inner.life.stand_by(pid);
         self.release_predecessor();
         info!(
             pid = std::process::id(),
@@ -95,12 +93,13 @@ impl Shutdown {
     /// The replacement died within its probation: this worker accepts again and serves
     /// on, unless it drains already.
     fn resume_from_standby(&self, why: &str) {
-        if !self.links().standing_by.swap(false, Ordering::AcqRel)
-            || self.phase() >= crate::tracker::Phase::Draining
-        {
+        if self.phase() >= crate::tracker::Phase::Draining {
+            self.inner.life.end_standby();
             return;
         }
-        let new_pid = self.inner.successor.swap(0, Ordering::Relaxed);
+        let Some(new_pid) = self.inner.life.resume(true) else {
+            return;
+        };
         self.forget_successor();
         self.inner.tracker.set_hand_over(false);
         self.inner.tracker.pause_accepting(false);
@@ -124,15 +123,14 @@ impl Shutdown {
             ready: std::time::Duration::ZERO,
             coalesced: 0,
         };
-        if self.links().standing_by.swap(false, Ordering::AcqRel) {
-            let pid = self.inner.successor.load(Ordering::Relaxed);
+        if let Some(pid) = self.inner.life.end_standby() {
             self.start_reporting();
             return Some(restarted(pid, 0));
         }
         let (pid, generation, ours) = lock(&self.links().pending_successor).take()?;
         let takes = self.connect_successor(ours);
         self.inner.tracker.set_hand_over(takes > 0);
-        self.inner.successor.store(pid, Ordering::Relaxed);
+        self.inner.life.hand_over(pid);
         self.start_reporting();
         info!(
             pid = std::process::id(),

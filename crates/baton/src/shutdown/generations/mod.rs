@@ -71,8 +71,6 @@ pub(super) struct Links {
     /// A `Successor` read from the link (the worker replacing this one, to hand over to
     /// at the drain that follows).
     pending_successor: Mutex<Option<(u32, u32, OwnedFd)>>,
-    /// This worker stands by for its replacement's probation (the master said so).
-    standing_by: AtomicBool,
     /// This process's servers that take and pass on connections.
     movers: Mutex<Vec<Arc<dyn Mover>>>,
 }
@@ -94,7 +92,6 @@ impl Links {
             link: Mutex::new(None),
             link_lock: Mutex::new(()),
             pending_successor: Mutex::new(None),
-            standing_by: AtomicBool::new(false),
             movers: Mutex::new(Vec::new()),
         }
     }
@@ -371,7 +368,7 @@ impl Shutdown {
             return;
         };
         let pid = std::process::id();
-        let new_pid = self.inner.successor.load(Ordering::Relaxed);
+        let new_pid = self.inner.life.successor().unwrap_or(0);
         drop(successor);
         self.forget_successor();
         if new_pid == 0 {
