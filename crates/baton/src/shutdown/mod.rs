@@ -4,6 +4,7 @@
 //! (shared with the master) is `crate::command`.
 
 mod builder;
+mod delegate;
 mod drain;
 mod generations;
 mod life;

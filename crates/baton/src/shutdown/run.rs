@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::drain::{self, DrainKind, DrainPlan, Intake, Parts};
-use super::{Cmd, DrainCause, End, Shutdown, restart};
+use super::{Cmd, DrainCause, End, Shutdown, delegate};
 use crate::command::{Command, Escalation, SignalIntake};
 use crate::error::Error;
 use crate::notify;
@@ -239,11 +239,11 @@ impl Shutdown {
                 Command::Hammer { reason } => return End::Hammer(reason),
                 Command::Pass { signal } => self.inner.user_hooks.run(signal),
                 Command::Status { .. } => {}
-                Command::FullRestart { reason, .. } if let Some(m) = restart::master_control() => {
-                    restart::delegate(m, Request::Restart, reason, None);
+                Command::FullRestart { reason, .. } if let Some(m) = delegate::master_control() => {
+                    delegate::delegate(m, Request::Restart, reason, None);
                 }
-                Command::Restart { reason, reply } if let Some(m) = restart::master_control() => {
-                    restart::delegate(m, Request::Reload, reason, reply);
+                Command::Restart { reason, reply } if let Some(m) = delegate::master_control() => {
+                    delegate::delegate(m, Request::Reload, reason, reply);
                 }
                 Command::FullRestart { reason, .. } => match self.inner.settings.program.check() {
                     Ok(()) => return End::FullRestart(reason),
