@@ -44,11 +44,13 @@ pub(super) fn delegate(
                 .map_err(|e| format!("cannot reach the master ({}): {e}", master.display()))?;
             let mut spawn = Duration::ZERO;
             loop {
-                match c
-                    .next_line()
-                    .await
-                    .map_err(|e| format!("the master's answer: {e}"))?
-                {
+                let line = match c.next_line().await {
+                    Ok(line) => line,
+                    // A line of a later protocol: not one this waits for.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+                    Err(e) => return Err(format!("the master's answer: {e}")),
+                };
+                match line {
                     Line::Progress(Progress::Spawned { .. }) => spawn = t0.elapsed(),
                     Line::Progress(Progress::Ready {
                         generation,

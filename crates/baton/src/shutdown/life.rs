@@ -23,11 +23,14 @@ enum Life {
     HandedOver { successor: u32, standing_by: bool },
     /// It drains, for `cause`; after a hand-over to `successor`. `stop_asked`: a
     /// shutdown or hammer came meanwhile (a full restart then stops instead of
-    /// executing the program anew).
+    /// executing the program anew). `standing_by`: a master's word that its new worker's
+    /// probation runs came after the drain began (a stop that reached this worker
+    /// directly, during a reload): during the drain delay it may still resume.
     Draining {
         cause: DrainCause,
         successor: Option<u32>,
         stop_asked: bool,
+        standing_by: bool,
     },
 }
 
@@ -40,37 +43,60 @@ impl Lifecycle {
     /// of its replacement at its drain).
     pub(super) fn hand_over(&self, successor: u32) {
         let mut life = lock(&self.0);
-        if !matches!(*life, Life::Draining { .. }) {
-            *life = Life::HandedOver {
-                successor,
-                standing_by: false,
-            };
+        match &mut *life {
+            Life::Draining { successor: s, .. } => *s = Some(successor),
+            other => {
+                *other = Life::HandedOver {
+                    successor,
+                    standing_by: false,
+                }
+            }
         }
     }
 
     /// A master's new worker serves and its probation runs: this worker stands by.
     pub(super) fn stand_by(&self, successor: u32) {
         let mut life = lock(&self.0);
-        if !matches!(*life, Life::Draining { .. }) {
-            *life = Life::HandedOver {
-                successor,
-                standing_by: true,
-            };
+        match &mut *life {
+            Life::Draining {
+                successor: s,
+                standing_by,
+                ..
+            } => {
+                *s = Some(successor);
+                *standing_by = true;
+            }
+            other => {
+                *other = Life::HandedOver {
+                    successor,
+                    standing_by: true,
+                }
+            }
         }
     }
 
-    /// The next generation died within its probation: this one serves on. Returns the
-    /// dead one's PID; `None` (and nothing changes) when this one drains already, or
-    /// had not handed over. With `standing_by`, only a worker standing by resumes.
+    /// The next generation died within its probation: this one serves on (or, told of
+    /// it during its drain, has no successor any more). Returns the dead one's PID;
+    /// `None` (and nothing changes) when it had not handed over. With `standing_by`,
+    /// only a worker standing by resumes.
     pub(super) fn resume(&self, standing_by: bool) -> Option<u32> {
         let mut life = lock(&self.0);
-        match *life {
+        match &mut *life {
             Life::HandedOver {
                 successor,
                 standing_by: was,
-            } if was || !standing_by => {
+            } if *was || !standing_by => {
+                let pid = *successor;
                 *life = Life::Serving;
-                Some(successor)
+                Some(pid)
+            }
+            Life::Draining {
+                successor: s @ Some(_),
+                standing_by: was,
+                ..
+            } if *was || !standing_by => {
+                *was = false;
+                s.take()
             }
             _ => None,
         }
@@ -79,17 +105,18 @@ impl Lifecycle {
     /// A worker told to drain while it stands by: the drain is the hand-over to the
     /// worker it stood by for (its PID); it no longer stands by.
     pub(super) fn end_standby(&self) -> Option<u32> {
-        let mut life = lock(&self.0);
-        match *life {
+        match &mut *lock(&self.0) {
             Life::HandedOver {
                 successor,
-                standing_by: true,
+                standing_by: was @ true,
+            }
+            | Life::Draining {
+                successor: Some(successor),
+                standing_by: was @ true,
+                ..
             } => {
-                *life = Life::HandedOver {
-                    successor,
-                    standing_by: false,
-                };
-                Some(successor)
+                *was = false;
+                Some(*successor)
             }
             _ => None,
         }
@@ -108,15 +135,19 @@ impl Lifecycle {
     /// generation this one handed over to, if it did.
     pub(super) fn drain(&self, cause: DrainCause) -> Option<u32> {
         let mut life = lock(&self.0);
-        let successor = match *life {
+        let (successor, standing_by) = match *life {
             Life::Draining { successor, .. } => return successor,
-            Life::HandedOver { successor, .. } => Some(successor),
-            Life::Serving | Life::GivenUp => None,
+            Life::HandedOver {
+                successor,
+                standing_by,
+            } => (Some(successor), standing_by),
+            Life::Serving | Life::GivenUp => (None, false),
         };
         *life = Life::Draining {
             cause,
             successor,
             stop_asked: false,
+            standing_by,
         };
         successor
     }
@@ -172,7 +203,24 @@ mod tests {
         assert!(!life.stop_asked());
         life.ask_stop();
         assert!(life.stop_asked());
-        assert_eq!(life.resume(false), None, "no resuming once draining");
+    }
+
+    #[test]
+    fn word_of_a_standby_during_the_drain_is_kept_as_before() {
+        let life = Lifecycle::default();
+        assert_eq!(life.drain(DrainCause::Shutdown), None);
+        life.stand_by(9);
+        assert_eq!(life.successor(), Some(9), "its end waits for that one");
+        assert_eq!(life.resume(true), Some(9), "it died: no successor any more");
+        assert_eq!(life.successor(), None);
+        assert_eq!(
+            life.drain_cause(),
+            Some(DrainCause::Shutdown),
+            "still draining"
+        );
+        life.stand_by(10);
+        assert_eq!(life.end_standby(), Some(10));
+        assert_eq!(life.resume(true), None);
     }
 
     #[test]

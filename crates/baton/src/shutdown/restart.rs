@@ -331,16 +331,17 @@ impl Shutdown {
             loop {
                 tokio::select! {
                     () = &mut deadline => break,
-                    changed = state.wait_for(|s| *s != Successor::Serving) => {
-                        match changed.map(|s| *s) {
-                            Ok(Successor::Gone) if !crate::sys::is_alive(restarted.pid) => {
-                                let after = ready_at.elapsed();
-                                return Err((self.resume(&restarted, after), None));
-                            }
-                            // It restarted in turn or shuts down (or closed the channel
-                            // and lives on): the service is its.
-                            _ => break,
+                    gone = async {
+                        let changed = state.wait_for(|s| *s != Successor::Serving).await;
+                        matches!(changed.map(|s| *s), Ok(Successor::Gone))
+                    } => {
+                        if gone && super::generations::successor_died(restarted.pid).await {
+                            let after = ready_at.elapsed();
+                            return Err((self.resume(&restarted, after), None));
                         }
+                        // It restarted in turn or shuts down (or closed the channel and
+                        // lives on): the service is its.
+                        break;
                     }
                     cmd = commands.recv() => match cmd {
                         Some(Command::Restart { reason, reply }) => {

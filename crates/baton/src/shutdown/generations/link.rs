@@ -82,7 +82,7 @@ impl Shutdown {
             let shutdown = self.clone();
             tokio::spawn(async move {
                 if state.wait_for(|s| *s == Successor::Gone).await.is_ok()
-                    && !crate::sys::is_alive(pid)
+                    && super::successor_died(pid).await
                 {
                     shutdown.resume_from_standby("its end of the channel closed");
                 }

@@ -118,6 +118,28 @@ pub(crate) enum Successor {
     Gone,
 }
 
+/// Whether the next generation, `pid`, whose end of the channel just closed, died. A
+/// killed process closes its descriptors as its last threads exit, which can be before
+/// its main thread shows as exited: it is looked at again for up to a second before it
+/// is taken to live on (one that closed the channel and lives on is not waited for).
+/// Under two CPU hogs, a generation killed in its probation was once taken to live on,
+/// and its predecessor drained: nothing served.
+pub(crate) async fn successor_died(pid: u32) -> bool {
+    let deadline = tokio::time::Instant::now() + SUCCESSOR_EXIT_WAIT;
+    loop {
+        if !crate::sys::is_alive(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// How long [`successor_died`] looks again.
+const SUCCESSOR_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The channel to the generation this one handed over to.
 #[derive(Debug)]
 pub(crate) struct Outbound {

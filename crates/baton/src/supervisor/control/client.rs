@@ -34,7 +34,16 @@ impl Conversation {
     /// The error of connecting or writing (`NotFound` or `ConnectionRefused` when no
     /// master listens there).
     pub async fn open(socket: &Path, request: Request) -> io::Result<Conversation> {
-        let mut stream = UnixStream::connect(socket).await?;
+        // A full accept queue answers a non-blocking connect with `WouldBlock`: wait for
+        // room, as a blocking connect would (the caller bounds the whole conversation).
+        let mut stream = loop {
+            match UnixStream::connect(socket).await {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other?,
+            }
+        };
         stream.write_all(format!("{request}\n").as_bytes()).await?;
         Ok(Conversation {
             lines: BufReader::new(stream).lines(),
@@ -42,6 +51,8 @@ impl Conversation {
     }
 
     /// The next line of the answer; after a final one (`ok` or `error`) there is none.
+    /// A line of a later version of the protocol is `InvalidData`: a caller that only
+    /// waits for some lines may skip it.
     ///
     /// # Errors
     ///
