@@ -316,7 +316,7 @@ enum Conn {
 }
 
 /// Why a request did not produce a response.
-enum Failure {
+pub(crate) enum Failure {
     /// The server did not process the request on two HTTP/2 connections in a row.
     NotSent,
     Failed(Outcome, String),
@@ -340,7 +340,7 @@ fn failed(e: &(dyn std::error::Error + 'static)) -> Failure {
 
 /// How the server declined an HTTP/2 request without processing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NotProcessed {
+pub(crate) enum NotProcessed {
     /// The connection is ended: the request was not sent, or its stream was above the
     /// last stream id of the server's GOAWAY. The connection is replaced.
     Connection,
@@ -389,7 +389,9 @@ async fn tcp(target: &Target) -> Result<TokioIo<Stream>, Failure> {
     }))
 }
 
-async fn connect_h2(target: &Target) -> Result<http2::SendRequest<Empty<Bytes>>, Failure> {
+pub(crate) async fn connect_h2(
+    target: &Target,
+) -> Result<http2::SendRequest<Empty<Bytes>>, Failure> {
     let (sender, conn) = http2::handshake(TokioExecutor::new(), tcp(target).await?)
         .await
         .map_err(|e| failed(&e))?;
@@ -436,13 +438,13 @@ fn request(cfg: &LoadConfig, target: &Target) -> Request<Empty<Bytes>> {
 }
 
 /// What became of one request on an HTTP/2 connection.
-enum H2 {
+pub(crate) enum H2 {
     Done(Result<(u16, u32, bool), Failure>),
     NotProcessed(NotProcessed),
 }
 
 /// Sends one request on an HTTP/2 connection and reads the whole response.
-async fn h2_request(
+pub(crate) async fn h2_request(
     cfg: &LoadConfig,
     target: &Target,
     s: &mut http2::SendRequest<Empty<Bytes>>,
@@ -553,7 +555,12 @@ type Attempt = Result<Result<(u16, u32, bool), Failure>, tokio::time::error::Ela
 
 /// Records one request's result and counts it; also says whether its connection is to
 /// be dropped (the server said it closes it, the mode wants a new one, or it failed).
-fn settle(cfg: &LoadConfig, shared: &Shared, started: Instant, result: Attempt) -> (Record, bool) {
+pub(crate) fn settle(
+    cfg: &LoadConfig,
+    shared: &Shared,
+    started: Instant,
+    result: Attempt,
+) -> (Record, bool) {
     let start_us = (started - shared.started).as_micros() as u64;
     let latency_us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
     let (outcome, pid, drop_conn) = match result {
@@ -615,13 +622,11 @@ async fn timed(
 }
 
 /// One worker: requests back to back until told to stop (or, in idle mode, one after
-/// each trigger); returns its records. (The echo mode's workers are `echo::worker`.)
+/// each trigger); returns its records. (The echo mode's workers are `echo::worker`, HTTP/2
+/// with several streams `streams::worker`.)
 pub(crate) async fn worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usize) -> Vec<Record> {
     if cfg.mode == Mode::Idle {
         return idle_worker(&cfg, &shared, index).await;
-    }
-    if cfg.http == Http::Two && cfg.streams > 1 {
-        return streams_worker(cfg, shared, index).await;
     }
     let target = &cfg.targets[index % cfg.targets.len()];
     let mut records = Vec::with_capacity(1 << 14);
@@ -663,122 +668,6 @@ async fn idle_worker(cfg: &LoadConfig, shared: &Shared, index: usize) -> Vec<Rec
         records.push(timed(cfg, shared, target, &mut conn).await);
     }
     records
-}
-
-/// A worker's HTTP/2 connection, shared by its streams.
-#[derive(Debug, Default)]
-struct H2Slot {
-    /// The number of connections made so far, and the current one's sender.
-    conn: tokio::sync::Mutex<(u64, Option<http2::SendRequest<Empty<Bytes>>>)>,
-}
-
-impl H2Slot {
-    /// The current connection (made now if there is none) and its number.
-    async fn get(
-        &self,
-        target: &Target,
-        opened: &AtomicU64,
-    ) -> Result<(u64, http2::SendRequest<Empty<Bytes>>), Failure> {
-        let mut slot = self.conn.lock().await;
-        if let Some(s) = &slot.1 {
-            return Ok((slot.0, s.clone()));
-        }
-        let s = connect_h2(target).await?;
-        opened.fetch_add(1, Ordering::Relaxed);
-        slot.0 += 1;
-        slot.1 = Some(s.clone());
-        Ok((slot.0, s))
-    }
-
-    /// Drops connection number `generation` if it is still the current one; says
-    /// whether it was.
-    async fn drop_conn(&self, generation: u64) -> bool {
-        let mut slot = self.conn.lock().await;
-        if slot.0 == generation && slot.1.is_some() {
-            slot.1 = None;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// HTTP/2 with `cfg.streams` requests in flight on one connection: one task per stream,
-/// all on the worker's connection.
-async fn streams_worker(cfg: Arc<LoadConfig>, shared: Arc<Shared>, index: usize) -> Vec<Record> {
-    let slot = Arc::new(H2Slot::default());
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..cfg.streams {
-        let (cfg, shared, slot) = (Arc::clone(&cfg), Arc::clone(&shared), Arc::clone(&slot));
-        tasks.spawn(async move { stream_loop(&cfg, &shared, index, &slot).await });
-    }
-    let mut records = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        match done {
-            Ok(r) => records.extend(r),
-            Err(e) => {
-                if let Ok(panic) = e.try_into_panic() {
-                    std::panic::resume_unwind(panic);
-                }
-            }
-        }
-    }
-    records
-}
-
-/// One stream of a worker: requests back to back on the worker's HTTP/2 connection.
-async fn stream_loop(
-    cfg: &LoadConfig,
-    shared: &Shared,
-    index: usize,
-    slot: &H2Slot,
-) -> Vec<Record> {
-    let target = &cfg.targets[index % cfg.targets.len()];
-    let mut records = Vec::with_capacity(1 << 12);
-    while shared.take_ticket(cfg) {
-        let started = Instant::now();
-        let mut used = None;
-        let result = timeout(
-            cfg.timeout,
-            stream_one(cfg, target, slot, shared, &mut used),
-        )
-        .await;
-        let (record, drop_conn) = settle(cfg, shared, started, result);
-        if let (true, Some(generation)) = (drop_conn, used) {
-            slot.drop_conn(generation).await;
-        }
-        records.push(record);
-    }
-    records
-}
-
-/// One request on the worker's shared HTTP/2 connection. A request that the server did
-/// not process is sent again, once: on the same connection after `REFUSED_STREAM`, on a
-/// new one after GOAWAY (the first stream to see it replaces the connection; the
-/// others use the replacement).
-async fn stream_one(
-    cfg: &LoadConfig,
-    target: &Target,
-    slot: &H2Slot,
-    shared: &Shared,
-    used: &mut Option<u64>,
-) -> Result<(u16, u32, bool), Failure> {
-    for attempt in 0..2 {
-        let (generation, mut s) = slot.get(target, &shared.opened).await?;
-        *used = Some(generation);
-        match h2_request(cfg, target, &mut s).await {
-            H2::Done(result) => return result,
-            H2::NotProcessed(how) => {
-                if attempt == 0 {
-                    shared.resent.fetch_add(1, Ordering::Relaxed);
-                }
-                if how == NotProcessed::Connection && slot.drop_conn(generation).await {
-                    shared.replaced.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-    }
-    Err(Failure::NotSent)
 }
 
 /// A small random number generator (splitmix64) seeded from the standard library's

@@ -7,6 +7,7 @@ mod load;
 mod outcome;
 mod plot;
 mod report;
+mod streams;
 mod trigger;
 
 use std::path::PathBuf;
@@ -433,6 +434,8 @@ async fn run(args: Args, threads: usize) -> anyhow::Result<ExitCode> {
             tokio::spawn(async move {
                 if cfg.mode == Mode::Echo {
                     echo::worker(&cfg, &shared, i).await
+                } else if cfg.mode != Mode::Idle && cfg.http == Http::Two && cfg.streams > 1 {
+                    streams::worker(cfg, shared, i).await
                 } else {
                     load::worker(cfg, shared, i).await
                 }
